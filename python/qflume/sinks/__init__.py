@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from qflume.sinks.base import CollectionSpec, PointBatch, PointRecord, Sink, SparseBatch
+from qflume.sinks.base import (
+    CollectionSpec,
+    PointBatch,
+    PointRecord,
+    QueryRequest,
+    ScoredPoint,
+    Sink,
+    SparseBatch,
+)
 
 __all__ = [
     "CollectionSpec",
@@ -12,6 +20,8 @@ __all__ = [
     "GrpcSink",
     "PointBatch",
     "PointRecord",
+    "QueryRequest",
+    "ScoredPoint",
     "Sink",
     "SparseBatch",
 ]

@@ -91,6 +91,34 @@ class PointRecord:
     sparse: dict[str, tuple[list[int], list[float]]] | None = None
 
 
+@dataclass(frozen=True)
+class QueryRequest:
+    """One search: dense, sparse, or hybrid (both given: dense and sparse candidates fused by RRF).
+
+    `sparse` is (vector name, indices, values). `filter` is a Qdrant filter in its JSON (REST)
+    layout, e.g. {"must": [{"key": "metadata.source", "match": {"value": "a.md"}}]}.
+    """
+
+    dense: npt.NDArray[np.float32] | None = None  # (dim,)
+    sparse: tuple[str, npt.NDArray[np.uint32], npt.NDArray[np.float32]] | None = None
+    limit: int = 10
+    filter: Mapping[str, Any] | None = None
+    prefetch_limit: int | None = None  # hybrid: candidates per branch (default 4 * limit)
+    score_threshold: float | None = None
+    with_payload: bool = True
+    with_vectors: bool = False
+
+
+@dataclass(frozen=True)
+class ScoredPoint:
+    """A search hit."""
+
+    id: str
+    score: float
+    payload: dict[str, Any] | None
+    vector: npt.NDArray[np.float32] | None = None
+
+
 class Sink(ABC):
     """A Qdrant collection that qflume writes to. Use as a context manager or call close()."""
 
@@ -147,6 +175,10 @@ class Sink(ABC):
     @abstractmethod
     def close(self) -> None:
         """Flush and release the connection or the shard."""
+
+    def query_batch(self, requests: Sequence[QueryRequest]) -> list[list[ScoredPoint]]:
+        """Run several searches at once; one list of hits (best first) per request."""
+        raise NotImplementedError(f"{type(self).__name__} does not support search")
 
     def __enter__(self) -> Sink:
         return self

@@ -1,0 +1,662 @@
+"""The embedded default sink: a Qdrant Edge shard (the Qdrant engine in process) at STORE/<collection>.
+
+No server: points go straight into the shard's segments. `flush()` makes them durable; big loads
+are followed by `optimize()` (Edge has no background optimizer: indexing runs when asked for).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import qdrant_edge as qe
+
+from qflume.exceptions import InvalidInputError, QflumeIOError, ShapeError, SinkError
+from qflume.sinks.base import (
+    CollectionSpec,
+    Ids,
+    PointBatch,
+    PointRecord,
+    QueryRequest,
+    ScoredPoint,
+    Sink,
+    SparseBatch,
+)
+
+__all__ = ["EdgeSink", "edge_filter", "ids_to_strings"]
+
+SPEC_FILE = "qflume_collection.json"  # the CollectionSpec, beside Edge's own edge_config.json
+_EDGE_CONFIG = "edge_config.json"
+_DISTANCES = {
+    "cosine": qe.Distance.Cosine,
+    "dot": qe.Distance.Dot,
+    "euclid": qe.Distance.Euclid,
+    "manhattan": qe.Distance.Manhattan,
+}
+_CHUNK = 2048  # points per update operation: bounds the Python objects alive at once
+_RRF_K = 2  # Qdrant's default k for reciprocal rank fusion
+
+
+def ids_to_strings(ids: Ids) -> list[str]:
+    """UUID strings from qflume ids: an (n, 16) uint8 array of UUID bytes, or strings already."""
+    if isinstance(ids, np.ndarray):
+        if ids.ndim != 2 or ids.shape[1] != 16 or ids.dtype != np.uint8:
+            raise ShapeError(
+                f"ids: expected an (n, 16) uint8 array of UUID bytes, got {ids.dtype} {ids.shape}"
+            )
+        h = np.ascontiguousarray(ids).tobytes().hex()
+        return [
+            f"{h[j : j + 8]}-{h[j + 8 : j + 12]}-{h[j + 12 : j + 16]}-{h[j + 16 : j + 20]}-{h[j + 20 : j + 32]}"
+            for j in range(0, len(h), 32)
+        ]
+    out = []
+    for i, x in enumerate(ids):
+        try:
+            out.append(str(uuid.UUID(str(x))))
+        except ValueError:
+            raise InvalidInputError(f"ids[{i}]: {x!r} is not a UUID") from None
+    return out
+
+
+# --- filters: Qdrant's JSON layout -> Qdrant Edge objects ---------------------------------------
+
+
+def _match(m: Mapping[str, Any], where: str) -> Any:
+    if "value" in m:
+        return qe.MatchValue(m["value"])
+    if "any" in m:
+        return qe.MatchAny(list(m["any"]))
+    if "except" in m:
+        return qe.MatchExcept(list(m["except"]))
+    if "text" in m:
+        return qe.MatchText(m["text"])
+    if "text_any" in m:
+        return qe.MatchTextAny(m["text_any"])
+    if "phrase" in m:
+        return qe.MatchPhrase(m["phrase"])
+    if "prefix" in m:
+        return qe.MatchPrefix(m["prefix"])
+    if "substring" in m:
+        return qe.MatchSubstring(m["substring"])
+    raise InvalidInputError(f"filter {where}: unknown match {dict(m)!r}")
+
+
+def _range(r: Mapping[str, Any]) -> Any:
+    bounds = {k: r[k] for k in ("gte", "gt", "lte", "lt") if r.get(k) is not None}
+    if any(isinstance(v, str) for v in bounds.values()):
+        return qe.RangeDateTime(**{k: str(v) for k, v in bounds.items()})
+    return qe.RangeFloat(**{k: float(v) for k, v in bounds.items()})
+
+
+def _geo(p: Mapping[str, Any]) -> qe.GeoPoint:
+    return qe.GeoPoint(lon=float(p["lon"]), lat=float(p["lat"]))
+
+
+def _condition(c: Any, where: str) -> Any:
+    if not isinstance(c, Mapping):
+        return c  # already an Edge condition
+    if any(k in c for k in ("must", "should", "must_not", "min_should")):
+        return _filter(c, where)
+    if "key" in c:
+        kw: dict[str, Any] = {}
+        if c.get("match") is not None:
+            kw["match"] = _match(c["match"], where)
+        if c.get("range") is not None:
+            kw["range"] = _range(c["range"])
+        if c.get("values_count") is not None:
+            vc = c["values_count"]
+            kw["values_count"] = qe.ValuesCount(
+                **{k: int(vc[k]) for k in ("lt", "gt", "lte", "gte") if vc.get(k) is not None}
+            )
+        if c.get("geo_bounding_box") is not None:
+            b = c["geo_bounding_box"]
+            kw["geo_bounding_box"] = qe.GeoBoundingBox(_geo(b["top_left"]), _geo(b["bottom_right"]))
+        if c.get("geo_radius") is not None:
+            g = c["geo_radius"]
+            kw["geo_radius"] = qe.GeoRadius(_geo(g["center"]), float(g["radius"]))
+        if c.get("is_empty") is not None:
+            kw["is_empty"] = bool(c["is_empty"])
+        if c.get("is_null") is not None:
+            kw["is_null"] = bool(c["is_null"])
+        if not kw:
+            raise InvalidInputError(f"filter {where}: condition on {c['key']!r} has no test")
+        return qe.FieldCondition(key=str(c["key"]), **kw)
+    if "is_empty" in c:
+        return qe.IsEmptyCondition(str(c["is_empty"]["key"]))
+    if "is_null" in c:
+        return qe.IsNullCondition(str(c["is_null"]["key"]))
+    if "has_id" in c:
+        return qe.HasIdCondition({x if isinstance(x, int) else str(x) for x in c["has_id"]})
+    if "has_vector" in c:
+        return qe.HasVectorCondition(str(c["has_vector"]))
+    if "nested" in c:
+        n = c["nested"]
+        return qe.NestedCondition(str(n["key"]), _filter(n["filter"], f"{where}.nested"))
+    raise InvalidInputError(f"filter {where}: unknown condition {dict(c)!r}")
+
+
+def _filter(f: Mapping[str, Any], where: str) -> qe.Filter:
+    def conds(name: str) -> list[Any] | None:
+        v = f.get(name)
+        if v is None:
+            return None
+        items = v if isinstance(v, (list, tuple)) else [v]
+        return [_condition(c, f"{where}.{name}[{i}]") for i, c in enumerate(items)]
+
+    min_should = None
+    if f.get("min_should") is not None:
+        ms = f["min_should"]
+        min_should = qe.MinShould(
+            [_condition(c, f"{where}.min_should") for c in ms["conditions"]], int(ms["min_count"])
+        )
+    return qe.Filter(
+        must=conds("must"),
+        should=conds("should"),
+        must_not=conds("must_not"),
+        min_should=min_should,
+    )
+
+
+def edge_filter(f: Any) -> qe.Filter | None:
+    """A Qdrant Edge filter from Qdrant's JSON layout, a qdrant_client `models.Filter`, or as is."""
+    if f is None or isinstance(f, qe.Filter):
+        return f
+    if hasattr(f, "model_dump"):  # qdrant_client.models.Filter (pydantic)
+        f = f.model_dump(mode="json", exclude_none=True)
+    if not isinstance(f, Mapping):
+        raise InvalidInputError(f"filter: expected a Qdrant filter mapping, got {type(f).__name__}")
+    return _filter(f, "filter")
+
+
+def _sources_filter(sources: Sequence[str]) -> qe.Filter:
+    return qe.Filter(
+        must=[
+            qe.FieldCondition(key="metadata.source", match=qe.MatchAny([str(s) for s in sources]))
+        ]
+    )
+
+
+# --- the sink -----------------------------------------------------------------------------------
+
+
+def _spec_json(spec: CollectionSpec) -> dict[str, Any]:
+    return {
+        "dim": spec.dim,
+        "distance": spec.distance,
+        "sparse": list(spec.sparse),
+        "idf_sparse": list(spec.idf_sparse),
+    }
+
+
+def _distance(name: str) -> qe.Distance:
+    d = _DISTANCES.get(name.lower())
+    if d is None:
+        raise InvalidInputError(
+            f"distance {name!r} is not one of Cosine, Dot, Euclid, Manhattan (CollectionSpec)"
+        )
+    return d
+
+
+class EdgeSink(Sink):
+    """A collection stored as a Qdrant Edge shard in `path/collection`.
+
+    The shard is opened if it exists; otherwise `ensure_collection(spec)` (or `spec=` here) creates
+    it. Edge has no background optimizer: points are searchable at once (unindexed), and indexing
+    runs when `optimize()` is called. `flush()` and `close()` call it once `optimize_threshold`
+    points were written since the last optimization (a big load); Edge then does whatever its
+    optimizers plan (nothing for small segments). Indexing costs about 1 s per 1K 384-d points
+    on 2 cores, hence the high default; None turns automatic optimization off.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        collection: str,
+        *,
+        spec: CollectionSpec | None = None,
+        optimize_threshold: int | None = 50_000,
+    ) -> None:
+        if not collection or os.sep in collection or collection in (".", ".."):
+            raise InvalidInputError(f"collection name {collection!r} cannot be a directory name")
+        self.collection = collection
+        self.root = Path(path)
+        self.path = self.root / collection
+        self.optimize_threshold = optimize_threshold
+        self._shard: qe.EdgeShard | None = None
+        self._spec: CollectionSpec | None = None
+        self._written = 0  # points written since the last optimization
+        self._closed = False
+        if (self.path / _EDGE_CONFIG).exists():
+            try:
+                self._shard = qe.EdgeShard.load(str(self.path))
+            except Exception as e:
+                raise SinkError(f"cannot open the Qdrant Edge shard at {self.path}: {e}") from e
+            self._spec = self._stored_spec()
+        if spec is not None:
+            self.ensure_collection(spec)
+
+    # --- collection -------------------------------------------------------------------------
+
+    def _stored_spec(self) -> CollectionSpec | None:
+        """The spec written at creation, or one read back from Edge's own config."""
+        try:
+            data = json.loads((self.path / SPEC_FILE).read_text("utf-8"))
+            return CollectionSpec(
+                dim=int(data["dim"]),
+                distance=str(data["distance"]),
+                sparse=tuple(data.get("sparse", ())),
+                idf_sparse=tuple(data.get("idf_sparse", ("bm25",))),
+            )
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+        try:
+            cfg = json.loads((self.path / _EDGE_CONFIG).read_text("utf-8"))
+            dense = (cfg.get("vectors") or {}).get("")
+            if not dense:
+                return None
+            sparse = cfg.get("sparse_vectors") or {}
+            return CollectionSpec(
+                dim=int(dense["size"]),
+                distance=str(dense.get("distance", "Cosine")),
+                sparse=tuple(sparse),
+                idf_sparse=tuple(
+                    k for k, v in sparse.items() if (v or {}).get("modifier") == "idf"
+                ),
+            )
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return None
+
+    def _write_spec(self, spec: CollectionSpec) -> None:
+        try:
+            tmp = self.path / (SPEC_FILE + ".tmp")
+            tmp.write_text(json.dumps(_spec_json(spec)), "utf-8")
+            tmp.replace(self.path / SPEC_FILE)
+        except OSError as e:
+            raise QflumeIOError(f"cannot write {self.path / SPEC_FILE}: {e}") from e
+
+    @property
+    def spec(self) -> CollectionSpec | None:
+        """The collection's spec, or None while it does not exist."""
+        return self._spec
+
+    def ensure_collection(self, spec: CollectionSpec) -> None:
+        self._check_open()
+        distance = _distance(spec.distance)
+        if spec.dim < 1:
+            raise InvalidInputError(f"CollectionSpec.dim must be >= 1, got {spec.dim}")
+        if self._shard is None:
+            config = qe.EdgeConfig(
+                vectors=qe.EdgeVectorParams(size=spec.dim, distance=distance),
+                sparse_vectors={
+                    name: qe.EdgeSparseVectorParams(
+                        modifier=qe.Modifier.Idf if name in spec.idf_sparse else None
+                    )
+                    for name in spec.sparse
+                }
+                or None,
+            )
+            try:
+                self.path.mkdir(parents=True, exist_ok=True)
+                self._shard = qe.EdgeShard.create(str(self.path), config)
+            except OSError as e:
+                raise QflumeIOError(
+                    f"cannot create the Qdrant Edge shard at {self.path}: {e}"
+                ) from e
+            except Exception as e:
+                raise SinkError(f"cannot create the Qdrant Edge shard at {self.path}: {e}") from e
+            self._spec = spec
+            self._write_spec(spec)
+            return
+        have = self._spec
+        if have is None:
+            raise ShapeError(
+                f"collection {self.collection!r} at {self.path} has no default dense vector; "
+                f"qflume needs one of size {spec.dim}: use another collection name"
+            )
+        if have.dim != spec.dim:
+            raise ShapeError(
+                f"collection {self.collection!r} at {self.path} holds vectors of size {have.dim}, "
+                f"but the embedder makes vectors of size {spec.dim}: use another collection or "
+                "the model it was built with"
+            )
+        if have.distance.lower() != spec.distance.lower():
+            raise ShapeError(
+                f"collection {self.collection!r} at {self.path} uses distance {have.distance}, "
+                f"but {spec.distance} was asked for"
+            )
+        missing = [n for n in spec.sparse if n not in have.sparse]
+        for name in missing:
+            modifier = qe.Modifier.Idf if name in spec.idf_sparse else None
+            self._update(qe.UpdateOperation.create_sparse_vector(name, modifier=modifier))
+        if missing:
+            self._spec = CollectionSpec(
+                dim=have.dim,
+                distance=have.distance,
+                sparse=(*have.sparse, *missing),
+                idf_sparse=(*have.idf_sparse, *(n for n in missing if n in spec.idf_sparse)),
+            )
+            self._write_spec(self._spec)
+
+    # --- internals ----------------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise SinkError(f"EdgeSink({self.path}) is closed")
+
+    def _need_shard(self) -> qe.EdgeShard:
+        self._check_open()
+        if self._shard is None:
+            raise SinkError(
+                f"collection {self.collection!r} does not exist at {self.path}: "
+                "call ensure_collection(spec) first"
+            )
+        return self._shard
+
+    def _update(self, op: qe.UpdateOperation) -> None:
+        shard = self._need_shard()
+        try:
+            shard.update(op)
+        except Exception as e:
+            msg = str(e)
+            if "dimension" in msg.lower():
+                raise ShapeError(f"collection {self.collection!r} at {self.path}: {msg}") from e
+            raise SinkError(f"Qdrant Edge update failed on {self.path}: {msg}") from e
+
+    def _check_dense(self, dense: npt.NDArray[np.float32] | None, n: int) -> Any:
+        if dense is None:
+            return None
+        arr = np.asarray(dense)
+        if arr.ndim != 2 or arr.shape[0] != n:
+            raise ShapeError(f"dense: expected shape ({n}, dim), got {arr.shape}")
+        if self._spec is not None and arr.shape[1] != self._spec.dim:
+            raise ShapeError(
+                f"dense vectors have size {arr.shape[1]}, but collection {self.collection!r} "
+                f"at {self.path} holds vectors of size {self._spec.dim}"
+            )
+        return arr
+
+    def _write(
+        self,
+        ids: list[str],
+        dense: Any,
+        sparse: Mapping[str, SparseBatch] | None,
+        payload_of: Any,
+    ) -> None:
+        n = len(ids)
+        sparse = dict(sparse or {})
+        for name, sb in sparse.items():
+            if len(sb) != n:
+                raise ShapeError(f"sparse[{name!r}]: {len(sb)} vectors for {n} ids")
+            if self._spec is not None and name not in self._spec.sparse:
+                raise ShapeError(
+                    f"sparse vector {name!r} is not configured in collection {self.collection!r}"
+                    f" (it has {list(self._spec.sparse)}): add it to the CollectionSpec"
+                )
+        for lo in range(0, n, _CHUNK):
+            hi = min(n, lo + _CHUNK)
+            rows = (
+                dense[lo:hi].astype(np.float32, copy=False).tolist() if dense is not None else None
+            )
+            points = []
+            for i in range(lo, hi):
+                vec: Any
+                if sparse:
+                    vec = {} if rows is None else {"": rows[i - lo]}
+                    for name, sb in sparse.items():
+                        a, b = int(sb.indptr[i]), int(sb.indptr[i + 1])
+                        vec[name] = qe.SparseVector(
+                            sb.indices[a:b].tolist(), sb.values[a:b].tolist()
+                        )
+                else:
+                    vec = rows[i - lo] if rows is not None else {}
+                points.append(qe.Point(ids[i], vec, payload_of(i)))
+            self._update(qe.UpdateOperation.upsert_points(points))
+        self._written += n
+
+    # --- writes -------------------------------------------------------------------------------
+
+    def upsert(
+        self,
+        ids: Ids,
+        dense: npt.NDArray[np.float32] | None,
+        payloads: Sequence[Mapping[str, Any]],
+        sparse: Mapping[str, SparseBatch] | None = None,
+    ) -> None:
+        self._need_shard()
+        sids: list[Any] = ids_to_strings(ids)
+        if len(payloads) != len(sids):
+            raise ShapeError(f"payloads: {len(payloads)} payloads for {len(sids)} ids")
+        arr = self._check_dense(dense, len(sids))
+        self._write(sids, arr, sparse, lambda i: dict(payloads[i]))
+
+    def upsert_batch(self, batch: PointBatch) -> None:
+        self._need_shard()
+        sids = ids_to_strings(batch.ids)
+        arr = self._check_dense(batch.dense, len(sids))
+        if batch.payloads is not None:
+            if len(batch.payloads) != len(sids):
+                raise ShapeError(f"payloads: {len(batch.payloads)} payloads for {len(sids)} ids")
+            payloads = batch.payloads
+            self._write(sids, arr, batch.sparse, lambda i: dict(payloads[i]))
+            return
+        if batch.texts is None or batch.doc_metadata is None or batch.doc_index is None:
+            raise ShapeError("PointBatch: give payloads, or texts + doc_index + doc_metadata")
+        if len(batch.texts) != len(sids):
+            raise ShapeError(f"texts: {len(batch.texts)} texts for {len(sids)} ids")
+        texts = batch.texts
+        metas = [dict(m) for m in batch.doc_metadata]
+        doc_index = batch.doc_index.tolist()
+        chunk_index = batch.chunk_index.tolist() if batch.chunk_index is not None else None
+        start = batch.start.tolist() if batch.start is not None else None
+        end = batch.end.tolist() if batch.end is not None else None
+        hashes = None
+        if batch.chunk_hash is not None:
+            hx = np.ascontiguousarray(batch.chunk_hash).tobytes().hex()
+            hashes = [hx[j : j + 32] for j in range(0, len(hx), 32)]
+
+        def payload_of(i: int) -> dict[str, Any]:
+            meta = dict(metas[doc_index[i]])
+            if chunk_index is not None:
+                meta["chunk_index"] = chunk_index[i]
+            if start is not None:
+                meta["start"] = start[i]
+            if end is not None:
+                meta["end"] = end[i]
+            if hashes is not None:
+                meta["content_hash"] = hashes[i]
+            return {"page_content": texts[i], "metadata": meta}
+
+        self._write(sids, arr, batch.sparse, payload_of)
+
+    def delete(self, ids: Ids) -> None:
+        self._need_shard()
+        sids: list[Any] = ids_to_strings(ids)
+        for lo in range(0, len(sids), _CHUNK * 4):
+            self._update(qe.UpdateOperation.delete_points(sids[lo : lo + _CHUNK * 4]))
+
+    def delete_by_source(self, sources: Sequence[str]) -> None:
+        self._need_shard()
+        sources = list(sources)
+        for lo in range(0, len(sources), 1024):
+            self._update(
+                qe.UpdateOperation.delete_points_by_filter(_sources_filter(sources[lo : lo + 1024]))
+            )
+
+    def set_payload(self, payload: Mapping[str, Any], ids: Ids, *, key: str | None = None) -> None:
+        self._need_shard()
+        sids: list[Any] = ids_to_strings(ids)
+        for lo in range(0, len(sids), _CHUNK * 4):
+            self._update(
+                qe.UpdateOperation.set_payload(sids[lo : lo + _CHUNK * 4], dict(payload), key)
+            )
+
+    # --- reads --------------------------------------------------------------------------------
+
+    def count(self, filter: Any = None) -> int:
+        """Exact number of points (matching `filter`, a Qdrant filter, if given)."""
+        self._check_open()
+        if self._shard is None:
+            return 0
+        return int(self._shard.count(qe.CountRequest(exact=True, filter=edge_filter(filter))))
+
+    def _record(self, r: Any) -> PointRecord:
+        vector = None
+        sparse = None
+        v = r.vector
+        if v is not None:
+            if isinstance(v, Mapping):
+                dense = v.get("")
+                sparse = {
+                    name: (list(x.indices), list(x.values))
+                    for name, x in v.items()
+                    if isinstance(x, qe.SparseVector)
+                } or None
+            else:
+                dense = v
+            if dense is not None:
+                vector = np.asarray(dense, dtype=np.float32)
+        return PointRecord(id=str(r.id), payload=r.payload, vector=vector, sparse=sparse)
+
+    def retrieve(self, ids: Ids, *, with_vectors: bool = False) -> list[PointRecord]:
+        self._check_open()
+        if self._shard is None:
+            return []
+        sids: list[Any] = ids_to_strings(ids)
+        records = self._shard.retrieve(sids, True, with_vectors)
+        return [self._record(r) for r in records]
+
+    def scroll(
+        self, *, with_payload: bool = True, with_vectors: bool = False, batch: int = 1024
+    ) -> Iterator[PointRecord]:
+        self._check_open()
+        if self._shard is None:
+            return
+        offset: Any = None
+        while True:
+            records, offset = self._need_shard().scroll(
+                qe.ScrollRequest(
+                    offset=offset, limit=batch, with_payload=with_payload, with_vector=with_vectors
+                )
+            )
+            for r in records:
+                yield self._record(r)
+            if offset is None:
+                return
+
+    def _edge_query(self, q: QueryRequest) -> qe.QueryRequest:
+        if q.limit < 1:
+            raise InvalidInputError(f"QueryRequest.limit must be >= 1, got {q.limit}")
+        dense_q = None
+        if q.dense is not None:
+            vec = np.asarray(q.dense, dtype=np.float32).reshape(-1)
+            if self._spec is not None and vec.shape[0] != self._spec.dim:
+                raise ShapeError(
+                    f"query vector has size {vec.shape[0]}, but collection {self.collection!r} "
+                    f"holds vectors of size {self._spec.dim}"
+                )
+            dense_q = qe.Query.Nearest(vec.tolist())
+        sparse_q = None
+        if q.sparse is not None:
+            name, indices, values = q.sparse
+            sparse_q = qe.Query.Nearest(
+                qe.SparseVector(np.asarray(indices).tolist(), np.asarray(values).tolist()),
+                using=name,
+            )
+        flt = edge_filter(q.filter)
+        common: dict[str, Any] = {
+            "limit": q.limit,
+            "with_payload": q.with_payload,
+            "with_vector": [""] if q.with_vectors else False,
+            "score_threshold": q.score_threshold,
+        }
+        if dense_q is not None and sparse_q is not None:
+            per = q.prefetch_limit or 4 * q.limit
+            return qe.QueryRequest(
+                query=qe.Fusion.Rrf(k=_RRF_K),  # type: ignore[arg-type]
+                prefetches=[
+                    qe.Prefetch(limit=per, query=dense_q, filter=flt),
+                    qe.Prefetch(limit=per, query=sparse_q, filter=flt),
+                ],
+                filter=flt,
+                **common,
+            )
+        query = dense_q if dense_q is not None else sparse_q
+        if query is None:
+            raise InvalidInputError("QueryRequest needs a dense vector, a sparse vector, or both")
+        return qe.QueryRequest(query=query, filter=flt, **common)
+
+    def query_batch(self, requests: Sequence[QueryRequest]) -> list[list[ScoredPoint]]:
+        self._check_open()
+        if not requests:
+            return []
+        if self._shard is None:
+            return [[] for _ in requests]
+        reqs = [self._edge_query(q) for q in requests]
+        try:
+            results = self._shard.query_batch(qe.QueryBatchRequest(reqs))
+        except Exception as e:
+            raise SinkError(f"Qdrant Edge query failed on {self.path}: {e}") from e
+        out = []
+        for hits in results:
+            row = []
+            for h in hits:
+                vec = None
+                if h.vector is not None:
+                    v = h.vector.get("") if isinstance(h.vector, Mapping) else h.vector
+                    vec = None if v is None else np.asarray(v, dtype=np.float32)
+                row.append(
+                    ScoredPoint(id=str(h.id), score=float(h.score), payload=h.payload, vector=vec)
+                )
+            out.append(row)
+        return out
+
+    # --- lifecycle ----------------------------------------------------------------------------
+
+    def optimize(self) -> bool:
+        """Run Edge's optimizers now (merge segments, build indexes); True if anything changed."""
+        shard = self._need_shard()
+        try:
+            changed = bool(shard.optimize())
+        except Exception as e:
+            raise SinkError(f"Qdrant Edge optimize failed on {self.path}: {e}") from e
+        self._written = 0
+        return changed
+
+    def flush(self) -> None:
+        self._check_open()
+        if self._shard is None:
+            return
+        try:
+            self._shard.flush()
+        except Exception as e:
+            raise SinkError(f"Qdrant Edge flush failed on {self.path}: {e}") from e
+        if self.optimize_threshold is not None and self._written >= self.optimize_threshold:
+            self.optimize()
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        shard = self._shard
+        try:
+            if shard is not None:
+                shard.flush()
+                if self.optimize_threshold is not None and self._written >= self.optimize_threshold:
+                    shard.optimize()
+                    shard.flush()
+        finally:
+            self._closed = True
+            self._shard = None
+            if shard is not None:
+                shard.close()
+
+    def __enter__(self) -> EdgeSink:
+        return self
+
+    def __repr__(self) -> str:
+        return f"EdgeSink({str(self.root)!r}, {self.collection!r})"

@@ -1,0 +1,329 @@
+"""The ingestion state: one SQLite file per target (WAL), a row per document.
+
+A row records what the collection holds for a document: its content hash, size and mtime (the scan's
+fast path), the hashes and offsets of its chunks, its metadata, and the pipeline fingerprint that
+produced it. Crash safety comes from a write-ahead column: before points are sent, the hashes about
+to be written are added to `pending`; only after the sink acknowledged them does `chunks` take the
+new value and `pending` clear. A run that died in between leaves `pending` set, and the next run
+deletes whatever of `chunks ∪ pending` the document no longer has: no orphans, no duplicates.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from qflume.exceptions import StateError, StateLockedError
+
+SCHEMA_VERSION = 1
+HASH_LEN = 16
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (
+    name TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS documents (
+    key TEXT PRIMARY KEY,
+    root TEXT NOT NULL,
+    content_hash BLOB,
+    size INTEGER NOT NULL DEFAULT 0,
+    mtime_ns INTEGER NOT NULL DEFAULT 0,
+    meta_json TEXT NOT NULL DEFAULT '{}',
+    fingerprint TEXT NOT NULL DEFAULT '',
+    chunks BLOB NOT NULL DEFAULT x'',
+    offsets BLOB NOT NULL DEFAULT x'',
+    pending BLOB NOT NULL DEFAULT x'',
+    updated_at REAL NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS documents_root ON documents(root);
+"""
+
+
+def hashes_from_blob(blob: bytes) -> npt.NDArray[np.uint8]:
+    """(n, 16) uint8 view of concatenated 16-byte hashes."""
+    return np.frombuffer(blob, dtype=np.uint8).reshape(-1, HASH_LEN)
+
+
+@dataclass
+class DocState:
+    """What the collection holds for one document, as the state last recorded it."""
+
+    key: str
+    root: str
+    content_hash: bytes | None
+    size: int
+    mtime_ns: int
+    meta_json: str
+    fingerprint: str
+    chunks: bytes  # concatenated 16-byte chunk hashes, in chunk order (unique)
+    offsets: bytes  # int64 (n, 3): chunk_index, start, end of each hash in `chunks`
+    pending: bytes  # hashes sent (or about to be) but not yet acknowledged
+
+    def chunk_hashes(self) -> npt.NDArray[np.uint8]:
+        return hashes_from_blob(self.chunks)
+
+    def chunk_offsets(self) -> npt.NDArray[np.int64]:
+        return np.frombuffer(self.offsets, dtype=np.int64).reshape(-1, 3)
+
+    def possibly_present(self) -> set[bytes]:
+        """Every chunk hash that may have a point in the collection."""
+        out = {self.chunks[i : i + HASH_LEN] for i in range(0, len(self.chunks), HASH_LEN)}
+        out.update(self.pending[i : i + HASH_LEN] for i in range(0, len(self.pending), HASH_LEN))
+        return out
+
+
+@dataclass
+class DocUpdate:
+    """The new committed value of a document row."""
+
+    key: str
+    root: str
+    content_hash: bytes | None
+    size: int
+    mtime_ns: int
+    meta_json: str
+    fingerprint: str
+    chunks: bytes
+    offsets: bytes
+
+
+@dataclass
+class StateStats:
+    documents: int = 0
+    chunks: int = 0
+    pending_documents: int = 0
+    by_root: dict[str, int] = field(default_factory=dict)
+
+
+class State:
+    """The SQLite state of one target. Opening it takes the run lock unless `lock=False`."""
+
+    def __init__(self, path: str | os.PathLike[str], *, lock: bool = True, readonly: bool = False):
+        self.path = Path(path)
+        self._lock_fd: int | None = None
+        if not readonly:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        if lock:
+            self._take_lock()
+        try:
+            if readonly:
+                if not self.path.exists():
+                    raise StateError(f"{self.path}: no state here yet (nothing was ingested)")
+                uri = f"file:{self.path}?mode=ro"
+                self.db = sqlite3.connect(uri, uri=True, check_same_thread=False)
+            else:
+                self.db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+                self.db.execute("PRAGMA journal_mode=WAL")
+                self.db.execute("PRAGMA synchronous=NORMAL")
+                self.db.executescript(_SCHEMA)
+                self._check_version()
+        except sqlite3.DatabaseError as e:
+            self._release_lock()
+            raise StateError(f"{self.path}: cannot open the state database: {e}") from e
+
+    # -- locking ---------------------------------------------------------------
+
+    def _take_lock(self) -> None:
+        lock_path = self.path.with_name(self.path.name + ".lock")
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = ""
+            with contextlib.suppress(OSError):
+                holder = os.pread(fd, 64, 0).decode(errors="replace").strip()
+            os.close(fd)
+            who = f" (pid {holder})" if holder else ""
+            raise StateLockedError(
+                f"{self.path}: another qflume run holds this state{who}; "
+                "wait for it to finish or stop it first"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        self._lock_fd = fd
+
+    def _release_lock(self) -> None:
+        if self._lock_fd is not None:
+            with contextlib.suppress(OSError):
+                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+                os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def _check_version(self) -> None:
+        row = self.db.execute("SELECT value FROM meta WHERE name='schema_version'").fetchone()
+        if row is None:
+            self.db.execute(
+                "INSERT INTO meta(name, value) VALUES('schema_version', ?)", (str(SCHEMA_VERSION),)
+            )
+        elif int(row[0]) != SCHEMA_VERSION:
+            raise StateError(
+                f"{self.path}: state schema {row[0]} is not the {SCHEMA_VERSION} this qflume uses; "
+                "remove the file (and the collection) to start over"
+            )
+
+    # -- meta --------------------------------------------------------------------
+
+    def get_meta(self, name: str) -> Any:
+        row = self.db.execute("SELECT value FROM meta WHERE name=?", (name,)).fetchone()
+        return None if row is None else json.loads(row[0])
+
+    def set_meta(self, name: str, value: Any) -> None:
+        self.db.execute(
+            "INSERT INTO meta(name, value) VALUES(?, ?) "
+            "ON CONFLICT(name) DO UPDATE SET value=excluded.value",
+            (name, json.dumps(value)),
+        )
+
+    # -- reads ---------------------------------------------------------------------
+
+    _COLS = (
+        "key, root, content_hash, size, mtime_ns, meta_json, fingerprint, chunks, offsets, pending"
+    )
+
+    def get_many(self, keys: Sequence[str]) -> dict[str, DocState]:
+        out: dict[str, DocState] = {}
+        for i in range(0, len(keys), 500):
+            part = keys[i : i + 500]
+            q = f"SELECT {self._COLS} FROM documents WHERE key IN ({','.join('?' * len(part))})"
+            for row in self.db.execute(q, part):
+                out[row[0]] = DocState(*row)
+        return out
+
+    def get(self, key: str) -> DocState | None:
+        return self.get_many([key]).get(key)
+
+    def known_files(self, roots: Iterable[str]) -> dict[str, tuple[int, int, bytes]]:
+        """key -> (size, mtime_ns, content hash) for the scan's fast path."""
+        out: dict[str, tuple[int, int, bytes]] = {}
+        for root in roots:
+            for key, size, mtime_ns, h in self.db.execute(
+                "SELECT key, size, mtime_ns, content_hash FROM documents "
+                "WHERE root=? AND content_hash IS NOT NULL",
+                (root,),
+            ):
+                out[key] = (size, mtime_ns, h)
+        return out
+
+    def keys_under(self, roots: Iterable[str]) -> Iterator[str]:
+        for root in roots:
+            for (key,) in self.db.execute("SELECT key FROM documents WHERE root=?", (root,)):
+                yield key
+
+    def iter_all(self) -> Iterator[DocState]:
+        for row in self.db.execute(f"SELECT {self._COLS} FROM documents ORDER BY key"):
+            yield DocState(*row)
+
+    def stats(self) -> StateStats:
+        s = StateStats()
+        for root, n, chunk_bytes, pend in self.db.execute(
+            "SELECT root, COUNT(*), SUM(LENGTH(chunks)), SUM(LENGTH(pending) > 0) "
+            "FROM documents GROUP BY root"
+        ):
+            s.documents += n
+            s.chunks += (chunk_bytes or 0) // HASH_LEN
+            s.pending_documents += pend or 0
+            s.by_root[root] = n
+        return s
+
+    # -- writes (each a transaction) -----------------------------------------------
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.db
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        else:
+            self.db.execute("COMMIT")
+
+    def write_ahead(self, pending: dict[str, tuple[str, bytes]]) -> None:
+        """Record, before sending, the chunk hashes about to be written for each document.
+
+        `pending` maps key -> (root, concatenated hashes). A document without a row gets one with
+        no committed chunks, so a crash still leaves a trace of what may be in the collection.
+        """
+        if not pending:
+            return
+        now = time.time()
+        with self.transaction() as db:
+            for key, (root, hashes) in pending.items():
+                row = db.execute("SELECT pending FROM documents WHERE key=?", (key,)).fetchone()
+                if row is None:
+                    db.execute(
+                        "INSERT INTO documents(key, root, pending, updated_at) VALUES(?, ?, ?, ?)",
+                        (key, root, hashes, now),
+                    )
+                else:
+                    # Concatenated in Python: SQLite's || would turn the blobs into text.
+                    db.execute(
+                        "UPDATE documents SET pending=?, updated_at=? WHERE key=?",
+                        (bytes(row[0]) + hashes, now, key),
+                    )
+
+    def commit(self, updates: Sequence[DocUpdate], deleted: Sequence[str] = ()) -> None:
+        """After the sink acknowledged: make the new rows the truth and clear their pending."""
+        if not updates and not deleted:
+            return
+        now = time.time()
+        with self.transaction() as db:
+            db.executemany(
+                "INSERT INTO documents(key, root, content_hash, size, mtime_ns, meta_json, "
+                "fingerprint, chunks, offsets, pending, updated_at) "
+                "VALUES(?, ?, ?, ?, ?, ?, ?, ?, ?, x'', ?) "
+                "ON CONFLICT(key) DO UPDATE SET root=excluded.root, "
+                "content_hash=excluded.content_hash, size=excluded.size, "
+                "mtime_ns=excluded.mtime_ns, meta_json=excluded.meta_json, "
+                "fingerprint=excluded.fingerprint, chunks=excluded.chunks, "
+                "offsets=excluded.offsets, pending=x'', updated_at=excluded.updated_at",
+                [
+                    (
+                        u.key,
+                        u.root,
+                        u.content_hash,
+                        u.size,
+                        u.mtime_ns,
+                        u.meta_json,
+                        u.fingerprint,
+                        u.chunks,
+                        u.offsets,
+                        now,
+                    )
+                    for u in updates
+                ],
+            )
+            db.executemany("DELETE FROM documents WHERE key=?", [(k,) for k in deleted])
+
+    def touch(self, rows: Sequence[tuple[str, int, int]]) -> None:
+        """Record new (size, mtime_ns) for documents whose content did not change."""
+        if not rows:
+            return
+        with self.transaction() as db:
+            db.executemany(
+                "UPDATE documents SET size=?, mtime_ns=? WHERE key=?",
+                [(size, mtime, key) for key, size, mtime in rows],
+            )
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.db.close()
+        self._release_lock()
+
+    def __enter__(self) -> State:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
