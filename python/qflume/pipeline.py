@@ -1,0 +1,995 @@
+"""`qflume ingest`: the streaming, incremental, crash-safe pipeline.
+
+Three threads joined by bounded queues (so memory is set by queue sizes, never by corpus size):
+
+    plan   scan -> diff against the state -> read -> chunk + hash + ids (Rust) -> what to send
+    embed  embedding cache lookup -> model for the misses -> cache put -> sparse vectors
+    write  write-ahead in the state -> upsert / delete / payload updates -> sink barrier -> commit
+
+The state advances only for what the sink acknowledged (see qflume.state), so a run killed at any
+moment is repaired by the next one: no duplicates, no orphans, nothing lost.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import queue
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from qflume._core import content_hash, point_id
+from qflume.exceptions import InvalidInputError, QflumeError
+from qflume.progress import Progress
+from qflume.sinks.base import CollectionSpec, PointBatch, Sink, SparseBatch
+from qflume.state import HASH_LEN, DocState, DocUpdate, State
+
+RECORDS_ROOT = "<records>"
+_STOP = object()
+
+
+# ---------------------------------------------------------------------------------------------
+# Reports
+
+
+@dataclass
+class StageStats:
+    busy_s: float = 0.0
+    items: int = 0
+
+    def as_dict(self, elapsed: float) -> dict[str, float]:
+        return {
+            "busy_s": round(self.busy_s, 4),
+            "items": self.items,
+            "items_per_s": round(self.items / self.busy_s, 1) if self.busy_s > 0 else 0.0,
+            "utilization": round(self.busy_s / elapsed, 3) if elapsed > 0 else 0.0,
+        }
+
+
+@dataclass
+class IngestReport:
+    """What a run did. `as_dict()` is what `qflume ingest --json` prints."""
+
+    documents_seen: int = 0
+    documents_new: int = 0
+    documents_changed: int = 0
+    documents_unchanged: int = 0
+    documents_deleted: int = 0
+    documents_skipped: int = 0
+    skipped: list[dict[str, str]] = field(default_factory=list)
+    chunks_total: int = 0
+    chunks_embedded: int = 0
+    cache_hits: int = 0
+    tokens_embedded: int = 0
+    points_upserted: int = 0
+    points_deleted: int = 0
+    payload_updates: int = 0
+    elapsed_s: float = 0.0
+    interrupted: bool = False
+    dry_run: bool = False
+    stages: dict[str, StageStats] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["stages"] = {k: v.as_dict(self.elapsed_s) for k, v in self.stages.items()}
+        d["elapsed_s"] = round(self.elapsed_s, 3)
+        d["chunks_per_s"] = (
+            round(self.chunks_embedded / self.elapsed_s, 2) if self.elapsed_s > 0 else 0.0
+        )
+        return d
+
+
+# ---------------------------------------------------------------------------------------------
+# Work items passed between the stages
+
+
+@dataclass
+class _Doc:
+    """A document that needs work (new, changed, re-fingerprinted or repaired)."""
+
+    key: str
+    root: str
+    content_hash: bytes
+    size: int
+    mtime_ns: int
+    meta: dict[str, Any]
+    meta_json: str
+    prev: DocState | None
+    text: str | None = None
+    path: str | None = None
+
+
+@dataclass
+class _DocPlan:
+    doc: _Doc
+    update: DocUpdate
+    upsert_hashes: bytes  # concatenated hashes that are (re)sent
+    lost_ids: list[str]  # point ids of chunks the document no longer has
+    moved: list[tuple[str, dict[str, int]]]  # kept chunks whose offsets changed: (id, fields)
+
+
+@dataclass
+class _Batch:
+    plans: list[_DocPlan]
+    texts: list[str]
+    hashes: npt.NDArray[np.uint8]  # (n, 16)
+    ids: npt.NDArray[np.uint8]  # (n, 16)
+    doc_index: npt.NDArray[np.int64]
+    chunk_index: npt.NDArray[np.int64]
+    start: npt.NDArray[np.int64]
+    end: npt.NDArray[np.int64]
+    deleted: list[tuple[str, list[str]]] = field(default_factory=list)  # (key, point ids)
+    dense: npt.NDArray[np.float32] | None = None
+    sparse: dict[str, SparseBatch] | None = None
+
+
+def _empty_batch() -> _Batch:
+    z = np.zeros(0, np.int64)
+    h = np.zeros((0, HASH_LEN), np.uint8)
+    return _Batch([], [], h, h, z, z, z, z)
+
+
+def _split_hashes(blob: bytes) -> list[bytes]:
+    return [blob[i : i + HASH_LEN] for i in range(0, len(blob), HASH_LEN)]
+
+
+# ---------------------------------------------------------------------------------------------
+# The pipeline
+
+
+class Pipeline:
+    """Ingest files or records into one Qdrant collection and keep it in sync.
+
+    Target: ``store`` (a folder; the collection is a Qdrant Edge shard at store/collection, the
+    default ``./.qflume``) or ``url`` (a Qdrant server over gRPC). The state (and the embedding
+    cache) live beside the shard, or under ``state_dir`` for a server.
+    """
+
+    def __init__(
+        self,
+        collection: str,
+        *,
+        store: str | os.PathLike[str] | None = None,
+        url: str | None = None,
+        api_key: str | None = None,
+        model: str | os.PathLike[str] | None = None,
+        sparse: str = "none",
+        chunk_chars: int | None = None,
+        chunk_tokens: int | None = None,
+        overlap: int = 0,
+        wait: bool = False,
+        state_dir: str | os.PathLike[str] | None = None,
+        batch_chunks: int = 256,
+        max_memory: int | None = None,
+        cache_entries: int = 1_000_000,
+        progress: bool | None = None,
+        embedder: Any = None,
+        sink: Sink | None = None,
+        lock: bool = True,
+    ) -> None:
+        if not collection or "/" in collection or collection.startswith("."):
+            raise InvalidInputError(
+                f"collection name {collection!r} is not usable (no '/', no leading '.')"
+            )
+        if sparse not in ("none", "bm25", "splade"):
+            raise InvalidInputError(f"sparse must be none, bm25 or splade, not {sparse!r}")
+        if chunk_chars is not None and chunk_tokens is not None:
+            raise InvalidInputError("give chunk_chars or chunk_tokens, not both")
+        if store is not None and url is not None:
+            raise InvalidInputError("give store (embedded Qdrant Edge) or url (a server), not both")
+        self.collection = collection
+        self.url = url
+        self.api_key = api_key
+        self.model = model
+        self.sparse_kind = sparse
+        self.chunk_chars = chunk_chars if chunk_tokens is None else None
+        if self.chunk_chars is None and chunk_tokens is None:
+            self.chunk_chars = 1000
+        self.chunk_tokens = chunk_tokens
+        self.overlap = overlap
+        self.wait = wait
+        self.batch_chunks = max(1, batch_chunks)
+        # Each queued batch holds ~batch_chunks chunks of text and vectors (a few KB each).
+        per_batch = self.batch_chunks * 8 * 1024
+        self.queue_batches = 4 if max_memory is None else max(1, min(64, max_memory // per_batch))
+        self.progress_enabled = progress
+        if url is None:
+            self.store = Path(store if store is not None else ".qflume")
+            base = self.store
+        else:
+            self.store = None
+            host = url.split("://", 1)[-1].rstrip("/").replace(":", "_").replace("/", "_")
+            base = Path(state_dir) if state_dir is not None else Path(".qflume") / "servers" / host
+        self.state_path = base / f"{collection}.state.sqlite"
+        self.cache_path = base / f"{collection}.cache.sqlite"
+        self.cache_entries = cache_entries
+        self._embedder = embedder
+        self._sink = sink
+        self._sparse_model: Any = None
+        self._chunker: Any = None
+        self._cache: Any = None
+        self._fingerprint: str | None = None
+        self.state = State(self.state_path, lock=lock)
+        self._stop = threading.Event()
+        self._abort = threading.Event()
+
+    # -- lazily built components ------------------------------------------------------
+
+    @property
+    def embedder(self) -> Any:
+        if self._embedder is None:
+            from qflume.embed import Embedder
+
+            self._embedder = Embedder(self.model)
+        return self._embedder
+
+    @property
+    def sink(self) -> Sink:
+        if self._sink is None:
+            if self.url is not None:
+                from qflume.sinks.grpc import GrpcSink
+
+                self._sink = GrpcSink(
+                    self.url, self.collection, api_key=self.api_key, wait=self.wait
+                )
+            else:
+                from qflume.sinks.edge import EdgeSink
+
+                assert self.store is not None
+                self._sink = EdgeSink(self.store, self.collection)
+        return self._sink
+
+    @property
+    def chunker(self) -> Any:
+        if self._chunker is None:
+            from qflume.chunk import Chunker
+
+            if self.chunk_tokens is not None:
+                tok = Path(self.embedder.model_path) / "tokenizer.json"
+                self._chunker = Chunker(
+                    max_tokens=self.chunk_tokens, tokenizer=str(tok), overlap=self.overlap
+                )
+            else:
+                self._chunker = Chunker(max_chars=self.chunk_chars, overlap=self.overlap)
+        return self._chunker
+
+    @property
+    def cache(self) -> Any:
+        if self._cache is None:
+            from qflume.cache import EmbeddingCache
+
+            self._cache = EmbeddingCache(self.cache_path, max_entries=self.cache_entries)
+        return self._cache
+
+    @property
+    def sparse_model(self) -> Any:
+        if self._sparse_model is None and self.sparse_kind != "none":
+            if self.sparse_kind == "bm25":
+                from qflume.sparse import Bm25
+
+                self._sparse_model = Bm25()
+            else:
+                from qflume.sparse import Splade
+
+                self._sparse_model = Splade(self.model)
+        return self._sparse_model
+
+    def fingerprint(self) -> str:
+        """What produced the points: model, chunker settings, sparse kind."""
+        if self._fingerprint is None:
+            chunking = (
+                f"tokens={self.chunk_tokens}" if self.chunk_tokens else f"chars={self.chunk_chars}"
+            )
+            self._fingerprint = f"{self.embedder.model_id}|{chunking}|overlap={self.overlap}|sparse={self.sparse_kind}"
+        return self._fingerprint
+
+    def collection_spec(self) -> CollectionSpec:
+        names = () if self.sparse_kind == "none" else (self.sparse_kind,)
+        return CollectionSpec(dim=int(self.embedder.dim), sparse=names)
+
+    # -- public operations ------------------------------------------------------------
+
+    def ingest(
+        self,
+        paths: Sequence[str | os.PathLike[str]] | str | os.PathLike[str],
+        *,
+        include: Sequence[str] | None = None,
+        exclude: Sequence[str] | None = None,
+        delete_missing: bool = True,
+        dry_run: bool = False,
+    ) -> IngestReport:
+        """Bring the collection in line with the files under `paths`."""
+        if isinstance(paths, (str, os.PathLike)):
+            paths = [paths]
+        roots = [str(Path(p).resolve()) for p in paths]
+        for r in roots:
+            if not os.path.exists(r):
+                from qflume.exceptions import QflumeIOError
+
+                raise QflumeIOError(2, f"{r}: no such file or folder to ingest")
+        return self._run(
+            lambda report: self._plan_files(roots, include, exclude, delete_missing, report),
+            dry_run,
+        )
+
+    def ingest_records(
+        self,
+        records: Iterable[Mapping[str, Any]],
+        *,
+        delete_missing: bool = False,
+        dry_run: bool = False,
+    ) -> IngestReport:
+        """Ingest {"id", "text", "metadata"} records, keyed by id (same semantics as files)."""
+        return self._run(
+            lambda report: self._plan_records(records, delete_missing, report), dry_run
+        )
+
+    def status(self) -> dict[str, Any]:
+        st = self.state.stats()
+        out: dict[str, Any] = {
+            "collection": self.collection,
+            "target": self.url or str(self.store),
+            "state": str(self.state_path),
+            "documents": st.documents,
+            "chunks": st.chunks,
+            "documents_pending": st.pending_documents,
+            "last_run": self.state.get_meta("last_run"),
+        }
+        try:
+            out["points"] = self.sink.count()
+        except QflumeError as e:
+            out["points"] = None
+            out["sink_error"] = str(e)
+        if self.cache_path.exists():
+            with contextlib.suppress(Exception):
+                out["cache"] = self.cache.stats()
+        return out
+
+    def verify(self, *, repair: bool = False) -> dict[str, Any]:
+        """Reconcile the state with the collection: missing, orphan and stale points."""
+        expected: dict[str, tuple[str, bytes]] = {}
+        for doc in self.state.iter_all():
+            for h in _split_hashes(doc.chunks):
+                expected[point_id(doc.key, h)] = (doc.key, h)
+        orphans: list[str] = []
+        stale: list[str] = []
+        seen: set[str] = set()
+        for rec in self.sink.scroll(with_payload=True):
+            pid = str(rec.id)
+            if pid not in expected:
+                orphans.append(pid)
+                continue
+            seen.add(pid)
+            meta = (rec.payload or {}).get("metadata") or {}
+            key, h = expected[pid]
+            if meta.get("source") != key or meta.get("content_hash") != h.hex():
+                stale.append(pid)
+        missing = [pid for pid in expected if pid not in seen]
+        report: dict[str, Any] = {
+            "points_expected": len(expected),
+            "missing": len(missing),
+            "orphans": len(orphans),
+            "stale": len(stale),
+            "ok": not (missing or orphans or stale),
+            "repaired": False,
+        }
+        if repair and not report["ok"]:
+            if orphans:
+                self.sink.delete(orphans)
+            # Missing or stale points: forget those documents' content hash so the next
+            # ingest rebuilds them (cache hits make it cheap).
+            broken = {expected[p][0] for p in missing + stale}
+            if broken:
+                with self.state.transaction() as db:
+                    db.executemany(
+                        "UPDATE documents SET content_hash=NULL, size=-1 WHERE key=?",
+                        [(k,) for k in sorted(broken)],
+                    )
+            self.sink.flush()
+            report["repaired"] = True
+            report["documents_to_rebuild"] = sorted(broken)
+        return report
+
+    def search(
+        self,
+        queries: Sequence[str],
+        *,
+        limit: int = 10,
+        filter: Mapping[str, Any] | None = None,
+        mode: str = "dense",
+    ) -> list[Any]:
+        """Batch search of this collection (see qflume.search.search)."""
+        from qflume.search import search
+
+        return search(self, queries, limit=limit, filter=filter, mode=mode)
+
+    def stop(self) -> None:
+        """Ask a running ingest to stop reading, drain what is in flight and commit."""
+        self._stop.set()
+
+    def close(self) -> None:
+        for comp in (self._sink, self._cache):
+            if comp is not None:
+                with contextlib.suppress(Exception):
+                    comp.close()
+        emb = self._embedder
+        if emb is not None and hasattr(emb, "close"):
+            with contextlib.suppress(Exception):
+                emb.close()
+        self.state.close()
+
+    def __enter__(self) -> Pipeline:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- planning (the first stage) ---------------------------------------------------------
+
+    def _plan_files(
+        self,
+        roots: list[str],
+        include: Sequence[str] | None,
+        exclude: Sequence[str] | None,
+        delete_missing: bool,
+        report: IngestReport,
+    ) -> Iterator[_Doc | tuple[str, str, DocState]]:
+        from qflume.scan import scan
+
+        for root in roots:
+            known = self._known(root)
+            entries = scan([root], include=include, exclude=exclude, known=known)
+            report.documents_seen += len(entries)
+            self._progress.set_total(self._progress.docs_total + len(entries))
+            seen_keys: set[str] = set()
+            pending: list[Any] = []
+            for e in entries:
+                seen_keys.add(e.key)
+                if e.skip is not None:
+                    report.documents_skipped += 1
+                    report.skipped.append({"key": e.key, "reason": e.skip})
+                    self._progress.advance(documents=1)
+                    continue
+                if e.unchanged:
+                    report.documents_unchanged += 1
+                    self._progress.advance(documents=1)
+                    continue
+                pending.append(e)
+                if len(pending) >= 256:
+                    yield from self._diff_files(root, pending, report)
+                    pending = []
+                if self._stop.is_set():
+                    return
+            yield from self._diff_files(root, pending, report)
+            if delete_missing and not self._stop.is_set():
+                gone = [k for k in self.state.keys_under([root]) if k not in seen_keys]
+                for key, prev in self.state.get_many(gone).items():
+                    yield ("delete", key, prev)
+
+    def _known(self, root: str) -> dict[str, tuple[int, int, bytes]]:
+        """The fast path applies only to documents fully committed with this pipeline."""
+        known = self.state.known_files([root])
+        if not known:
+            return known
+        fp = self.fingerprint()
+        for key, fprint, pend in self.state.db.execute(
+            "SELECT key, fingerprint, LENGTH(pending) FROM documents WHERE root=?", (root,)
+        ):
+            if fprint != fp or pend:
+                known.pop(key, None)
+        return known
+
+    def _diff_files(self, root: str, entries: list[Any], report: IngestReport) -> Iterator[_Doc]:
+        if not entries:
+            return
+        prev = self.state.get_many([e.key for e in entries])
+        fp = None
+        touched: list[tuple[str, int, int]] = []
+        for e in entries:
+            p = prev.get(e.key)
+            meta = {"source": e.key}
+            meta_json = json.dumps(meta, sort_keys=True, ensure_ascii=False)
+            if p is not None and p.content_hash == e.hash and not p.pending:
+                fp = fp or self.fingerprint()
+                if p.fingerprint == fp and p.meta_json == meta_json:
+                    report.documents_unchanged += 1
+                    touched.append((e.key, e.size, e.mtime_ns))
+                    self._progress.advance(documents=1)
+                    continue
+            if p is None or not p.chunks:
+                report.documents_new += 1
+            else:
+                report.documents_changed += 1
+            yield _Doc(e.key, root, e.hash, e.size, e.mtime_ns, meta, meta_json, p, path=e.path)
+        if touched and not self._dry_run:
+            self.state.touch(touched)
+
+    def _plan_records(
+        self, records: Iterable[Mapping[str, Any]], delete_missing: bool, report: IngestReport
+    ) -> Iterator[_Doc | tuple[str, str, DocState]]:
+        seen: set[str] = set()
+        pending: list[_Doc] = []
+
+        def flush() -> Iterator[_Doc]:
+            prev = self.state.get_many([d.key for d in pending])
+            for d in pending:
+                p = prev.get(d.key)
+                d.prev = p
+                if (
+                    p is not None
+                    and p.content_hash == d.content_hash
+                    and p.meta_json == d.meta_json
+                    and not p.pending
+                    and p.fingerprint == self.fingerprint()
+                ):
+                    report.documents_unchanged += 1
+                    self._progress.advance(documents=1)
+                    continue
+                if p is None or not p.chunks:
+                    report.documents_new += 1
+                else:
+                    report.documents_changed += 1
+                yield d
+
+        for i, rec in enumerate(records):
+            if self._stop.is_set():
+                break
+            report.documents_seen += 1
+            doc = self._record_doc(i, rec, report)
+            if doc is None:
+                continue
+            if doc.key in seen:
+                report.documents_skipped += 1
+                report.skipped.append({"key": doc.key, "reason": "duplicate id in this run"})
+                continue
+            seen.add(doc.key)
+            pending.append(doc)
+            if len(pending) >= 256:
+                yield from flush()
+                pending = []
+        yield from flush()
+        if delete_missing and not self._stop.is_set():
+            gone = [k for k in self.state.keys_under([RECORDS_ROOT]) if k not in seen]
+            for key, prev in self.state.get_many(gone).items():
+                yield ("delete", key, prev)
+
+    def _record_doc(self, i: int, rec: Mapping[str, Any], report: IngestReport) -> _Doc | None:
+        def skip(key: str, reason: str) -> None:
+            report.documents_skipped += 1
+            report.skipped.append({"key": key, "reason": reason})
+
+        if not isinstance(rec, Mapping):
+            skip(f"#{i}", f"record #{i} is {type(rec).__name__}, not a mapping")
+            return None
+        if "_error" in rec:  # a line the reader could not parse
+            skip(f"#{i}", str(rec["_error"]))
+            return None
+        rid = rec.get("id")
+        if rid is None or isinstance(rid, bool) or not isinstance(rid, (str, int)):
+            skip(f"#{i}", f"record #{i} has no usable 'id' (a str or int)")
+            return None
+        key = str(rid)
+        text = rec.get("text")
+        if not isinstance(text, str):
+            skip(key, f"record {key!r} has no 'text' string")
+            return None
+        if not text.strip():
+            skip(key, "empty")
+            return None
+        meta = rec.get("metadata") or {}
+        if not isinstance(meta, Mapping):
+            skip(key, f"record {key!r}: 'metadata' must be an object")
+            return None
+        meta = {**meta, "source": key}
+        try:
+            meta_json = json.dumps(meta, sort_keys=True, ensure_ascii=False)
+        except (TypeError, ValueError) as e:
+            skip(key, f"record {key!r}: metadata is not JSON: {e}")
+            return None
+        try:
+            h = content_hash(text)
+        except UnicodeEncodeError:
+            skip(key, "not-utf8 (lone surrogates in text)")
+            return None
+        n = len(text)
+        return _Doc(key, RECORDS_ROOT, h, n, 0, meta, meta_json, None, text=text)
+
+    # -- chunk + diff to the chunk -------------------------------------------------------------
+
+    def _chunk_docs(self, docs: list[_Doc], report: IngestReport) -> _Batch:
+        from qflume.scan import read_text
+
+        texts: list[str] = []
+        ok: list[_Doc] = []
+        for d in docs:
+            if d.text is None:
+                try:
+                    d.text = read_text(d.path)
+                except (QflumeError, OSError) as e:
+                    report.documents_skipped += 1
+                    report.skipped.append({"key": d.key, "reason": f"unreadable: {e}"})
+                    continue
+            ok.append(d)
+            texts.append(d.text)
+        cb = self.chunker.chunk_batch(texts, [d.key for d in ok])
+        indptr = np.asarray(cb.doc_indptr)
+        offsets = np.asarray(cb.offsets)
+        hashes = np.asarray(cb.hashes)
+        ids = np.asarray(cb.ids)
+        fp = self.fingerprint()
+        out = _empty_batch()
+        sel: list[int] = []
+        doc_index: list[int] = []
+        chunk_index: list[int] = []
+        for di, d in enumerate(ok):
+            lo, hi = int(indptr[di]), int(indptr[di + 1])
+            h_bytes = hashes[lo:hi].tobytes()
+            prev = d.prev
+            committed: set[bytes] = set(_split_hashes(prev.chunks)) if prev else set()
+            prev_offsets: dict[bytes, tuple[int, int, int]] = {}
+            if prev is not None and prev.offsets:
+                po = prev.chunk_offsets()
+                for j, h in enumerate(_split_hashes(prev.chunks)):
+                    prev_offsets[h] = (int(po[j, 0]), int(po[j, 1]), int(po[j, 2]))
+            resend_all = prev is None or prev.fingerprint != fp or prev.meta_json != d.meta_json
+            uniq: list[bytes] = []
+            uniq_rows: list[tuple[int, int, int]] = []
+            upsert: list[bytes] = []
+            moved: list[tuple[str, dict[str, int]]] = []
+            first: set[bytes] = set()
+            for j in range(hi - lo):
+                h = h_bytes[j * HASH_LEN : (j + 1) * HASH_LEN]
+                if h in first:  # the same text twice in one document: one point
+                    continue
+                first.add(h)
+                row = (j, int(offsets[lo + j, 0]), int(offsets[lo + j, 1]))
+                uniq.append(h)
+                uniq_rows.append(row)
+                if resend_all or h not in committed:
+                    upsert.append(h)
+                    sel.append(lo + j)
+                    doc_index.append(len(out.plans))
+                    chunk_index.append(j)
+                elif prev_offsets.get(h) != row:
+                    pid = point_id(d.key, h)
+                    moved.append((pid, {"chunk_index": row[0], "start": row[1], "end": row[2]}))
+            possibly = prev.possibly_present() if prev else set()
+            lost = [point_id(d.key, h) for h in sorted(possibly - first)]
+            update = DocUpdate(
+                key=d.key,
+                root=d.root,
+                content_hash=d.content_hash,
+                size=d.size,
+                mtime_ns=d.mtime_ns,
+                meta_json=d.meta_json,
+                fingerprint=fp,
+                chunks=b"".join(uniq),
+                offsets=np.asarray(uniq_rows, np.int64).reshape(-1, 3).tobytes(),
+            )
+            out.plans.append(_DocPlan(d, update, b"".join(upsert), lost, moved))
+            report.chunks_total += len(uniq)
+        if sel:
+            s = np.asarray(sel, np.int64)
+            out.texts = [
+                ok[doc_index_i].text[int(offsets[k, 0]) : int(offsets[k, 1])]  # type: ignore[index]
+                for k, doc_index_i in zip(s, _doc_of(indptr, s), strict=True)
+            ]
+            out.hashes = hashes[s]
+            out.ids = ids[s]
+            out.doc_index = np.asarray(doc_index, np.int64)
+            out.chunk_index = np.asarray(chunk_index, np.int64)
+            out.start = offsets[s, 0].astype(np.int64)
+            out.end = offsets[s, 1].astype(np.int64)
+        return out
+
+    # -- the run -------------------------------------------------------------------------------
+
+    def _run(
+        self,
+        planner: Callable[[IngestReport], Iterator[_Doc | tuple[str, str, DocState]]],
+        dry_run: bool,
+    ) -> IngestReport:
+        t0 = time.perf_counter()
+        report = IngestReport(dry_run=dry_run)
+        report.stages = {name: StageStats() for name in ("plan", "embed", "write")}
+        self._dry_run = dry_run
+        self._stop.clear()
+        self._abort.clear()
+        self._progress = Progress(enabled=self.progress_enabled)
+        restore = self._install_sigint()
+        try:
+            if dry_run:
+                self._dry(planner, report)
+            else:
+                self._stream(planner, report)
+        finally:
+            restore()
+            self._progress.close()
+            report.elapsed_s = time.perf_counter() - t0
+        report.interrupted = self._stop.is_set()
+        if not dry_run:
+            self.state.set_meta("last_run", report.as_dict())
+        return report
+
+    def _install_sigint(self) -> Callable[[], None]:
+        if threading.current_thread() is not threading.main_thread():
+            return lambda: None
+
+        def handler(signum: int, frame: Any) -> None:
+            if self._stop.is_set():
+                self._abort.set()
+                raise KeyboardInterrupt
+            self._stop.set()
+            import sys
+
+            print(
+                "\nqflume: stopping: finishing what is in flight (Ctrl-C again to abort now)",
+                file=sys.stderr,
+            )
+
+        try:
+            old = signal.signal(signal.SIGINT, handler)
+        except ValueError:
+            return lambda: None
+        return lambda: signal.signal(signal.SIGINT, old)
+
+    def _batches(
+        self,
+        planner: Callable[[IngestReport], Iterator[_Doc | tuple[str, str, DocState]]],
+        report: IngestReport,
+    ) -> Iterator[_Batch]:
+        """Group planned documents into batches of about batch_chunks chunks."""
+        stats = report.stages["plan"]
+        docs: list[_Doc] = []
+        deleted: list[tuple[str, list[str]]] = []
+        text_chars = 0
+        budget = self.batch_chunks * (self.chunk_chars or 4 * (self.chunk_tokens or 256))
+        t = time.perf_counter()
+        for item in planner(report):
+            if isinstance(item, tuple):
+                _, key, prev = item
+                ids = [point_id(key, h) for h in sorted(prev.possibly_present())]
+                deleted.append((key, ids))
+                report.documents_deleted += 1
+            else:
+                docs.append(item)
+                text_chars += item.size
+            if text_chars >= budget or len(deleted) >= 1024:
+                batch = self._chunk_docs(docs, report)
+                batch.deleted = deleted
+                stats.busy_s += time.perf_counter() - t
+                stats.items += len(docs)
+                yield batch
+                t = time.perf_counter()
+                docs, deleted, text_chars = [], [], 0
+            if self._abort.is_set():
+                return
+        if docs or deleted:
+            batch = self._chunk_docs(docs, report)
+            batch.deleted = deleted
+            stats.busy_s += time.perf_counter() - t
+            stats.items += len(docs)
+            yield batch
+
+    def _dry(
+        self,
+        planner: Callable[[IngestReport], Iterator[_Doc | tuple[str, str, DocState]]],
+        report: IngestReport,
+    ) -> None:
+        for batch in self._batches(planner, report):
+            n = len(batch.texts)
+            if n:
+                found = np.zeros(n, bool)
+                if self.cache_path.exists():
+                    found, _ = self.cache.get_many(self.embedder.model_id, batch.hashes)
+                    found = np.asarray(found, bool)
+                report.cache_hits += int(found.sum())
+                todo = [t for t, f in zip(batch.texts, found, strict=True) if not f]
+                report.chunks_embedded += len(todo)
+                if todo:
+                    report.tokens_embedded += int(np.sum(self.embedder.count_tokens(todo)))
+            report.points_upserted += n
+            report.points_deleted += sum(len(p.lost_ids) for p in batch.plans)
+            report.points_deleted += sum(len(ids) for _, ids in batch.deleted)
+            report.payload_updates += sum(len(p.moved) for p in batch.plans)
+
+    def _stream(
+        self,
+        planner: Callable[[IngestReport], Iterator[_Doc | tuple[str, str, DocState]]],
+        report: IngestReport,
+    ) -> None:
+        q_embed: queue.Queue[Any] = queue.Queue(self.queue_batches)
+        q_write: queue.Queue[Any] = queue.Queue(self.queue_batches)
+        errors: list[BaseException] = []
+
+        def put(q: queue.Queue[Any], item: Any) -> bool:
+            while not self._abort.is_set():
+                try:
+                    q.put(item, timeout=0.1)
+                    return True
+                except queue.Full:
+                    continue
+            return False
+
+        def get(q: queue.Queue[Any]) -> Any:
+            while not self._abort.is_set():
+                try:
+                    return q.get(timeout=0.1)
+                except queue.Empty:
+                    continue
+            return _STOP
+
+        def plan_stage() -> None:
+            try:
+                for batch in self._batches(planner, report):
+                    self._progress.add_chunks_planned(len(batch.texts))
+                    if not put(q_embed, batch):
+                        return
+            except BaseException as e:
+                errors.append(e)
+                self._abort.set()
+            finally:
+                put(q_embed, _STOP)
+
+        def embed_stage() -> None:
+            stats = report.stages["embed"]
+            try:
+                while (batch := get(q_embed)) is not _STOP:
+                    t = time.perf_counter()
+                    self._embed_batch(batch, report)
+                    stats.busy_s += time.perf_counter() - t
+                    stats.items += len(batch.texts)
+                    if not put(q_write, batch):
+                        return
+            except BaseException as e:
+                errors.append(e)
+                self._abort.set()
+            finally:
+                put(q_write, _STOP)
+
+        threads = [
+            threading.Thread(target=plan_stage, name="qflume-plan", daemon=True),
+            threading.Thread(target=embed_stage, name="qflume-embed", daemon=True),
+        ]
+        for th in threads:
+            th.start()
+        try:
+            self._write_stage(get, q_write, report)
+        except BaseException as e:
+            self._abort.set()
+            errors.append(e)
+        finally:
+            for th in threads:
+                while th.is_alive():
+                    th.join(0.1)
+        if errors:
+            first = errors[0]
+            if isinstance(first, KeyboardInterrupt):
+                raise first
+            raise first
+
+    def _embed_batch(self, batch: _Batch, report: IngestReport) -> None:
+        n = len(batch.texts)
+        if n == 0:
+            return
+        emb = self.embedder
+        found, vectors = self.cache.get_many(emb.model_id, batch.hashes)
+        found = np.asarray(found, bool)
+        dense = np.empty((n, emb.dim), np.float32)
+        if found.any():
+            dense[found] = np.asarray(vectors, np.float32)[found]
+        miss = np.flatnonzero(~found)
+        report.cache_hits += n - len(miss)
+        if len(miss):
+            new = emb.embed([batch.texts[i] for i in miss])
+            dense[miss] = new
+            self.cache.put_many(emb.model_id, batch.hashes[miss], new)
+            report.chunks_embedded += len(miss)
+        batch.dense = dense
+        if self.sparse_model is not None:
+            batch.sparse = {self.sparse_kind: self.sparse_model.embed(batch.texts)}
+
+    def _write_stage(
+        self, get: Callable[[queue.Queue[Any]], Any], q: queue.Queue[Any], report: IngestReport
+    ) -> None:
+        stats = report.stages["write"]
+        sink = self.sink
+        ensured = False
+        group_updates: list[DocUpdate] = []
+        group_deleted: list[str] = []
+        group_points = 0
+        last_commit = time.perf_counter()
+
+        def commit() -> None:
+            nonlocal group_updates, group_deleted, group_points, last_commit
+            if group_updates or group_deleted:
+                sink.flush()  # barrier: everything sent is acknowledged and searchable
+                self.state.commit(group_updates, group_deleted)
+                self._progress.advance(documents=len(group_updates) + len(group_deleted))
+            group_updates, group_deleted, group_points = [], [], 0
+            last_commit = time.perf_counter()
+
+        while (batch := get(q)) is not _STOP:
+            t = time.perf_counter()
+            if not ensured and (len(batch.texts) or batch.plans):
+                sink.ensure_collection(self.collection_spec())
+                ensured = True
+            # Write-ahead: what may land in the collection is recorded before it is sent.
+            ahead = {p.doc.key: (p.doc.root, p.upsert_hashes) for p in batch.plans}
+            self.state.write_ahead({k: v for k, v in ahead.items() if v[1]})
+            n = len(batch.texts)
+            if n:
+                doc_meta = [p.doc.meta for p in batch.plans]
+                sink.upsert_batch(
+                    PointBatch(
+                        ids=batch.ids,
+                        dense=batch.dense,
+                        sparse=batch.sparse,
+                        texts=batch.texts,
+                        doc_index=batch.doc_index,
+                        doc_metadata=doc_meta,
+                        chunk_index=batch.chunk_index,
+                        start=batch.start,
+                        end=batch.end,
+                        chunk_hash=batch.hashes,
+                    )
+                )
+                report.points_upserted += n
+            lost = [pid for p in batch.plans for pid in p.lost_ids]
+            for _, ids in batch.deleted:
+                lost.extend(ids)
+            if lost:
+                sink.delete(lost)
+                report.points_deleted += len(lost)
+            for p in batch.plans:
+                for pid, fields in p.moved:
+                    sink.set_payload(fields, [pid], key="metadata")
+                    report.payload_updates += 1
+            group_updates.extend(p.update for p in batch.plans)
+            group_deleted.extend(k for k, _ in batch.deleted)
+            group_points += n + len(lost)
+            self._progress.advance(chunks=n)
+            stats.busy_s += time.perf_counter() - t
+            stats.items += n
+            if group_points >= 4 * self.batch_chunks or time.perf_counter() - last_commit > 2.0:
+                t = time.perf_counter()
+                commit()
+                stats.busy_s += time.perf_counter() - t
+        if not self._abort.is_set():
+            t = time.perf_counter()
+            commit()
+            stats.busy_s += time.perf_counter() - t
+
+
+def _doc_of(indptr: npt.NDArray[np.int64], rows: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+    """Document index of each flat chunk row."""
+    return np.searchsorted(indptr, rows, side="right") - 1
+
+
+def ingest(
+    paths: Sequence[str | os.PathLike[str]] | str | os.PathLike[str],
+    collection: str,
+    **options: Any,
+) -> IngestReport:
+    """One-shot `Pipeline(collection, **options).ingest(paths)`."""
+    ingest_opts = {k: options.pop(k) for k in ("include", "exclude", "dry_run") if k in options}
+    with Pipeline(collection, **options) as p:
+        return p.ingest(paths, **ingest_opts)
+
+
+def ingest_records(
+    records: Iterable[Mapping[str, Any]], collection: str, **options: Any
+) -> IngestReport:
+    """One-shot `Pipeline(collection, **options).ingest_records(records)`."""
+    run_opts = {k: options.pop(k) for k in ("delete_missing", "dry_run") if k in options}
+    with Pipeline(collection, **options) as p:
+        return p.ingest_records(records, **run_opts)

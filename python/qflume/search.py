@@ -1,0 +1,125 @@
+"""Batch search: every query embedded in one model call and sent as one query-batch request."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from qflume.exceptions import InvalidInputError
+from qflume.sinks.base import QueryRequest
+
+MODES = ("dense", "sparse", "hybrid")
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One search hit: the chunk, where it came from, and its score."""
+
+    id: str
+    score: float
+    page_content: str
+    source: str | None
+    start: int | None
+    end: int | None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "score": self.score,
+            "page_content": self.page_content,
+            "source": self.source,
+            "start": self.start,
+            "end": self.end,
+            "metadata": self.metadata,
+        }
+
+
+def qdrant_filter(flt: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """qflume's short filter form -> a Qdrant filter (a Qdrant filter passes through).
+
+    Short form: {"source": "a.md" | [...], "source_prefix": "library/", "metadata": {"lang": "en"}}.
+    """
+    if not flt:
+        return None
+    if any(k in flt for k in ("must", "should", "must_not", "min_should")):
+        return dict(flt)
+    must: list[dict[str, Any]] = []
+    for k, v in flt.items():
+        if k == "source":
+            match = {"any": list(v)} if isinstance(v, (list, tuple)) else {"value": v}
+            must.append({"key": "metadata.source", "match": match})
+        elif k == "source_prefix":
+            must.append({"key": "metadata.source", "match": {"prefix": str(v)}})
+        elif k == "metadata":
+            for mk, mv in dict(v).items():
+                match = {"any": list(mv)} if isinstance(mv, (list, tuple)) else {"value": mv}
+                must.append({"key": f"metadata.{mk}", "match": match})
+        else:
+            raise InvalidInputError(
+                f"unknown filter field {k!r}: use source, source_prefix, metadata, "
+                "or a Qdrant filter with must/should/must_not"
+            )
+    return {"must": must}
+
+
+def _hit(p: Any) -> Hit:
+    payload = p.payload or {}
+    meta = payload.get("metadata") or {}
+    return Hit(
+        id=str(p.id),
+        score=float(p.score),
+        page_content=str(payload.get("page_content", "")),
+        source=meta.get("source"),
+        start=meta.get("start"),
+        end=meta.get("end"),
+        metadata=dict(meta),
+    )
+
+
+def search(
+    target: Any,
+    queries: Sequence[str],
+    *,
+    limit: int = 10,
+    filter: Mapping[str, Any] | None = None,
+    mode: str = "dense",
+) -> list[list[Hit]]:
+    """Search `target` (a Pipeline) for every query at once; one list of hits per query."""
+    if isinstance(queries, str):
+        raise InvalidInputError("search() takes a list of queries")
+    if mode not in MODES:
+        raise InvalidInputError(f"mode must be one of {MODES}, not {mode!r}")
+    if limit < 1:
+        raise InvalidInputError(f"limit must be >= 1, got {limit}")
+    for i, q in enumerate(queries):
+        if not isinstance(q, str) or not q.strip():
+            raise InvalidInputError(f"query #{i} is empty or not a string")
+    if not queries:
+        return []
+    qf = qdrant_filter(filter)
+    dense = target.embedder.embed(list(queries)) if mode in ("dense", "hybrid") else None
+    sparse = None
+    if mode in ("sparse", "hybrid"):
+        from qflume.sparse import Bm25
+
+        sparse = Bm25().embed_query(list(queries))
+    requests = []
+    for i in range(len(queries)):
+        sp = None
+        if sparse is not None:
+            lo, hi = int(sparse.indptr[i]), int(sparse.indptr[i + 1])
+            sp = ("bm25", sparse.indices[lo:hi], sparse.values[lo:hi])
+        requests.append(
+            QueryRequest(
+                dense=None if dense is None else np.ascontiguousarray(dense[i]),
+                sparse=sp,
+                limit=limit,
+                filter=qf,
+            )
+        )
+    results = target.sink.query_batch(requests)
+    return [[_hit(p) for p in hits] for hits in results]
