@@ -22,12 +22,16 @@ from qflume.exceptions import (
     TokenizerError,
 )
 
+# Functions that share their module's name are bound eagerly: importing the submodule
+# `qflume.scan` would otherwise rebind the attribute `qflume.scan` to the module.
+from qflume.scan import FileEntry, read_text, scan
+from qflume.search import search
+
 # Public name -> module that defines it, imported on first access.
 _LAZY: dict[str, str] = {
     "Chunker": "qflume.chunk",
+    "ChunkBatch": "qflume.chunk",
     "chunk_file": "qflume.chunk",
-    "scan": "qflume.scan",
-    "FileEntry": "qflume.scan",
     "Embedder": "qflume.embed",
     "EmbeddingCache": "qflume.cache",
     "Bm25": "qflume.sparse",
@@ -36,12 +40,15 @@ _LAZY: dict[str, str] = {
     "AsyncPipeline": "qflume.aio",
     "ingest": "qflume.pipeline",
     "ingest_records": "qflume.pipeline",
-    "search": "qflume.search",
+    "update_payload": "qflume.ops",
+    "delete": "qflume.ops",
+    "health": "qflume.metrics",
 }
 
 __all__ = [
     "AsyncPipeline",
     "Bm25",
+    "ChunkBatch",
     "Chunker",
     "DecodeError",
     "Embedder",
@@ -61,18 +68,22 @@ __all__ = [
     "__version__",
     "chunk_file",
     "content_hash",
+    "delete",
     "get_threads",
+    "health",
     "ingest",
     "ingest_records",
     "point_id",
+    "read_text",
     "scan",
     "search",
     "set_threads",
+    "update_payload",
 ]
 
 if TYPE_CHECKING:  # pragma: no cover
-    from qflume.chunk import Chunker, chunk_file
-    from qflume.scan import FileEntry, scan
+    from qflume.chunk import ChunkBatch, Chunker, chunk_file
+    from qflume.scan import FileEntry, read_text, scan
 
 
 def __getattr__(name: str) -> Any:

@@ -65,7 +65,12 @@ def _parser() -> argparse.ArgumentParser:
     _target_args(p)
     p.add_argument("--repair", action="store_true", help="fix what is found")
 
-    p = sub.add_parser("model", help="build ONNX models")
+    p = sub.add_parser("model", help="build ONNX models (qflume model build SRC [--int8])")
+    p.add_argument("args", nargs=argparse.REMAINDER)
+
+    p = sub.add_parser(
+        "serve", help="HTTP service (qflume serve --collection C ...)", add_help=False
+    )
     p.add_argument("args", nargs=argparse.REMAINDER)
     return ap
 
@@ -179,9 +184,22 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    from qflume.metrics import status_report
+
     with _pipeline(args, lock=False) as pipe:
-        st = pipe.status()
-    human = "\n".join(f"{k}: {v}" for k, v in st.items() if k != "last_run")
+        st = status_report(pipe)
+    st.pop("metrics", None)  # this process has done nothing yet; last_run holds the run's
+    human = "\n".join(
+        f"{k}: {v}" for k, v in st.items() if k not in ("last_run", "collection_info", "health")
+    )
+    info = st.get("collection_info") or {}
+    if info:
+        human += "\ncollection: " + ", ".join(f"{k}={v}" for k, v in info.items())
+    health = st.get("health") or {}
+    if health:
+        human += f"\nhealth: score {health.get('score')}"
+        for prob in health.get("problems", []):
+            human += f"\n  {prob['code']}: {prob['message']}"
     _print(st, args.json, human)
     return 0
 
@@ -194,7 +212,28 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 0 if rep["ok"] or rep["repaired"] else 1
 
 
+def _delegate(argv: list[str]) -> int | None:
+    """`qflume model ...` and `qflume serve ...` own their whole argument lists."""
+    if not argv or argv[0] not in ("model", "serve"):
+        return None
+    if argv[0] == "model":
+        from qflume.model import main as model_main
+
+        return int(model_main(argv[1:]) or 0)
+    from qflume.serve import main as serve_main
+
+    return int(serve_main(argv[1:]) or 0)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        delegated = _delegate(argv)
+    except QflumeError as e:
+        print(f"qflume: error: {e}", file=sys.stderr)
+        return 1
+    if delegated is not None:
+        return delegated
     ap = _parser()
     args = ap.parse_args(argv)
     if args.version:
@@ -206,10 +245,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         ap.print_help()
         return 2
     try:
-        if args.command == "model":
-            from qflume.model import main as model_main
-
-            return int(model_main(args.args) or 0)
         handler = {
             "ingest": cmd_ingest,
             "search": cmd_search,

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from qflume import metrics
 from qflume._core import content_hash, point_id
 from qflume.exceptions import InvalidInputError, QflumeError
 from qflume.progress import Progress
@@ -412,6 +413,24 @@ class Pipeline:
 
         return search(self, queries, limit=limit, filter=filter, mode=mode)
 
+    def update_payload(self, updates: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+        """Batch payload updates with per-item results (see qflume.ops.update_payload)."""
+        from qflume.ops import update_payload
+
+        return update_payload(self, updates)
+
+    def delete(
+        self,
+        *,
+        ids: Sequence[Any] | None = None,
+        sources: Sequence[str] | None = None,
+        filter: Mapping[str, Any] | None = None,
+    ) -> list[dict[str, Any]]:
+        """Batch deletes by id, source or filter, with per-item results (see qflume.ops.delete)."""
+        from qflume.ops import delete
+
+        return delete(self, ids=ids, sources=sources, filter=filter)
+
     def stop(self) -> None:
         """Ask a running ingest to stop reading, drain what is in flight and commit."""
         self._stop.set()
@@ -766,8 +785,10 @@ class Pipeline:
             if text_chars >= budget or len(deleted) >= 1024:
                 batch = self._chunk_docs(docs, report)
                 batch.deleted = deleted
-                stats.busy_s += time.perf_counter() - t
+                dt = time.perf_counter() - t
+                stats.busy_s += dt
                 stats.items += len(docs)
+                metrics.observe("ingest_stage", dt, items=len(batch.texts), stage="plan")
                 yield batch
                 t = time.perf_counter()
                 docs, deleted, text_chars = [], [], 0
@@ -844,10 +865,13 @@ class Pipeline:
             stats = report.stages["embed"]
             try:
                 while (batch := get(q_embed)) is not _STOP:
+                    metrics.gauge("queue_depth", value=q_embed.qsize(), stage="embed")
                     t = time.perf_counter()
                     self._embed_batch(batch, report)
-                    stats.busy_s += time.perf_counter() - t
+                    dt = time.perf_counter() - t
+                    stats.busy_s += dt
                     stats.items += len(batch.texts)
+                    metrics.observe("ingest_stage", dt, items=len(batch.texts), stage="embed")
                     if not put(q_write, batch):
                         return
             except BaseException as e:
@@ -919,6 +943,7 @@ class Pipeline:
             last_commit = time.perf_counter()
 
         while (batch := get(q)) is not _STOP:
+            metrics.gauge("queue_depth", value=q.qsize(), stage="write")
             t = time.perf_counter()
             if not ensured and (len(batch.texts) or batch.plans):
                 sink.ensure_collection(self.collection_spec())
@@ -958,8 +983,10 @@ class Pipeline:
             group_deleted.extend(k for k, _ in batch.deleted)
             group_points += n + len(lost)
             self._progress.advance(chunks=n)
-            stats.busy_s += time.perf_counter() - t
+            dt = time.perf_counter() - t
+            stats.busy_s += dt
             stats.items += n
+            metrics.observe("ingest_stage", dt, items=n, stage="write")
             if group_points >= 4 * self.batch_chunks or time.perf_counter() - last_commit > 2.0:
                 t = time.perf_counter()
                 commit()

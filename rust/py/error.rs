@@ -1,6 +1,4 @@
 //! The one mapping from `CoreError` to the Python exception tree defined in
-// Some exception kinds are used only by later capabilities.
-#![allow(dead_code)]
 //! `qflume.exceptions` (imported once, lazily).
 
 use crate::core::CoreError;

@@ -16,6 +16,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from qflume.exceptions import InvalidInputError
+
 Ids = Sequence[str] | npt.NDArray[np.uint8]
 
 
@@ -93,10 +95,13 @@ class PointRecord:
 
 @dataclass(frozen=True)
 class QueryRequest:
-    """One search: dense, sparse, or hybrid (both given: dense and sparse candidates fused by RRF).
+    """One search: dense, sparse, or hybrid (both given: dense and sparse candidates fused).
 
     `sparse` is (vector name, indices, values). `filter` is a Qdrant filter in its JSON (REST)
-    layout, e.g. {"must": [{"key": "metadata.source", "match": {"value": "a.md"}}]}.
+    layout, e.g. {"must": [{"key": "metadata.source", "match": {"value": "a.md"}}]}. `fusion`
+    (hybrid only) is how the server merges the two candidate lists: "rrf" (reciprocal rank fusion,
+    k=2) or "dbsf" (distribution-based score fusion: each list's scores normalized by their mean
+    +/- 3 standard deviations, then summed).
     """
 
     dense: npt.NDArray[np.float32] | None = None  # (dim,)
@@ -107,6 +112,17 @@ class QueryRequest:
     score_threshold: float | None = None
     with_payload: bool = True
     with_vectors: bool = False
+    fusion: str = "rrf"  # hybrid: "rrf" or "dbsf" (see FUSIONS)
+
+
+FUSIONS = ("rrf", "dbsf")
+
+
+def check_fusion(q: QueryRequest, where: str = "QueryRequest") -> str:
+    """`q.fusion` if it is one of FUSIONS, else InvalidInputError naming it."""
+    if q.fusion not in FUSIONS:
+        raise InvalidInputError(f"{where}: fusion must be one of {FUSIONS}, not {q.fusion!r}")
+    return q.fusion
 
 
 @dataclass(frozen=True)

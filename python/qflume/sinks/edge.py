@@ -27,6 +27,7 @@ from qflume.sinks.base import (
     ScoredPoint,
     Sink,
     SparseBatch,
+    check_fusion,
 )
 
 __all__ = ["EdgeSink", "edge_filter", "ids_to_strings"]
@@ -577,8 +578,11 @@ class EdgeSink(Sink):
         }
         if dense_q is not None and sparse_q is not None:
             per = q.prefetch_limit or 4 * q.limit
+            fusion = (
+                qe.Fusion.Dbsf() if check_fusion(q) == "dbsf" else qe.Fusion.Rrf(k=_RRF_K)
+            )
             return qe.QueryRequest(
-                query=qe.Fusion.Rrf(k=_RRF_K),  # type: ignore[arg-type]
+                query=fusion,  # type: ignore[arg-type]
                 prefetches=[
                     qe.Prefetch(limit=per, query=dense_q, filter=flt),
                     qe.Prefetch(limit=per, query=sparse_q, filter=flt),

@@ -1,0 +1,181 @@
+"""Structure-aware, size-bounded chunking with offsets (the work is done in Rust).
+
+Chunks come back as ``(start, end)`` offsets in Python ``str`` indices, so
+``text[start:end]`` is the chunk: an ``(n, 2)`` int64 numpy array. Measured in
+benches/bench_chunk.py (group ``offsets-form``): the array costs one allocation
+per text and 16 bytes per chunk, while a list of tuples costs three Python
+objects (~130 bytes) per chunk; on the python3.11-doc corpus (~28 chunks per
+document) the tuples add 10-20% to the whole chunking time, more for long
+texts, and the array slices and concatenates without Python loops.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, NamedTuple
+
+import numpy as np
+import numpy.typing as npt
+
+from qflume import _core
+
+if TYPE_CHECKING:  # pragma: no cover
+    from tokenizers import Tokenizer
+
+__all__ = ["ChunkBatch", "Chunker", "chunk_file"]
+
+Offsets = npt.NDArray[np.int64]
+
+
+class ChunkBatch(NamedTuple):
+    """Chunks of many documents, flat: document ``d`` owns rows
+    ``doc_indptr[d]:doc_indptr[d + 1]`` of the other arrays."""
+
+    doc_indptr: npt.NDArray[np.int64]
+    """(d + 1,) int64 row pointers."""
+    offsets: npt.NDArray[np.int64]
+    """(N, 2) int64 (start, end) str offsets into each chunk's own document."""
+    hashes: npt.NDArray[np.uint8]
+    """(N, 16) XXH3-128 content hash of each chunk's UTF-8 bytes (``qflume.content_hash``)."""
+    ids: npt.NDArray[np.uint8]
+    """(N, 16) point id bytes (``uuid.UUID(bytes=...)``; ``qflume.point_id`` gives the text form)."""
+
+    def __len__(self) -> int:  # type: ignore[override]
+        return int(self.offsets.shape[0])
+
+    def doc_chunks(self, d: int) -> Offsets:
+        """Offsets of document ``d``'s chunks."""
+        return self.offsets[self.doc_indptr[d] : self.doc_indptr[d + 1]]
+
+
+class Chunker:
+    """Cuts text into chunks of at most ``max_chars`` characters, or ``max_tokens``
+    tokens of ``tokenizer`` (counted without special tokens), with up to
+    ``overlap`` characters/tokens repeated between neighbours.
+
+    Cuts prefer, in order: section headings (Markdown ``#``, reStructuredText
+    titles), blank lines, line ends, sentence ends, other whitespace; a word is
+    split only when it alone exceeds the limit. Chunks are trimmed of whitespace.
+
+    ``tokenizer`` is a path to a ``tokenizer.json`` or a ``tokenizers.Tokenizer``;
+    its truncation and padding are turned off for counting.
+    """
+
+    __slots__ = ("_inner",)
+
+    def __init__(
+        self,
+        max_chars: int | None = None,
+        *,
+        max_tokens: int | None = None,
+        tokenizer: str | os.PathLike[str] | Tokenizer | None = None,
+        overlap: int = 0,
+    ) -> None:
+        for name, value in (("max_chars", max_chars), ("max_tokens", max_tokens)):
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise _invalid(f"{name} must be a positive int, got {value!r}")
+        if not isinstance(overlap, int) or overlap < 0:
+            raise _invalid(f"overlap must be a non-negative int, got {overlap!r}")
+        if tokenizer is not None and max_tokens is None:
+            raise _invalid("tokenizer is given but max_tokens is not: pass max_tokens=N")
+        tok_json: str | None = None
+        tok_path: str | None = None
+        tok_name: str | None = None
+        if tokenizer is not None:
+            if isinstance(tokenizer, (str, os.PathLike)):
+                tok_path = os.fspath(tokenizer)
+                if Path(tok_path).is_dir():
+                    tok_path = str(Path(tok_path) / "tokenizer.json")
+            elif hasattr(tokenizer, "to_str"):
+                tok_json = tokenizer.to_str()
+                tok_name = f"<{type(tokenizer).__name__} object>"
+            else:
+                raise _invalid(
+                    "tokenizer must be a tokenizer.json path or a tokenizers.Tokenizer, "
+                    f"got {type(tokenizer).__name__}"
+                )
+        self._inner = _core.Chunker(
+            max_chars=max_chars,
+            max_tokens=max_tokens,
+            tokenizer_json=tok_json,
+            tokenizer_path=tok_path,
+            tokenizer_name=tok_name,
+            overlap=overlap,
+        )
+
+    @property
+    def max_size(self) -> int:
+        """The limit, in characters or tokens."""
+        return self._inner.max_size
+
+    @property
+    def overlap(self) -> int:
+        return self._inner.overlap
+
+    @property
+    def token_mode(self) -> bool:
+        return self._inner.token_mode
+
+    def __repr__(self) -> str:
+        unit = "max_tokens" if self.token_mode else "max_chars"
+        return f"Chunker({unit}={self.max_size}, overlap={self.overlap})"
+
+    def chunk(self, text: str) -> Offsets:
+        """(n, 2) int64 array of (start, end) str offsets; ``text[start:end]`` is a chunk."""
+        return self._inner.chunk(text)
+
+    def chunk_many(self, texts: Sequence[str]) -> list[Offsets]:
+        """``chunk`` of every text, in parallel over texts (GIL released)."""
+        return self._inner.chunk_many(_as_list(texts))
+
+    def chunk_batch(self, texts: Sequence[str], keys: Sequence[str]) -> ChunkBatch:
+        """Chunks, content hashes and point ids of documents ``texts`` named ``keys``,
+        in one parallel pass with no Python object per chunk."""
+        return ChunkBatch(*self._inner.chunk_batch(_as_list(texts), _as_list(keys)))
+
+    def chunk_texts(self, text: str) -> list[str]:
+        """The chunks of ``text`` as strings (convenience; ``chunk`` is cheaper)."""
+        return [text[s:e] for s, e in self.chunk(text).tolist()]
+
+    def count_tokens(self, text: str) -> int | None:
+        """Tokens in ``text`` without special tokens, as the limit counts them
+        (None in character mode)."""
+        return self._inner.count_tokens(text)
+
+    def chunk_file(
+        self, path: str | os.PathLike[str], *, block_size: int = 1 << 20
+    ) -> Iterator[tuple[Offsets, list[str]]]:
+        """Chunks a UTF-8 file read ``block_size`` bytes at a time, in bounded memory.
+
+        Yields ``(offsets, texts)`` batches; offsets are str offsets into the whole
+        file and ``texts[i]`` is the chunk at ``offsets[i]``.
+        """
+        if not isinstance(block_size, int) or block_size < 1:
+            raise _invalid(f"block_size must be a positive int, got {block_size!r}")
+        return self._inner.chunk_file(os.fspath(path), block_size=block_size)
+
+
+def chunk_file(
+    path: str | os.PathLike[str],
+    *,
+    max_chars: int | None = None,
+    max_tokens: int | None = None,
+    tokenizer: str | os.PathLike[str] | Tokenizer | None = None,
+    overlap: int = 0,
+    block_size: int = 1 << 20,
+) -> Iterator[tuple[Offsets, list[str]]]:
+    """Chunks a file far larger than memory: ``Chunker(...).chunk_file(path)``."""
+    chunker = Chunker(max_chars, max_tokens=max_tokens, tokenizer=tokenizer, overlap=overlap)
+    return chunker.chunk_file(path, block_size=block_size)
+
+
+def _as_list(items: Sequence[str]) -> list[str]:
+    return items if isinstance(items, list) else list(items)
+
+
+def _invalid(msg: str) -> Exception:
+    from qflume.exceptions import InvalidInputError
+
+    return InvalidInputError(msg)

@@ -1,0 +1,427 @@
+"""Dense embeddings with ONNX Runtime and HF tokenizers, at the model's own speed.
+
+The costs around the model are hidden or removed: texts are sorted by token length inside windows
+of a few hundred and batched by a token budget (so batches carry almost no padding), the next window
+is tokenized in a worker thread while ONNX Runtime runs the current one (both release the GIL), and
+pooling + normalization are vectorized numpy. The caller's order is restored at the end.
+
+Texts longer than the model's limit are truncated to it (``max_tokens``; for all-MiniLM-L6-v2 the
+sentence-transformers limit, 256 tokens): what is past it does not count in the vector, as in
+sentence-transformers. Chunk your documents to fit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from qflume.exceptions import InvalidInputError, ModelError, TokenizerError
+
+__all__ = ["Embedder", "model_fingerprint"]
+
+#: Texts tokenized, sorted and batched together; the next window is tokenized meanwhile.
+WINDOW = 512
+
+
+def _cpu_count() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise ModelError(f"cannot read {path}: {e}") from e
+
+
+class _Layout:
+    """What a model folder prescribes: pooling, normalization, token limit."""
+
+    def __init__(self, folder: Path) -> None:
+        self.pooling = "mean"
+        self.normalize = True
+        self.max_tokens: int | None = None
+        modules_path = folder / "modules.json"
+        if modules_path.is_file():
+            modules = _read_json(modules_path)
+            types = [str(m.get("type", "")) for m in modules if isinstance(m, dict)]
+            self.normalize = any(t.endswith(".Normalize") for t in types)
+            pool_dir = next(
+                (str(m.get("path", "")) for m in modules
+                 if isinstance(m, dict) and str(m.get("type", "")).endswith(".Pooling")),
+                None,
+            )  # fmt: skip
+            if pool_dir is not None and (folder / pool_dir / "config.json").is_file():
+                self.pooling = self._pooling(folder / pool_dir / "config.json")
+        elif (folder / "1_Pooling" / "config.json").is_file():
+            self.pooling = self._pooling(folder / "1_Pooling" / "config.json")
+        st_config = folder / "sentence_bert_config.json"
+        if st_config.is_file():
+            value = _read_json(st_config).get("max_seq_length")
+            if isinstance(value, int) and value > 0:
+                self.max_tokens = value
+        self.hard_limit: int | None = None  # position embeddings: nothing can go past them
+        hf_config = folder / "config.json"
+        if hf_config.is_file():
+            limit = _read_json(hf_config).get("max_position_embeddings")
+            if isinstance(limit, int) and limit > 0:
+                self.hard_limit = limit
+                self.max_tokens = min(self.max_tokens or limit, limit)
+
+    @staticmethod
+    def _pooling(path: Path) -> str:
+        cfg = _read_json(path)
+        if cfg.get("pooling_mode_cls_token"):
+            return "cls"
+        if cfg.get("pooling_mode_max_tokens"):
+            return "max"
+        if cfg.get("pooling_mode_mean_sqrt_len_tokens"):
+            return "mean_sqrt_len"
+        if cfg.get("pooling_mode_mean_tokens", True):
+            return "mean"
+        raise ModelError(f"{path}: no pooling mode qflume supports (mean, cls, max)")
+
+
+def _resolve(model: str | os.PathLike[str] | None) -> Path:
+    from qflume import model as builder
+
+    if model is None:
+        return builder.ensure_built()
+    folder = Path(model).expanduser()
+    if not folder.is_dir():
+        raise ModelError(f"model folder {folder} does not exist (or is not a folder)")
+    if (folder / "model.onnx").is_file():
+        if not (folder / "tokenizer.json").is_file():
+            raise ModelError(f"model folder {folder} lacks tokenizer.json")
+        return folder.resolve()
+    if (folder / "model.safetensors").is_file() and (folder / "config.json").is_file():
+        return builder.ensure_built(folder)  # a weights folder: build (once, cached)
+    raise ModelError(
+        f"model folder {folder} lacks model.onnx (or config.json + model.safetensors to build one)"
+    )
+
+
+class _Spec:
+    """Everything about a model that is known without ONNX Runtime: folder, layout, token limit,
+    identity. Shared by :class:`Embedder` and :func:`model_fingerprint`, so both agree."""
+
+    def __init__(
+        self,
+        model: str | os.PathLike[str] | None,
+        *,
+        max_tokens: int | None,
+        default_fp32: bool = False,
+    ) -> None:
+        if max_tokens is not None and max_tokens < 2:
+            raise InvalidInputError(f"max_tokens must be >= 2, got {max_tokens}")
+        if model is None and default_fp32:
+            from qflume import model as builder
+
+            model = builder.ensure_built(int8=False)  # int8 dynamic ops are CPU-only
+        self.folder = folder = _resolve(model)
+        self.layout = layout = _Layout(folder)
+        if layout.hard_limit and max_tokens and max_tokens > layout.hard_limit:
+            raise InvalidInputError(
+                f"max_tokens {max_tokens} exceeds the model's {layout.hard_limit} positions "
+                f"({folder / 'config.json'})"
+            )
+        self.max_tokens = max_tokens or layout.max_tokens or 512
+
+    def model_id(self) -> str:
+        h = hashlib.sha256(b"qflume-embedder-2")
+        for name in ("model.onnx", "tokenizer.json"):
+            h.update(name.encode() + b"\0" + _file_digest(self.folder / name))
+        layout = self.layout
+        h.update(f"|{layout.pooling}|{layout.normalize}|{self.max_tokens}".encode())
+        return f"{self.folder.name[:40]}:{h.hexdigest()[:16]}"
+
+
+#: sha256 digests of model files, keyed by path, validated by (size, mtime_ns, inode).
+_DIGESTS: dict[str, tuple[int, int, int, bytes]] = {}
+_DIGESTS_LOCK = threading.Lock()
+_DIGESTS_FILE = "file_digests.json"
+_DIGESTS_MAX = 256
+
+
+def _digest_store() -> Path:
+    from qflume import model as builder
+
+    return builder.cache_dir().parent / _DIGESTS_FILE
+
+
+def _file_digest(path: Path) -> bytes:
+    """sha256 of a file, hashed once per (path, size, mtime, inode): in memory, then in a small
+    JSON in the model cache (so a new process does not rehash a 20-90 MB model.onnx)."""
+    try:
+        st = path.stat()
+    except OSError as e:
+        raise ModelError(f"cannot read {path}: {e}") from e
+    key = str(path)
+    stamp = (st.st_size, st.st_mtime_ns, st.st_ino)
+    with _DIGESTS_LOCK:
+        hit = _DIGESTS.get(key)
+        if hit is not None and hit[:3] == stamp:
+            return hit[3]
+        store = _digest_store()
+        disk: dict[str, Any] = {}
+        try:
+            loaded = json.loads(store.read_text(encoding="utf-8"))
+            disk = loaded if isinstance(loaded, dict) else {}
+        except (OSError, ValueError):
+            pass
+        rec = disk.get(key)
+        if isinstance(rec, list) and len(rec) == 4 and tuple(rec[:3]) == stamp:
+            try:
+                digest = bytes.fromhex(str(rec[3]))
+            except ValueError:
+                digest = b""
+            if len(digest) == 32:
+                _DIGESTS[key] = (*stamp, digest)
+                return digest
+        h = hashlib.sha256()
+        try:
+            with open(path, "rb") as f:
+                while block := f.read(1 << 22):
+                    h.update(block)
+        except OSError as e:
+            raise ModelError(f"cannot read {path}: {e}") from e
+        digest = h.digest()
+        _DIGESTS[key] = (*stamp, digest)
+        disk[key] = [*stamp, digest.hex()]
+        if len(disk) > _DIGESTS_MAX:  # drop the entries of files that are gone, then the oldest
+            disk = {k: v for k, v in disk.items() if Path(k).exists()}
+            disk = dict(list(disk.items())[-_DIGESTS_MAX:])
+        tmp = store.with_name(f".{store.name}.{os.getpid()}.{threading.get_ident()}")
+        try:  # best effort: a read-only cache only costs a rehash next time
+            store.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(json.dumps(disk), encoding="utf-8")
+            os.replace(tmp, store)
+        except OSError:
+            tmp.unlink(missing_ok=True)
+        return digest
+
+
+def model_fingerprint(
+    model: str | os.PathLike[str] | None = None, *, max_tokens: int | None = None
+) -> str:
+    """Exactly ``Embedder(model, max_tokens=max_tokens).model_id``, without loading the model
+    into ONNX Runtime: a few ms once the file digests are cached. The default model (or a weights
+    folder) is built into the cache first if it is not there yet."""
+    return _Spec(model, max_tokens=max_tokens, default_fp32=_has_cuda()).model_id()
+
+
+class Embedder:
+    """Dense text embeddings from an ONNX model folder (default: all-MiniLM-L6-v2, built on first
+    use: int8 with per-channel weights on CPUs with VNNI, else fp32).
+
+    ``model`` is a folder with model.onnx + tokenizer.json (+ sentence-transformers configs), or a
+    BERT-family weights folder (config.json + model.safetensors), built into the cache.
+    ``threads``: ONNX Runtime intra-op threads (default: the usable cores). ``providers``: ORT
+    execution providers (default: CUDA when onnxruntime-gpu has it, else CPU). ``max_tokens``:
+    truncation limit (default: the model's, e.g. 256 for all-MiniLM-L6-v2); longer texts are cut.
+    ``batch_tokens``: the padded token budget of one model call.
+    """
+
+    def __init__(
+        self,
+        model: str | os.PathLike[str] | None = None,
+        *,
+        threads: int | None = None,
+        providers: Sequence[str] | None = None,
+        max_tokens: int | None = None,
+        batch_tokens: int = 4096,
+    ) -> None:
+        import onnxruntime as ort
+        from tokenizers import Tokenizer
+
+        if batch_tokens < 1:
+            raise InvalidInputError(f"batch_tokens must be >= 1, got {batch_tokens}")
+        if threads is not None and threads < 1:
+            raise InvalidInputError(f"threads must be >= 1, got {threads}")
+        spec = _Spec(model, max_tokens=max_tokens, default_fp32=providers is None and _has_cuda())
+        folder, layout = spec.folder, spec.layout
+        self._folder = folder
+        self.max_tokens = limit = spec.max_tokens
+        self.batch_tokens = batch_tokens
+        self._pooling = layout.pooling
+        self._normalize = layout.normalize
+
+        tok_path = folder / "tokenizer.json"
+        try:
+            tokenizer = Tokenizer.from_file(str(tok_path))
+        except Exception as e:  # tokenizers raises a bare Exception
+            raise TokenizerError(f"cannot load tokenizer {tok_path}: {e}") from e
+        # Follow the sentence-transformers limit, not tokenizer.json's; pad ourselves per batch.
+        tokenizer.enable_truncation(max_length=limit)
+        tokenizer.no_padding()
+        self._tokenizer = tokenizer
+
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.intra_op_num_threads = threads or _cpu_count()
+        so.inter_op_num_threads = 1
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        so.log_severity_level = 3
+        if providers is None:
+            providers = (
+                ["CUDAExecutionProvider", "CPUExecutionProvider"]
+                if _has_cuda()
+                else ["CPUExecutionProvider"]
+            )
+        model_file = folder / "model.onnx"
+        try:
+            self._session = ort.InferenceSession(str(model_file), so, providers=list(providers))
+        except Exception as e:  # ORT raises its own exception types
+            raise ModelError(f"cannot load {model_file}: {e}") from e
+        self._inputs = {i.name for i in self._session.get_inputs()}
+        if "input_ids" not in self._inputs:
+            raise ModelError(f"{model_file} has no input named input_ids: {sorted(self._inputs)}")
+        output = self._session.get_outputs()[0]
+        names = [o.name for o in self._session.get_outputs()]
+        self._output = "last_hidden_state" if "last_hidden_state" in names else output.name
+        self._pooled_output = len(output.shape or []) == 2 and self._output == output.name
+        probe = self._run(np.zeros((1, 2), np.int64), np.ones((1, 2), np.int64))
+        self.dim = int(probe.shape[1])
+        self.model_id = spec.model_id()
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="qflume-tokenize")
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------------ public
+
+    @property
+    def model_path(self) -> Path:
+        """The model folder in use (holding model.onnx and tokenizer.json)."""
+        return self._folder
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        """Embed ``texts`` -> float32 array (len(texts), dim), in the caller's order."""
+        if isinstance(texts, str):
+            raise InvalidInputError("embed() takes a sequence of texts; use embed_query(text)")
+        n = len(texts)
+        out = np.empty((n, self.dim), np.float32)
+        if n == 0:
+            return out
+        for i, t in enumerate(texts):
+            if not isinstance(t, str):
+                raise InvalidInputError(f"text {i} is {type(t).__name__}, not str")
+        with self._lock:  # one embed at a time per Embedder: ORT already uses every core
+            for rows, ids, mask in self._batches(texts):
+                out[rows] = self._run(ids, mask)
+        return out
+
+    def embed_query(self, text: str) -> np.ndarray:
+        """Embed one text -> float32 array (dim,)."""
+        if not isinstance(text, str):
+            raise InvalidInputError(f"query is {type(text).__name__}, not str")
+        return self.embed([text])[0]
+
+    def count_tokens(self, texts: Sequence[str]) -> np.ndarray:
+        """Tokens per text after truncation (int64 array), as the model sees them."""
+        encs = self._tokenizer.encode_batch(list(texts))
+        return np.fromiter((len(e.ids) for e in encs), np.int64, len(encs))
+
+    def close(self) -> None:
+        """Stop the tokenizer thread (the session is freed with the object)."""
+        self._pool.shutdown(wait=False)
+
+    def __repr__(self) -> str:
+        return f"Embedder({str(self._folder)!r}, dim={self.dim}, pooling={self._pooling!r})"
+
+    # ------------------------------------------------------------------ internals
+
+    def _tokenize(self, texts: Sequence[str]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """Tokenize one window, sort by length, cut into batches under the token budget."""
+        encs = self._tokenizer.encode_batch(list(texts))
+        lens = np.fromiter((len(e.ids) for e in encs), np.int64, len(encs))
+        order = np.argsort(lens, kind="stable")
+        batches = []
+        start = 0
+        n = len(order)
+        while start < n:
+            # Sorted ascending: the batch's width is its last (longest) member.
+            end = start + 1
+            while end < n and lens[order[end]] * (end + 1 - start) <= self.batch_tokens:
+                end += 1
+            rows = order[start:end]
+            width = int(lens[rows[-1]])
+            ids = np.zeros((len(rows), width), np.int64)
+            for j, r in enumerate(rows):
+                ids[j, : lens[r]] = encs[r].ids
+            mask = (np.arange(width) < lens[rows][:, None]).astype(np.int64)
+            batches.append((rows, ids, mask))
+            start = end
+        return batches
+
+    def _batches(self, texts: Sequence[str]) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        windows = range(0, len(texts), WINDOW)
+        pending: Future[list[Any]] | None = None
+        for w in windows:
+            current = (
+                pending.result() if pending is not None else self._tokenize(texts[w : w + WINDOW])
+            )
+            nxt = w + WINDOW
+            pending = (
+                self._pool.submit(self._tokenize, texts[nxt : nxt + WINDOW])
+                if nxt < len(texts)
+                else None
+            )
+            for rows, ids, mask in current:
+                yield rows + w, ids, mask
+
+    def _run(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        feed = {"input_ids": ids}
+        if "attention_mask" in self._inputs:
+            feed["attention_mask"] = mask
+        if "token_type_ids" in self._inputs:
+            feed["token_type_ids"] = np.zeros_like(ids)
+        try:
+            hidden = self._session.run([self._output], feed)[0]
+        except Exception as e:
+            raise ModelError(f"running {self._folder / 'model.onnx'} failed: {e}") from e
+        if self._pooled_output or hidden.ndim == 2:
+            pooled = hidden.astype(np.float32, copy=False)
+        elif self._pooling == "cls":
+            pooled = hidden[:, 0]
+        elif self._pooling == "max":
+            pooled = np.where(mask[:, :, None] > 0, hidden, -np.inf).max(axis=1)
+        else:
+            m = mask.astype(np.float32)
+            counts = np.maximum(m.sum(axis=1, keepdims=True), 1e-9)
+            pooled = np.einsum("bsh,bs->bh", hidden, m)
+            pooled /= np.sqrt(counts) if self._pooling == "mean_sqrt_len" else counts
+        pooled = np.ascontiguousarray(pooled, dtype=np.float32)
+        if self._normalize:
+            norms = np.linalg.norm(pooled, axis=1, keepdims=True)
+            pooled /= np.maximum(norms, 1e-12)
+        return pooled
+
+
+def _has_cuda() -> bool:
+    """True when the installed onnxruntime has the CUDA provider (onnxruntime-gpu), found by its
+    library file so that callers need not import onnxruntime."""
+    import importlib.util
+
+    try:
+        spec = importlib.util.find_spec("onnxruntime")
+    except (ImportError, ValueError):
+        return False
+    if spec is None or not spec.submodule_search_locations:
+        return False
+    for root in spec.submodule_search_locations:
+        capi = Path(root) / "capi"
+        if any(capi.glob("libonnxruntime_providers_cuda.*")) or any(
+            capi.glob("onnxruntime_providers_cuda.*")
+        ):
+            return True
+    return False

@@ -1,0 +1,502 @@
+"""A durable, prioritized job queue with one worker thread (the writes of `qflume serve`).
+
+Every job is written to a SQLite file (WAL) when it is submitted, so a job is never lost: a
+shutdown stops after the step in progress and leaves the rest queued on disk, a crash leaves it
+there too, and the next start resumes it from its last finished step. Jobs run in steps (a bulk
+store runs one slice of records per step); between steps the worker picks the most urgent job, so
+a small update submitted while a bulk store runs goes next, not after the whole store.
+
+Priorities: lower runs first (URGENT < NORMAL < BULK); equal priorities run in submission order.
+When a job finishes (done or failed) and has a callback URL, its document is POSTed there by a
+separate delivery thread, with retries; undelivered callbacks are redelivered after a restart.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import heapq
+import json
+import logging
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from qflume.exceptions import QflumeError, StateError
+
+__all__ = ["BULK", "NORMAL", "URGENT", "Job", "JobQueue", "QueueClosedError", "StepResult"]
+
+log = logging.getLogger("qflume.jobs")
+
+URGENT = 0  # small updates and deletes
+NORMAL = 1  # large updates and deletes
+BULK = 2  # stores
+
+QUEUED, RUNNING, DONE, FAILED = "queued", "running", "done", "failed"
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY,
+    seq INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    priority INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    items INTEGER NOT NULL,
+    items_done INTEGER NOT NULL DEFAULT 0,
+    payload TEXT,
+    result TEXT,
+    error TEXT,
+    callback_url TEXT,
+    callback TEXT,
+    created REAL NOT NULL,
+    started REAL,
+    finished REAL
+);
+CREATE INDEX IF NOT EXISTS jobs_status ON jobs(status, seq);
+"""
+
+
+class QueueClosedError(QflumeError):
+    """The queue is shutting down and takes no new jobs."""
+
+
+@dataclass
+class StepResult:
+    """What one step of a job did: items now done in total, the result so far, and whether the
+    job is finished."""
+
+    items_done: int
+    result: dict[str, Any]
+    finished: bool
+
+
+@dataclass
+class Job:
+    """A unit of queued work; `as_dict()` is what GET /jobs/{id} returns."""
+
+    id: str
+    seq: int
+    kind: str
+    priority: int
+    items: int
+    status: str = QUEUED
+    items_done: int = 0
+    result: dict[str, Any] | None = None
+    error: str | None = None
+    callback_url: str | None = None
+    callback: dict[str, Any] | None = None  # {"state": pending|delivered|failed, ...}
+    created: float = field(default_factory=time.time)
+    started: float | None = None
+    finished: float | None = None
+    resumed: bool = False  # loaded from the file at start (queued or interrupted before)
+    payload: Any = None  # loaded from the file when the job first runs, dropped when it ends
+    future: concurrent.futures.Future[Job] = field(
+        default_factory=concurrent.futures.Future, repr=False
+    )
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "kind": self.kind,
+            "status": self.status,
+            "priority": self.priority,
+            "items": self.items,
+            "items_done": self.items_done,
+            "result": self.result,
+            "error": self.error,
+            "callback": None
+            if self.callback_url is None
+            else {"url": self.callback_url, **(self.callback or {"state": "pending"})},
+            "created_at": self.created,
+            "started_at": self.started,
+            "finished_at": self.finished,
+            "resumed": self.resumed,
+        }
+
+    @property
+    def final(self) -> bool:
+        return self.status in (DONE, FAILED)
+
+
+Runner = Callable[[Job, Any], StepResult]
+Deliver = Callable[[str, dict[str, Any]], None]
+
+
+class JobQueue:
+    """Durable prioritized jobs run by one worker thread.
+
+    ``runners`` maps a job kind to a function ``(job, payload) -> StepResult`` that does one step
+    (it reads ``job.items_done`` to know where to go on). ``deliver(url, document)`` POSTs a
+    finished job's document to its callback URL (raises on failure). ``keep_finished`` bounds how
+    many finished jobs the file remembers (oldest forgotten first).
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        runners: dict[str, Runner],
+        *,
+        deliver: Deliver | None = None,
+        keep_finished: int = 10_000,
+        callback_attempts: int = 3,
+        callback_backoff: float = 0.5,
+    ) -> None:
+        self.path = Path(path)
+        self.runners = dict(runners)
+        self.deliver = deliver
+        self.keep_finished = keep_finished
+        self.callback_attempts = max(1, callback_attempts)
+        self.callback_backoff = callback_backoff
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(
+                str(self.path), check_same_thread=False, isolation_level=None
+            )
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(_SCHEMA)
+        except sqlite3.Error as e:
+            raise StateError(f"cannot open the job file {self.path}: {e}") from e
+        self._db_lock = threading.Lock()
+        self._cond = threading.Condition()
+        self._heap: list[tuple[int, int, str]] = []  # (priority, seq, id)
+        self._jobs: dict[str, Job] = {}  # jobs of this process and resumed ones
+        self._current: Job | None = None
+        self._stopping = False
+        self._drain_until = 0.0
+        self._worker: threading.Thread | None = None
+        self._callbacks: list[Job] = []
+        self._cb_cond = threading.Condition()
+        self._cb_thread: threading.Thread | None = None
+        self._cb_stop = False
+        row = self._db.execute("SELECT MAX(seq) FROM jobs").fetchone()
+        self._seq = int(row[0] or 0)
+        self.resumed = self._load_unfinished()
+
+    # -- persistence --------------------------------------------------------------------------
+
+    def _exec(self, sql: str, args: tuple[Any, ...] = ()) -> None:
+        with self._db_lock:
+            try:
+                self._db.execute(sql, args)
+            except sqlite3.Error as e:
+                raise StateError(f"job file {self.path}: {e}") from e
+
+    def _load_unfinished(self) -> int:
+        """Queue again what a previous process left queued or running (resumed from its step)."""
+        rows = self._db.execute(
+            "SELECT id, seq, kind, priority, items, items_done, result, callback_url, created,"
+            " started FROM jobs WHERE status IN (?, ?) ORDER BY seq",
+            (QUEUED, RUNNING),
+        ).fetchall()
+        for jid, seq, kind, prio, items, done, result, cb_url, created, started in rows:
+            job = Job(
+                id=jid,
+                seq=seq,
+                kind=kind,
+                priority=prio,
+                items=items,
+                items_done=done,
+                result=json.loads(result) if result else None,
+                callback_url=cb_url,
+                created=created,
+                started=started,
+                resumed=True,
+            )
+            self._jobs[jid] = job
+            heapq.heappush(self._heap, (prio, seq, jid))
+        self._exec("UPDATE jobs SET status=? WHERE status=?", (QUEUED, RUNNING))
+        # Finished jobs whose callback was not delivered yet: deliver them again.
+        for jid, cb in self._db.execute(
+            "SELECT id, callback FROM jobs WHERE callback_url IS NOT NULL AND status IN (?, ?)"
+            " AND (callback IS NULL OR json_extract(callback, '$.state') = 'pending')",
+            (DONE, FAILED),
+        ).fetchall():
+            finished = self._read(jid)
+            if finished is not None:
+                finished.callback = json.loads(cb) if cb else None
+                self._callbacks.append(finished)
+        return len(rows)
+
+    def _read(self, jid: str) -> Job | None:
+        with self._db_lock:
+            row = self._db.execute(
+                "SELECT id, seq, kind, priority, status, items, items_done, result, error,"
+                " callback_url, callback, created, started, finished FROM jobs WHERE id=?",
+                (jid,),
+            ).fetchone()
+        if row is None:
+            return None
+        (jid, seq, kind, prio, status, items, done, result, error, cb_url, cb, created, st, fin) = (
+            row
+        )
+        job = Job(
+            id=jid,
+            seq=seq,
+            kind=kind,
+            priority=prio,
+            items=items,
+            status=status,
+            items_done=done,
+            result=json.loads(result) if result else None,
+            error=error,
+            callback_url=cb_url,
+            callback=json.loads(cb) if cb else None,
+            created=created,
+            started=st,
+            finished=fin,
+        )
+        if job.final:
+            job.future.set_result(job)
+        return job
+
+    def _payload(self, job: Job) -> Any:
+        if job.payload is None:
+            with self._db_lock:
+                row = self._db.execute("SELECT payload FROM jobs WHERE id=?", (job.id,)).fetchone()
+            if row is None or row[0] is None:
+                raise StateError(f"job {job.id}: its payload is missing from {self.path}")
+            job.payload = json.loads(row[0])
+        return job.payload
+
+    def _save_progress(self, job: Job) -> None:
+        self._exec(
+            "UPDATE jobs SET status=?, items_done=?, result=?, started=? WHERE id=?",
+            (job.status, job.items_done, _dumps(job.result), job.started, job.id),
+        )
+
+    def _save_final(self, job: Job) -> None:
+        self._exec(
+            "UPDATE jobs SET status=?, items_done=?, result=?, error=?, finished=?, started=?,"
+            " payload=NULL, callback=? WHERE id=?",
+            (
+                job.status,
+                job.items_done,
+                _dumps(job.result),
+                job.error,
+                job.finished,
+                job.started,
+                _dumps(job.callback),
+                job.id,
+            ),
+        )
+        if self.keep_finished >= 0:
+            self._exec(
+                "DELETE FROM jobs WHERE status IN (?, ?) AND seq <= (SELECT seq FROM jobs"
+                " WHERE status IN (?, ?) ORDER BY seq DESC LIMIT 1 OFFSET ?)"
+                " AND (callback_url IS NULL OR json_extract(callback, '$.state') != 'pending')",
+                (DONE, FAILED, DONE, FAILED, self.keep_finished),
+            )
+
+    # -- public API --------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the worker (and the callback delivery) threads."""
+        if self._worker is None:
+            self._worker = threading.Thread(target=self._work, name="qflume-jobs", daemon=True)
+            self._worker.start()
+        if self._cb_thread is None and self.deliver is not None:
+            self._cb_thread = threading.Thread(
+                target=self._deliver_loop, name="qflume-callbacks", daemon=True
+            )
+            self._cb_thread.start()
+
+    def submit(
+        self,
+        kind: str,
+        payload: Any,
+        *,
+        items: int,
+        priority: int = BULK,
+        callback_url: str | None = None,
+    ) -> Job:
+        """Queue a job (written to the file before this returns)."""
+        if kind not in self.runners:
+            raise ValueError(f"unknown job kind {kind!r}")
+        with self._cond:
+            if self._stopping:
+                raise QueueClosedError(f"the job queue {self.path} is shutting down: no new jobs")
+            self._seq += 1
+            job = Job(
+                id=uuid.uuid4().hex,
+                seq=self._seq,
+                kind=kind,
+                priority=priority,
+                items=items,
+                callback_url=callback_url,
+            )  # the payload stays on disk until the job runs: queued jobs hold no memory
+            self._exec(
+                "INSERT INTO jobs (id, seq, kind, priority, status, items, payload, callback_url,"
+                " created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    job.id,
+                    job.seq,
+                    kind,
+                    priority,
+                    QUEUED,
+                    items,
+                    json.dumps(payload, ensure_ascii=False),
+                    callback_url,
+                    job.created,
+                ),
+            )
+            self._jobs[job.id] = job
+            heapq.heappush(self._heap, (priority, job.seq, job.id))
+            self._cond.notify_all()
+        return job
+
+    def get(self, jid: str) -> Job | None:
+        """The job with this id (from this process, or remembered in the file)."""
+        job = self._jobs.get(jid)
+        if job is not None:
+            return job
+        return self._read(jid)
+
+    def counts(self) -> dict[str, int]:
+        """Jobs by status (queued ones include those resumed from the file)."""
+        with self._db_lock:
+            rows = self._db.execute("SELECT status, COUNT(*) FROM jobs GROUP BY status").fetchall()
+        out = {QUEUED: 0, RUNNING: 0, DONE: 0, FAILED: 0}
+        out.update({s: int(n) for s, n in rows})
+        return out
+
+    def depth(self) -> int:
+        """Jobs waiting to run (not counting the one running)."""
+        with self._cond:
+            return len(self._heap)
+
+    @property
+    def running(self) -> Job | None:
+        return self._current
+
+    def stop(self, *, drain: float = 0.0, timeout: float | None = None) -> int:
+        """Stop the worker: keep running jobs for up to `drain` seconds, then stop after the step in
+        progress. Jobs not finished stay queued in the file (resumed by the next start). Returns
+        how many jobs were left queued."""
+        with self._cond:
+            self._stopping = True
+            self._drain_until = time.monotonic() + max(0.0, drain)
+            self._cond.notify_all()
+        if self._worker is not None:
+            self._worker.join(timeout)
+        with self._cb_cond:
+            self._cb_stop = True
+            self._cb_cond.notify_all()
+        if self._cb_thread is not None:
+            self._cb_thread.join(timeout if timeout is not None else 30)
+        with self._cond:
+            left = [j for j in self._jobs.values() if not j.final]
+        for job in left:
+            if job.status == RUNNING:
+                job.status = QUEUED
+            self._save_progress(job)
+        if left:
+            log.warning(
+                "qflume: %d job(s) left queued in %s; the next start resumes them",
+                len(left),
+                self.path,
+            )
+        return len(left)
+
+    def close(self) -> None:
+        with self._db_lock:
+            with contextlib.suppress(sqlite3.Error):
+                self._db.close()
+
+    # -- the worker ---------------------------------------------------------------------------
+
+    def _next(self) -> Job | None:
+        with self._cond:
+            while True:
+                if self._stopping and (not self._heap or time.monotonic() >= self._drain_until):
+                    return None
+                if self._heap:
+                    _, _, jid = heapq.heappop(self._heap)
+                    job = self._jobs[jid]
+                    self._current = job
+                    return job
+                self._cond.wait(0.5 if self._stopping else None)
+
+    def _work(self) -> None:
+        while (job := self._next()) is not None:
+            try:
+                self._step(job)
+            finally:
+                with self._cond:
+                    self._current = None
+                    if not job.final:
+                        heapq.heappush(self._heap, (job.priority, job.seq, job.id))
+
+    def _step(self, job: Job) -> None:
+        if job.started is None:
+            job.started = time.time()
+        job.status = RUNNING
+        try:
+            payload = self._payload(job)
+            step = self.runners[job.kind](job, payload)
+        except Exception as e:
+            job.status = FAILED
+            job.error = f"{type(e).__name__}: {e}"
+            log.warning("qflume: job %s (%s) failed: %s", job.id, job.kind, job.error)
+            self._finish(job)
+            return
+        job.items_done = step.items_done
+        job.result = step.result
+        if step.finished:
+            job.status = DONE
+            self._finish(job)
+        else:
+            self._save_progress(job)
+
+    def _finish(self, job: Job) -> None:
+        job.finished = time.time()
+        job.payload = None
+        if job.callback_url is not None:
+            job.callback = {"state": "pending", "attempts": 0}
+        self._save_final(job)
+        with contextlib.suppress(concurrent.futures.InvalidStateError):
+            job.future.set_result(job)
+        if job.callback_url is not None and self.deliver is not None:
+            with self._cb_cond:
+                self._callbacks.append(job)
+                self._cb_cond.notify_all()
+
+    # -- callbacks ----------------------------------------------------------------------------
+
+    def _deliver_loop(self) -> None:
+        assert self.deliver is not None
+        while True:
+            with self._cb_cond:
+                while not self._callbacks and not self._cb_stop:
+                    self._cb_cond.wait()
+                if not self._callbacks:
+                    return
+                job = self._callbacks.pop(0)
+            cb = dict(job.callback or {"state": "pending", "attempts": 0})
+            assert job.callback_url is not None
+            for attempt in range(self.callback_attempts):
+                cb["attempts"] = int(cb.get("attempts", 0)) + 1
+                try:
+                    self.deliver(job.callback_url, job.as_dict())
+                except Exception as e:
+                    cb["error"] = f"{type(e).__name__}: {e}"
+                    if self._cb_stop:
+                        break  # shutting down: leave it pending, the next start redelivers
+                    if attempt + 1 < self.callback_attempts:
+                        time.sleep(self.callback_backoff * 2**attempt)
+                    else:
+                        cb["state"] = "failed"
+                else:
+                    cb["state"] = "delivered"
+                    cb.pop("error", None)
+                    break
+            job.callback = cb
+            self._exec("UPDATE jobs SET callback=? WHERE id=?", (_dumps(cb), job.id))
+
+
+def _dumps(obj: Any) -> str | None:
+    return None if obj is None else json.dumps(obj, ensure_ascii=False)

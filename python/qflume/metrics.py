@@ -1,0 +1,553 @@
+"""Per-operation metrics, process gauges, exports (JSON, Prometheus text) and a health check.
+
+A process-wide registry, thread-safe, cheap enough for hot paths (one lock, O(1) per event)::
+
+    from qflume import metrics
+    metrics.observe("search", 0.012, items=100)              # one call: latency, items, ok
+    metrics.observe("ingest", 0.4, items=256, stage="embed")  # labels split an operation
+    with metrics.timer("update_payload", items=n):            # errors counted if it raises
+        ...
+    metrics.gauge("queue_depth", 3, stage="embed")           # or value=3
+    metrics.to_json(); metrics.to_prometheus()
+
+Latency percentiles (p50/p90/p95/p99) come from a sliding reservoir of the last `window`
+observations per series (recent behaviour, bounded memory); counts, errors, items and total time
+are cumulative; throughput is items per second over the last `rate_window_s` seconds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import re
+import shutil
+import threading
+import time
+from collections import deque
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "REGISTRY",
+    "Metrics",
+    "collection_info",
+    "gauge",
+    "health",
+    "observe",
+    "rss_bytes",
+    "status_report",
+    "timer",
+    "to_json",
+    "to_prometheus",
+]
+
+QUANTILES = (0.5, 0.9, 0.95, 0.99)
+LabelKey = tuple[tuple[str, str], ...]
+_NAME_RE = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+
+
+def rss_bytes() -> int:
+    """Resident memory of this process, bytes (/proc/self/statm; else ru_maxrss, a peak)."""
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        import resource
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return int(peak) * (1 if os.uname().sysname == "Darwin" else 1024)
+
+
+def _total_memory() -> int | None:
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _quantile(sorted_vals: list[float], q: float) -> float:
+    """Linear interpolation between closest ranks (numpy's default)."""
+    n = len(sorted_vals)
+    if n == 0:
+        return math.nan
+    pos = q * (n - 1)
+    lo = int(pos)
+    hi = min(lo + 1, n - 1)
+    return sorted_vals[lo] + (sorted_vals[hi] - sorted_vals[lo]) * (pos - lo)
+
+
+class _Series:
+    __slots__ = ("count", "errors", "failed", "items", "last", "lat", "max_s", "recent", "total_s")
+
+    def __init__(self, window: int) -> None:
+        self.count = 0
+        self.failed = 0  # calls with any error
+        self.errors = 0  # failed items (or failed calls, for calls without item errors)
+        self.items = 0
+        self.total_s = 0.0
+        self.max_s = 0.0
+        self.lat: deque[float] = deque(maxlen=window)
+        # (monotonic start, end, items) of recent calls, for throughput
+        self.recent: deque[tuple[float, float, int]] = deque(maxlen=window)
+        self.last = 0.0
+
+
+def _labels(labels: Mapping[str, Any]) -> LabelKey:
+    out = []
+    for k, v in labels.items():
+        if v is None:
+            continue
+        if not _NAME_RE.match(k):
+            raise ValueError(f"metric label {k!r} is not a valid name ([a-zA-Z_][a-zA-Z0-9_]*)")
+        out.append((k, str(v)))
+    return tuple(sorted(out))
+
+
+class Metrics:
+    """A registry of operation series (latency, counts, errors, items) and gauges."""
+
+    def __init__(self, *, window: int = 2048, rate_window_s: float = 60.0) -> None:
+        if window < 1:
+            raise ValueError(f"window must be >= 1, got {window}")
+        self.window = window
+        self.rate_window_s = float(rate_window_s)
+        self._lock = threading.Lock()
+        self._ops: dict[tuple[str, LabelKey], _Series] = {}
+        self._gauges: dict[tuple[str, LabelKey], float] = {}
+        self._started = time.time()
+
+    # --- recording ------------------------------------------------------------------------------
+
+    def observe(
+        self,
+        op: str,
+        seconds: float,
+        *,
+        items: int = 1,
+        error: bool = False,
+        errors: int | None = None,
+        **labels: Any,
+    ) -> None:
+        """Record one call of `op` that took `seconds` and handled `items` items.
+
+        `error=True` counts the call as failed; `errors=k` counts k failed items instead (a batch
+        with partial failures). Labels (e.g. ``stage="embed"``) make separate series.
+        """
+        if not _NAME_RE.match(op):
+            raise ValueError(f"operation name {op!r} is not a valid name ([a-zA-Z_][a-zA-Z0-9_]*)")
+        key = (op, _labels(labels))
+        now = time.monotonic()
+        secs = max(0.0, float(seconds))
+        n_err = int(errors) if errors is not None else int(bool(error))
+        with self._lock:
+            s = self._ops.get(key)
+            if s is None:
+                s = self._ops[key] = _Series(self.window)
+            s.count += 1
+            s.failed += int(n_err > 0 or error)
+            s.errors += n_err
+            s.items += int(items)
+            s.total_s += secs
+            s.max_s = max(s.max_s, secs)
+            s.lat.append(secs)
+            s.recent.append((now - secs, now, int(items)))
+            s.last = now
+
+    @contextlib.contextmanager
+    def timer(self, op: str, *, items: int = 1, **labels: Any) -> Iterator[None]:
+        """Time a block as one call of `op`; an exception counts as an error (and propagates)."""
+        t0 = time.perf_counter()
+        failed = False
+        try:
+            yield
+        except BaseException:
+            failed = True
+            raise
+        finally:
+            self.observe(op, time.perf_counter() - t0, items=items, error=failed, **labels)
+
+    def gauge(self, name: str, value: float | None = None, **labels: Any) -> None:
+        """Set gauge `name` (e.g. ``gauge("queue_depth", value=3, stage="embed")``)."""
+        if value is None:
+            raise ValueError(f"gauge {name!r}: give a value")
+        if not _NAME_RE.match(name):
+            raise ValueError(f"gauge name {name!r} is not a valid name ([a-zA-Z_][a-zA-Z0-9_]*)")
+        with self._lock:
+            self._gauges[(name, _labels(labels))] = float(value)
+
+    def reset(self) -> None:
+        with self._lock:
+            self._ops.clear()
+            self._gauges.clear()
+            self._started = time.time()
+
+    # --- reading --------------------------------------------------------------------------------
+
+    def _series_dict(self, s: _Series, now: float) -> dict[str, Any]:
+        lat = sorted(s.lat)
+        horizon = now - self.rate_window_s
+        recent = [(t0, n) for t0, t1, n in s.recent if t1 >= horizon]
+        rate = 0.0
+        if recent:
+            # Items finished in the window over the time since the first of them started.
+            span = now - max(min(t0 for t0, _ in recent), horizon)
+            rate = sum(n for _, n in recent) / max(span, 1e-6)
+        d: dict[str, Any] = {
+            "count": s.count,
+            "failed": s.failed,
+            "errors": s.errors,
+            "error_rate": round(s.failed / s.count, 6) if s.count else 0.0,
+            "item_error_rate": round(s.errors / s.items, 6) if s.items else 0.0,
+            "items": s.items,
+            "total_s": round(s.total_s, 6),
+            "mean_s": round(s.total_s / s.count, 6) if s.count else 0.0,
+            "max_s": round(s.max_s, 6),
+            "items_per_s": round(rate, 3),
+            "items_per_busy_s": round(s.items / s.total_s, 3) if s.total_s > 0 else 0.0,
+        }
+        for q in QUANTILES:
+            d[f"p{round(q * 100)}_s"] = round(_quantile(lat, q), 6) if lat else None
+        return d
+
+    def snapshot(self) -> dict[str, Any]:
+        """Everything as plain data: {"operations": [...], "gauges": [...], "process": {...}}."""
+        now = time.monotonic()
+        with self._lock:
+            ops = [
+                {"op": op, "labels": dict(lk), **self._series_dict(s, now)}
+                for (op, lk), s in sorted(self._ops.items())
+            ]
+            gauges = [
+                {"name": n, "labels": dict(lk), "value": v}
+                for (n, lk), v in sorted(self._gauges.items())
+            ]
+        return {
+            "operations": ops,
+            "gauges": gauges,
+            "process": {
+                "rss_bytes": rss_bytes(),
+                "pid": os.getpid(),
+                "uptime_s": round(time.time() - self._started, 3),
+            },
+        }
+
+    def to_json(self) -> dict[str, Any]:
+        """The snapshot, JSON-ready (`json.dumps(metrics.to_json())`)."""
+        return self.snapshot()
+
+    def to_prometheus(self, prefix: str = "qflume") -> str:
+        """The metrics in Prometheus' text exposition format (version 0.0.4)."""
+        snap = self.snapshot()
+        lines: list[str] = []
+
+        def fmt(labels: Mapping[str, str]) -> str:
+            if not labels:
+                return ""
+            body = ",".join(f'{k}="{_escape(v)}"' for k, v in labels.items())
+            return "{" + body + "}"
+
+        def num(v: float) -> str:
+            if v is None or (isinstance(v, float) and math.isnan(v)):
+                return "NaN"
+            return repr(float(v))
+
+        ops = snap["operations"]
+        name = f"{prefix}_operation_duration_seconds"
+        lines.append(f"# HELP {name} Latency of qflume operations (recent window quantiles).")
+        lines.append(f"# TYPE {name} summary")
+        for o in ops:
+            labels = {"op": o["op"], **o["labels"]}
+            for q in QUANTILES:
+                v = o[f"p{round(q * 100)}_s"]
+                lines.append(f"{name}{fmt({**labels, 'quantile': str(q)})} {num(v)}")
+            lines.append(f"{name}_sum{fmt(labels)} {num(o['total_s'])}")
+            lines.append(f"{name}_count{fmt(labels)} {num(o['count'])}")
+        for metric, field, help_ in (
+            ("operation_errors_total", "errors", "Failed calls or items of qflume operations."),
+            ("operation_items_total", "items", "Items handled by qflume operations."),
+        ):
+            full = f"{prefix}_{metric}"
+            lines.append(f"# HELP {full} {help_}")
+            lines.append(f"# TYPE {full} counter")
+            for o in ops:
+                lines.append(f"{full}{fmt({'op': o['op'], **o['labels']})} {num(o[field])}")
+        full = f"{prefix}_operation_items_per_second"
+        lines.append(f"# HELP {full} Recent throughput of qflume operations, items per second.")
+        lines.append(f"# TYPE {full} gauge")
+        for o in ops:
+            lines.append(f"{full}{fmt({'op': o['op'], **o['labels']})} {num(o['items_per_s'])}")
+        by_name: dict[str, list[dict[str, Any]]] = {}
+        for g in snap["gauges"]:
+            by_name.setdefault(g["name"], []).append(g)
+        for gname, rows in by_name.items():
+            full = f"{prefix}_{gname}"
+            lines.append(f"# HELP {full} qflume gauge {gname}.")
+            lines.append(f"# TYPE {full} gauge")
+            for g in rows:
+                lines.append(f"{full}{fmt(g['labels'])} {num(g['value'])}")
+        full = f"{prefix}_process_resident_memory_bytes"
+        lines.append(f"# HELP {full} Resident memory of the qflume process.")
+        lines.append(f"# TYPE {full} gauge")
+        lines.append(f"{full} {num(snap['process']['rss_bytes'])}")
+        return "\n".join(lines) + "\n"
+
+
+def _escape(v: str) -> str:
+    return v.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+#: The process-wide registry that qflume's own operations record into.
+REGISTRY = Metrics()
+
+
+def observe(
+    op: str,
+    seconds: float,
+    *,
+    items: int = 1,
+    error: bool = False,
+    errors: int | None = None,
+    **labels: Any,
+) -> None:
+    """`REGISTRY.observe`: record one call of `op`."""
+    REGISTRY.observe(op, seconds, items=items, error=error, errors=errors, **labels)
+
+
+def timer(op: str, *, items: int = 1, **labels: Any) -> contextlib.AbstractContextManager[None]:
+    """`REGISTRY.timer`: time a block as one call of `op`."""
+    return REGISTRY.timer(op, items=items, **labels)
+
+
+def gauge(name: str, value: float | None = None, **labels: Any) -> None:
+    """`REGISTRY.gauge`: set a gauge, e.g. ``gauge("queue_depth", value=3, stage="embed")``."""
+    REGISTRY.gauge(name, value, **labels)
+
+
+def to_json() -> dict[str, Any]:
+    return REGISTRY.to_json()
+
+
+def to_prometheus() -> str:
+    return REGISTRY.to_prometheus()
+
+
+def reset() -> None:
+    REGISTRY.reset()
+
+
+# --- collection figures and health -------------------------------------------------------------
+
+
+def collection_info(sink: Any) -> dict[str, Any]:
+    """The collection's own figures: points, indexed vectors, segments, status, vector size."""
+    from qflume.sinks.edge import EdgeSink
+
+    if isinstance(sink, EdgeSink):
+        shard = sink._shard
+        spec = sink.spec
+        if shard is None:
+            return {"exists": False}
+        info = shard.info()
+        return {
+            "exists": True,
+            "status": "green",
+            "points": int(info.points_count),
+            "indexed_vectors": int(info.indexed_vectors_count),
+            "segments": int(info.segments_count),
+            "vector_size": spec.dim if spec else None,
+            "sparse_vectors": list(spec.sparse) if spec else [],
+        }
+    from qflume.sinks.grpc import GrpcSink
+
+    if isinstance(sink, GrpcSink):
+        from qdrant_client import grpc as qg
+
+        ginfo = sink._info()
+        if ginfo is None:
+            return {"exists": False}
+        dv = sink._default_vector(ginfo)
+        sparse_map = ginfo.config.params.sparse_vectors_config.map
+        return {
+            "exists": True,
+            "status": qg.CollectionStatus.Name(ginfo.status).lower(),
+            "points": int(ginfo.points_count),
+            "indexed_vectors": int(ginfo.indexed_vectors_count),
+            "segments": int(ginfo.segments_count),
+            "vector_size": dv[0] if dv else None,
+            "sparse_vectors": sorted(sparse_map),
+        }
+    return {"exists": None, "points": sink.count()}
+
+
+def _expected_dim(target: Any) -> int | None:
+    """The embedder's vector size, from the loaded embedder or the model's config (no load)."""
+    emb = getattr(target, "_embedder", None)
+    if emb is not None and getattr(emb, "dim", None):
+        return int(emb.dim)
+    import json
+
+    model = getattr(target, "model", None)
+    try:
+        if model is None:
+            from qflume.model import default_source
+
+            folder = default_source()
+        else:
+            folder = Path(model).expanduser()
+        for cfg, field in (
+            (folder / "1_Pooling" / "config.json", "word_embedding_dimension"),
+            (folder / "config.json", "hidden_size"),
+        ):
+            if cfg.is_file():
+                v = json.loads(cfg.read_text("utf-8")).get(field)
+                if isinstance(v, int) and v > 0:
+                    return v
+    except Exception:  # no model to look at: the check is skipped, not failed
+        return None
+    return None
+
+
+# Severity weights: how much a problem takes off the score (100 = healthy).
+_WEIGHTS = {
+    "server_unreachable": 100,
+    "vector_size_mismatch": 60,
+    "disk_full": 50,
+    "state_behind": 25,
+    "collection_behind": 25,
+    "state_pending": 10,
+    "disk_near_full": 25,
+    "memory_over_budget": 30,
+}
+_FATAL = ("server_unreachable", "vector_size_mismatch", "disk_full")
+
+
+def health(
+    target: Any,
+    *,
+    max_rss: int | None = None,
+    min_free_ratio: float = 0.05,
+    min_free_bytes: int = 512 * 1024 * 1024,
+) -> dict[str, Any]:
+    """Check a Pipeline: ``{"ok", "score": 0..100, "problems": [{"code", "message"}], ...}``.
+
+    Problems: server_unreachable (the sink cannot count), vector_size_mismatch (collection vs
+    embedder, read from the model's config without loading it), state_behind / collection_behind
+    (the state's chunk count vs the collection's points), state_pending (documents left half
+    written by a crash: the next ingest repairs them), disk_near_full / disk_full (the store or
+    state folder), memory_over_budget (RSS vs `max_rss`, default: the pipeline's max_memory, else
+    90% of physical memory). `ok` is False when any problem is found.
+    """
+    problems: list[dict[str, Any]] = []
+
+    def problem(code: str, message: str) -> None:
+        problems.append({"code": code, "message": message})
+
+    checks: dict[str, Any] = {}
+    sink = getattr(target, "sink", target)
+    points: int | None = None
+    try:
+        points = int(sink.count())
+        checks["points"] = points
+    except Exception as e:
+        problem("server_unreachable", f"cannot reach collection {sink.collection!r}: {e}")
+
+    if points is not None:
+        try:
+            have = collection_info(sink).get("vector_size")
+        except Exception:
+            have = None
+        want = _expected_dim(target) if hasattr(target, "state") else None
+        checks["vector_size"] = {"collection": have, "embedder": want}
+        if have is not None and want is not None and have != want:
+            problem(
+                "vector_size_mismatch",
+                f"collection {sink.collection!r} holds vectors of size {have}, but the model "
+                f"makes vectors of size {want}: use the model it was built with or another "
+                "collection",
+            )
+
+    state = getattr(target, "state", None)
+    if state is not None:
+        try:
+            st = state.stats()
+            checks["state"] = {"documents": st.documents, "chunks": st.chunks}
+            if points is not None and points > st.chunks:
+                problem(
+                    "state_behind",
+                    f"the collection holds {points} points but the state knows {st.chunks} "
+                    "chunks: another writer, or orphans (run `qflume verify --repair`)",
+                )
+            elif points is not None and points < st.chunks:
+                problem(
+                    "collection_behind",
+                    f"the state expects {st.chunks} chunks but the collection holds {points} "
+                    "points (run `qflume verify --repair`, then ingest again)",
+                )
+            if st.pending_documents:
+                problem(
+                    "state_pending",
+                    f"{st.pending_documents} documents were left half written by an interrupted "
+                    "run; the next ingest repairs them",
+                )
+        except Exception as e:
+            problem("state_behind", f"cannot read the state {state.path}: {e}")
+
+    folder = getattr(target, "store", None) or getattr(
+        getattr(target, "state_path", None), "parent", None
+    )
+    if folder is not None:
+        path = Path(folder)
+        while not path.exists() and path != path.parent:
+            path = path.parent
+        try:
+            du = shutil.disk_usage(path)
+            free_ratio = du.free / du.total if du.total else 1.0
+            checks["disk"] = {"path": str(path), "free_bytes": du.free, "total_bytes": du.total}
+            if du.free < min_free_bytes // 8 or free_ratio < min_free_ratio / 5:
+                problem("disk_full", f"{path}: only {du.free >> 20} MiB free")
+            elif du.free < min_free_bytes or free_ratio < min_free_ratio:
+                problem(
+                    "disk_near_full",
+                    f"{path}: {du.free >> 20} MiB free ({free_ratio:.1%} of {du.total >> 30} GiB)",
+                )
+        except OSError as e:
+            problem("disk_near_full", f"cannot check free space of {path}: {e}")
+
+    rss = rss_bytes()
+    budget = max_rss or getattr(target, "max_memory", None)
+    if budget is None:
+        total = _total_memory()
+        budget = int(total * 0.9) if total else None
+    checks["memory"] = {"rss_bytes": rss, "budget_bytes": budget}
+    if budget is not None and rss > budget:
+        problem(
+            "memory_over_budget",
+            f"resident memory {rss >> 20} MiB is above the budget of {budget >> 20} MiB",
+        )
+
+    score = 100
+    for p in problems:
+        score -= _WEIGHTS.get(p["code"], 20)
+    if any(p["code"] in _FATAL for p in problems):
+        score = min(score, 20)
+    return {"ok": not problems, "score": max(0, score), "problems": problems, "checks": checks}
+
+
+def status_report(target: Any, *, registry: Metrics | None = None) -> dict[str, Any]:
+    """What `qflume status` prints: the pipeline's status, the collection's figures, the cache,
+    health (with its score and problems) and the operation metrics of this process."""
+    out: dict[str, Any] = {}
+    try:
+        out.update(target.status())
+    except Exception as e:
+        out["status_error"] = str(e)
+    sink = getattr(target, "sink", target)
+    try:
+        out["collection_info"] = collection_info(sink)
+    except Exception as e:
+        out["collection_info"] = {"error": str(e)}
+    out["health"] = health(target)
+    out["metrics"] = (registry or REGISTRY).to_json()
+    return out

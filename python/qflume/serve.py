@@ -1,0 +1,1039 @@
+"""`qflume serve`: the HTTP service (FastAPI + uvicorn) over one collection.
+
+    POST /batch/store    records -> a queued background job (202 + job id; ?wait=true waits)
+    POST /batch/search   {"queries": [...], "limit", "mode", "filter"} -> {"results": [[hit...]...]}
+    POST /batch/update   payload updates, per-item results (waits by default)
+    POST /batch/delete   ids / sources / filter, per-item results (waits by default)
+    GET  /jobs/{id}      queued | running | done | failed, the result report, the error
+    GET  /health         problems and a score (503 when a fatal problem is found)
+    GET  /metrics        Prometheus text (?format=json for JSON)
+    GET  /openapi.json   the OpenAPI document
+
+Writes run on one worker thread (the pipeline holds the state lock and runs one ingest at a time)
+through the durable job queue of `qflume.jobs`: small updates and deletes go before large ones,
+which go before stores, and a store runs in slices so that nothing waits behind a whole bulk load.
+Searches never queue: they run concurrently in the server's thread pool on the same sink (Qdrant
+Edge is safe for concurrent reads and writes; a server gets a separate read connection), and they
+go first on the shared embedding model (background writes embed in short slices and yield to
+waiting searches).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import ipaddress
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, MutableMapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+import numpy as np
+
+from qflume.exceptions import InvalidInputError, QflumeError, SinkError
+from qflume.jobs import (
+    BULK,
+    DONE,
+    FAILED,
+    NORMAL,
+    URGENT,
+    Job,
+    JobQueue,
+    QueueClosedError,
+    StepResult,
+)
+
+try:
+    from fastapi import FastAPI, Request
+    from fastapi.openapi.utils import get_openapi
+    from fastapi.responses import JSONResponse, PlainTextResponse, Response
+    from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
+    from starlette.concurrency import run_in_threadpool
+except ImportError as e:  # pragma: no cover - depends on the install
+    raise ImportError("qflume serve needs FastAPI and uvicorn: pip install 'qflume[serve]'") from e
+
+__all__ = ["ServeConfig", "Service", "create_app", "main"]
+
+log = logging.getLogger("qflume.serve")
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+
+# ---------------------------------------------------------------------------------------------
+# Configuration
+
+
+@dataclass
+class ServeConfig:
+    """Everything `qflume serve` is started with (the CLI flags, one to one)."""
+
+    collection: str
+    store: str | None = None
+    url: str | None = None
+    api_key: str | None = None
+    state_dir: str | None = None
+    model: str | None = None
+    sparse: str = "none"
+    chunk_chars: int | None = None
+    chunk_tokens: int | None = None
+    host: str = "127.0.0.1"
+    port: int = 8000
+    max_body_bytes: int = 32 * 1024 * 1024
+    max_items: int = 10_000  # records, updates, ids or sources per request
+    max_queries: int = 256
+    max_limit: int = 1000
+    slice_records: int = 256  # records per step of a store job
+    urgent_items: int = 1000  # updates/deletes up to this many items go first
+    wait_timeout: float = 300.0  # ?wait=true gives up (202) after this
+    drain: float = 0.0  # at shutdown, keep running jobs this long before persisting the rest
+    callback_hosts: tuple[str, ...] = ()  # callback URL hosts allowed besides loopback
+    max_concurrent_searches: int = 8
+    jobs_path: str | None = None  # default: beside the state, <collection>.jobs.sqlite
+    pipeline_options: dict[str, Any] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------------------------
+# Searches first on the shared model
+
+
+class _Gate:
+    """Lets urgent work (searches) overtake background embedding between its slices."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._urgent = 0
+
+    @contextlib.contextmanager
+    def urgent(self) -> Iterator[None]:
+        with self._cond:
+            self._urgent += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._urgent -= 1
+                if self._urgent == 0:
+                    self._cond.notify_all()
+
+    def wait_turn(self) -> None:
+        with self._cond:
+            while self._urgent:
+                self._cond.wait()
+
+
+class _EmbedderView:
+    """The shared Embedder as one side sees it: searches embed at once (urgent); background
+    writes embed in slices of `slice` texts and let waiting searches go between slices."""
+
+    def __init__(self, inner: Any, gate: _Gate, *, urgent: bool, slice: int = 8) -> None:
+        self._inner = inner
+        self._gate = gate
+        self._urgent = urgent
+        self._slice = max(1, slice)
+
+    def embed(self, texts: Any) -> np.ndarray:
+        if self._urgent:
+            with self._gate.urgent():
+                return np.asarray(self._inner.embed(texts))
+        texts = list(texts)
+        out = np.empty((len(texts), int(self._inner.dim)), np.float32)
+        for lo in range(0, len(texts), self._slice):
+            self._gate.wait_turn()
+            out[lo : lo + self._slice] = self._inner.embed(texts[lo : lo + self._slice])
+        return out
+
+    def embed_query(self, text: str) -> np.ndarray:
+        return self.embed([text])[0]
+
+    def close(self) -> None:
+        """The service closes the real embedder (once), not its views."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+class _SearchTarget:
+    """What `qflume.search.search` needs: an embedder and a sink (plus what health reads)."""
+
+    def __init__(self, pipeline: Any, embedder: Any, sink: Any) -> None:
+        self.embedder = embedder
+        self._embedder = embedder
+        self.sink = sink
+        self.state = pipeline.state
+        self.store = pipeline.store
+        self.state_path = pipeline.state_path
+        self.model = pipeline.model
+
+
+class _LockedSink:
+    """A sink used by one thread at a time (a server connection for reads)."""
+
+    def __init__(self, sink: Any) -> None:
+        self._sink = sink
+        self._lock = threading.Lock()
+        self.collection = sink.collection
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._sink, name)
+        if not callable(attr):
+            return attr
+
+        def call(*args: Any, **kw: Any) -> Any:
+            with self._lock:
+                return attr(*args, **kw)
+
+        return call
+
+
+# ---------------------------------------------------------------------------------------------
+# Request and response bodies (also the OpenAPI document)
+
+
+class Record(BaseModel):
+    """A document to store: its id (the document key), its text and optional metadata."""
+
+    model_config = ConfigDict(extra="forbid")
+    id: StrictStr | StrictInt
+    text: StrictStr
+    metadata: dict[str, Any] | None = None
+
+
+class StoreRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    records: list[Record]
+    callback_url: str | None = Field(
+        None, description="POSTed the job document when the job finishes (loopback or allowed)"
+    )
+
+
+class SearchRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    queries: list[StrictStr]
+    limit: int = Field(10, ge=1)
+    mode: Literal["dense", "sparse", "hybrid"] = "dense"
+    filter: dict[str, Any] | None = Field(
+        None,
+        description='{"source": ..., "source_prefix": ..., "metadata": {...}} or a Qdrant filter',
+    )
+
+
+class UpdateRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    updates: list[dict[str, Any]] = Field(
+        description='each {"id" | "source", "set" | "merge" | "increment" | "set_now"}; '
+        "see qflume.ops.update_payload"
+    )
+    callback_url: str | None = None
+
+
+class DeleteRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    ids: list[StrictStr] | None = None
+    sources: list[StrictStr] | None = None
+    filter: dict[str, Any] | None = None
+    callback_url: str | None = None
+
+
+class HitModel(BaseModel):
+    id: str
+    score: float
+    page_content: str
+    source: str | None
+    start: int | None
+    end: int | None
+    metadata: dict[str, Any]
+
+
+class SearchResponse(BaseModel):
+    results: list[list[HitModel]]
+
+
+class JobModel(BaseModel):
+    id: str
+    kind: Literal["store", "update", "delete"]
+    status: Literal["queued", "running", "done", "failed"]
+    priority: int
+    items: int
+    items_done: int
+    result: dict[str, Any] | None
+    error: str | None
+    callback: dict[str, Any] | None
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+    resumed: bool
+
+
+class ErrorModel(BaseModel):
+    error: str
+    detail: list[dict[str, Any]] | None = None
+
+
+class HealthModel(BaseModel):
+    ok: bool
+    score: int
+    problems: list[dict[str, Any]]
+    checks: dict[str, Any]
+    jobs: dict[str, Any]
+
+
+class ApiError(Exception):
+    """An HTTP error with a message that names the bad input."""
+
+    def __init__(self, status: int, message: str, detail: list[dict[str, Any]] | None = None):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.detail = detail
+
+
+def _loc(loc: Any) -> str:
+    out = ""
+    for part in loc:
+        if part == "body":
+            continue
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out or "body"
+
+
+def _validation_error(e: ValidationError) -> ApiError:
+    errors = e.errors(include_url=False, include_context=False, include_input=False)
+    detail = [{"loc": _loc(x["loc"]), "msg": x["msg"], "type": x["type"]} for x in errors[:20]]
+    shown = "; ".join(f"{d['loc']}: {d['msg']}" for d in detail[:5])
+    more = f" (and {len(errors) - 5} more)" if len(errors) > 5 else ""
+    return ApiError(422, f"invalid request: {shown}{more}", detail)
+
+
+def _parse(body: bytes, model: type[BaseModel]) -> tuple[Any, BaseModel]:
+    """(the JSON object, the validated model) of a request body; ApiError 400/422 otherwise."""
+    try:
+        obj = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ApiError(400, f"request body is not valid JSON: {e}") from None
+    if not isinstance(obj, dict):
+        raise ApiError(422, f"request body must be a JSON object, not {type(obj).__name__}")
+    try:
+        return obj, model.model_validate(obj)
+    except ValidationError as e:
+        raise _validation_error(e) from None
+
+
+# ---------------------------------------------------------------------------------------------
+# The service (everything but HTTP)
+
+
+def _deliver(url: str, doc: dict[str, Any]) -> None:
+    import httpx
+
+    r = httpx.post(url, json=doc, timeout=10.0)
+    if r.status_code >= 300:
+        raise QflumeError(f"callback {url} answered HTTP {r.status_code}")
+
+
+class Service:
+    """One collection served: the pipeline, its job queue, and the shared model.
+
+    ``pipeline`` may be given (the service then does not close it); otherwise one is built from
+    the config. ``embedder`` is the model to share (default: the pipeline's).
+    """
+
+    def __init__(
+        self,
+        config: ServeConfig,
+        *,
+        pipeline: Any = None,
+        embedder: Any = None,
+        deliver: Callable[[str, dict[str, Any]], None] | None = _deliver,
+    ) -> None:
+        from qflume.pipeline import Pipeline
+
+        self.config = config
+        self._gate = _Gate()
+        self._own_pipeline = pipeline is None
+        self._embedder = embedder
+        if pipeline is None:
+            if embedder is None:
+                from qflume.embed import Embedder
+
+                self._embedder = Embedder(config.model)
+                self._own_embedder = True
+            else:
+                self._own_embedder = False
+            opts = dict(config.pipeline_options)
+            opts.setdefault("progress", False)
+            pipeline = Pipeline(
+                config.collection,
+                store=config.store,
+                url=config.url,
+                api_key=config.api_key,
+                state_dir=config.state_dir,
+                model=config.model,
+                sparse=config.sparse,
+                chunk_chars=config.chunk_chars,
+                chunk_tokens=config.chunk_tokens,
+                embedder=_EmbedderView(self._embedder, self._gate, urgent=False),
+                **opts,
+            )
+        else:
+            self._own_embedder = False
+            self._embedder = embedder if embedder is not None else pipeline.embedder
+        self.pipeline = pipeline
+        try:
+            # Build the sink now, on this thread: built lazily, two threads could race to it.
+            sink = pipeline.sink
+            read_sink: Any = sink
+            self._read_sink_own = None
+            if pipeline.url is not None:
+                from qflume.sinks.grpc import GrpcSink
+
+                self._read_sink_own = GrpcSink(
+                    pipeline.url, pipeline.collection, api_key=pipeline.api_key
+                )
+                read_sink = _LockedSink(self._read_sink_own)
+            self.reader = _SearchTarget(
+                pipeline, _EmbedderView(self._embedder, self._gate, urgent=True), read_sink
+            )
+            jobs_path = config.jobs_path or pipeline.state_path.with_name(
+                f"{pipeline.collection}.jobs.sqlite"
+            )
+            self.jobs = JobQueue(
+                jobs_path,
+                {"store": self._run_store, "update": self._run_update, "delete": self._run_delete},
+                deliver=deliver,
+            )
+        except BaseException:
+            if self._own_pipeline:
+                pipeline.close()
+            raise
+        self._closed = False
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.jobs.start()
+
+    def close(self, *, drain: float | None = None) -> int:
+        """Stop the worker (drain for up to `drain` seconds, default the config's), persist what is
+        left, close the pipeline. Returns how many jobs were left queued for the next start."""
+        if self._closed:
+            return 0
+        self._closed = True
+        left = self.jobs.stop(drain=self.config.drain if drain is None else drain)
+        self.jobs.close()
+        if self._read_sink_own is not None:
+            with contextlib.suppress(Exception):
+                self._read_sink_own.close()
+        if self._own_pipeline:
+            self.pipeline.close()
+            if self._own_embedder and hasattr(self._embedder, "close"):
+                with contextlib.suppress(Exception):
+                    self._embedder.close()
+        return left
+
+    # -- jobs (run on the worker thread) -----------------------------------------------------
+
+    def _run_store(self, job: Job, payload: Any) -> StepResult:
+        records = payload["records"]
+        lo = job.items_done
+        hi = min(len(records), lo + max(1, self.config.slice_records))
+        report = self.pipeline.ingest_records(records[lo:hi]).as_dict()
+        merged = _merge_reports(job.result, report)
+        return StepResult(hi, merged, hi >= len(records))
+
+    def _run_update(self, job: Job, payload: Any) -> StepResult:
+        from qflume import ops
+
+        results = ops.update_payload(self.pipeline, payload["updates"])
+        failed = sum(not r["ok"] for r in results)
+        out = {"results": results, "ok": len(results) - failed, "failed": failed}
+        return StepResult(len(results), out, True)
+
+    def _run_delete(self, job: Job, payload: Any) -> StepResult:
+        from qflume import ops
+
+        results = ops.delete(
+            self.pipeline,
+            ids=payload.get("ids"),
+            sources=payload.get("sources"),
+            filter=payload.get("filter"),
+        )
+        failed = sum(not r["ok"] for r in results)
+        deleted = sum(int(r.get("deleted", 0)) for r in results)
+        out = {"results": results, "ok": len(results) - failed, "failed": failed}
+        out["deleted"] = deleted
+        return StepResult(len(results), out, True)
+
+    # -- requests ----------------------------------------------------------------------------
+
+    def check_callback(self, url: str | None) -> None:
+        if url is None:
+            return
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ApiError(422, f"callback_url {url!r} must be an http(s) URL with a host")
+        host = parts.hostname
+        allowed = host in self.config.callback_hosts or host == "localhost"
+        with contextlib.suppress(ValueError):
+            allowed = allowed or ipaddress.ip_address(host).is_loopback
+        if not allowed:
+            raise ApiError(
+                422,
+                f"callback_url host {host!r} is not allowed: use a loopback address or start "
+                "qflume serve with --callback-host " + host,
+            )
+
+    def _check_items(self, what: str, n: int) -> None:
+        if n > self.config.max_items:
+            raise ApiError(
+                413,
+                f"{n} {what} in one request; the limit is {self.config.max_items} "
+                "(--max-items): split the request",
+            )
+
+    def submit_store(self, body: bytes) -> Job:
+        obj, req = _parse(body, StoreRequest)
+        assert isinstance(req, StoreRequest)
+        self._check_items("records", len(req.records))
+        bad = []
+        for i, r in enumerate(req.records):
+            if isinstance(r.id, str) and not r.id.strip():
+                bad.append({"loc": f"records[{i}].id", "msg": "id is empty", "type": "empty"})
+            if not r.text.strip():
+                bad.append({"loc": f"records[{i}].text", "msg": "text is empty", "type": "empty"})
+        if bad:
+            shown = "; ".join(f"{d['loc']}: {d['msg']}" for d in bad[:5])
+            raise ApiError(422, f"invalid request: {shown}", bad[:20])
+        self.check_callback(req.callback_url)
+        return self.jobs.submit(
+            "store",
+            {"records": obj["records"]},
+            items=len(req.records),
+            priority=BULK,
+            callback_url=req.callback_url,
+        )
+
+    def submit_update(self, body: bytes) -> Job:
+        obj, req = _parse(body, UpdateRequest)
+        assert isinstance(req, UpdateRequest)
+        self._check_items("updates", len(req.updates))
+        self.check_callback(req.callback_url)
+        n = len(req.updates)
+        return self.jobs.submit(
+            "update",
+            {"updates": obj["updates"]},
+            items=n,
+            priority=URGENT if n <= self.config.urgent_items else NORMAL,
+            callback_url=req.callback_url,
+        )
+
+    def submit_delete(self, body: bytes) -> Job:
+        obj, req = _parse(body, DeleteRequest)
+        assert isinstance(req, DeleteRequest)
+        if req.ids is None and req.sources is None and req.filter is None:
+            raise ApiError(422, "invalid request: give ids, sources or filter (or several)")
+        n = len(req.ids or ()) + len(req.sources or ())
+        self._check_items("ids and sources", n)
+        if req.filter is not None:
+            from qflume.search import qdrant_filter
+
+            try:
+                if not qdrant_filter(req.filter):
+                    raise InvalidInputError("an empty filter would delete everything: refused")
+            except InvalidInputError as e:
+                raise ApiError(422, f"invalid request: filter: {e}") from None
+        self.check_callback(req.callback_url)
+        payload = {k: obj[k] for k in ("ids", "sources", "filter") if obj.get(k) is not None}
+        urgent = req.filter is None and n <= self.config.urgent_items
+        return self.jobs.submit(
+            "delete",
+            payload,
+            items=n + (req.filter is not None),
+            priority=URGENT if urgent else NORMAL,
+            callback_url=req.callback_url,
+        )
+
+    def search(self, body: bytes) -> dict[str, Any]:
+        from qflume.search import search
+
+        _, req = _parse(body, SearchRequest)
+        assert isinstance(req, SearchRequest)
+        cfg = self.config
+        if len(req.queries) > cfg.max_queries:
+            raise ApiError(
+                413,
+                f"{len(req.queries)} queries in one request; the limit is {cfg.max_queries} "
+                "(--max-queries)",
+            )
+        if req.limit > cfg.max_limit:
+            raise ApiError(422, f"invalid request: limit {req.limit} is above {cfg.max_limit}")
+        for i, q in enumerate(req.queries):
+            if not q.strip():
+                raise ApiError(422, f"invalid request: queries[{i}] is empty")
+        if req.mode != "dense" and self.pipeline.sparse_kind != "bm25":
+            raise ApiError(
+                422,
+                f"mode {req.mode!r} needs BM25 sparse vectors in collection "
+                f"{self.pipeline.collection!r}: start qflume serve with --sparse bm25",
+            )
+        try:
+            hits = search(
+                self.reader, req.queries, limit=req.limit, filter=req.filter, mode=req.mode
+            )
+        except InvalidInputError as e:
+            raise ApiError(422, f"invalid request: {e}") from None
+        return {"results": [[h.as_dict() for h in row] for row in hits]}
+
+    def health(self) -> tuple[int, dict[str, Any]]:
+        from qflume import metrics
+
+        report = metrics.health(self.reader)
+        worker = self.jobs._worker
+        report["jobs"] = {
+            **self.jobs.counts(),
+            "depth": self.jobs.depth(),
+            "worker_alive": bool(worker is not None and worker.is_alive()),
+        }
+        if not report["jobs"]["worker_alive"] and not self._closed:
+            report["problems"].append(
+                {"code": "worker_stopped", "message": "the job worker thread is not running"}
+            )
+            report["ok"] = False
+            report["score"] = min(report["score"], 20)
+        fatal = report["score"] <= 20
+        return (503 if fatal else 200), report
+
+    def update_gauges(self) -> None:
+        from qflume import metrics
+
+        for status, n in self.jobs.counts().items():
+            metrics.gauge("serve_jobs", n, status=status)
+        metrics.gauge("serve_job_queue_depth", self.jobs.depth())
+
+
+def _merge_reports(acc: dict[str, Any] | None, rep: dict[str, Any]) -> dict[str, Any]:
+    """Sum the reports of the slices of one store job."""
+    if acc is None:
+        out = dict(rep)
+        out.pop("stages", None)
+        out["skipped"] = list(rep.get("skipped", []))[:1000]
+        return out
+    out = dict(acc)
+    for k, v in rep.items():
+        if k in ("stages", "chunks_per_s"):
+            continue
+        if k == "skipped":
+            out[k] = (list(acc.get(k, [])) + list(v))[:1000]
+        elif isinstance(v, bool):
+            out[k] = bool(acc.get(k)) or v
+        elif isinstance(v, (int, float)):
+            out[k] = acc.get(k, 0) + v
+    out["elapsed_s"] = round(out.get("elapsed_s", 0.0), 3)
+    el = out["elapsed_s"]
+    out["chunks_per_s"] = round(out.get("chunks_embedded", 0) / el, 2) if el > 0 else 0.0
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# HTTP
+
+
+_ROUTES = ("/batch/store", "/batch/search", "/batch/update", "/batch/delete", "/health", "/metrics")
+
+
+def _route_of(path: str) -> str:
+    if path in _ROUTES or path in ("/openapi.json", "/docs"):
+        return path
+    if path.startswith("/jobs/"):
+        return "/jobs/{id}"
+    return "other"
+
+
+class _Guard:
+    """ASGI middleware: the request body size limit (413 before the app sees the body) and
+    per-route request metrics (latency, count, 5xx errors) in qflume.metrics."""
+
+    def __init__(self, app: FastAPI, max_body_bytes: int) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        t0 = time.perf_counter()
+        status = 500
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        try:
+            first, refusal = await self._read(scope, receive)
+            if refusal is not None:
+                await refusal(scope, receive, send_wrapper)
+                return
+            replayed = False
+
+            async def replay() -> Message:
+                nonlocal replayed
+                if not replayed:
+                    replayed = True
+                    return first
+                return await receive()
+
+            await self.app(scope, replay, send_wrapper)
+        finally:
+            from qflume import metrics
+
+            metrics.observe(
+                "serve_request",
+                time.perf_counter() - t0,
+                route=_route_of(scope.get("path", "")),
+                code=f"{status // 100}xx",
+                error=status >= 500,
+            )
+
+    async def _read(self, scope: Scope, receive: Receive) -> tuple[Message, Response | None]:
+        """The whole body as one message (read up to the limit), or a 413 response."""
+        limit = self.max_body_bytes
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None:
+            try:
+                n = int(declared)
+            except ValueError:
+                return {}, _error(400, f"Content-Length {declared!r} is not a number")
+            if n > limit:
+                return {}, _error(413, _too_big_message(n, limit))
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return message, None
+            body = message.get("body", b"")
+            size += len(body)
+            if size > limit:
+                return {}, _error(413, _too_big_message(size, limit, at_least=True))
+            chunks.append(body)
+            if not message.get("more_body", False):
+                break
+        return {"type": "http.request", "body": b"".join(chunks), "more_body": False}, None
+
+
+def _too_big_message(n: int, limit: int, *, at_least: bool = False) -> str:
+    size = f"at least {n}" if at_least else str(n)
+    return (
+        f"request body is {size} bytes; the limit is {limit} bytes (--max-body-bytes): "
+        "split the request"
+    )
+
+
+def _error(status: int, message: str, detail: list[dict[str, Any]] | None = None) -> JSONResponse:
+    body: dict[str, Any] = {"error": message}
+    if detail:
+        body["detail"] = detail
+    return JSONResponse(body, status_code=status)
+
+
+def _job_response(job: Job) -> JSONResponse:
+    doc = job.as_dict()
+    if job.status == DONE:
+        return JSONResponse(doc, status_code=200)
+    if job.status == FAILED:
+        return JSONResponse(doc, status_code=500)
+    return JSONResponse(doc, status_code=202, headers={"Location": f"/jobs/{job.id}"})
+
+
+def _body_doc(model: type[BaseModel]) -> dict[str, Any]:
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {"schema": {"$ref": f"#/components/schemas/{model.__name__}"}}
+            },
+        }
+    }
+
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorModel, "description": "the body is not JSON"},
+    413: {"model": ErrorModel, "description": "over the size or item limits"},
+    422: {"model": ErrorModel, "description": "invalid input (the message names the item)"},
+}
+
+
+def create_app(service: Service, *, manage: bool = True) -> FastAPI:
+    """The FastAPI app over `service`. With `manage`, the app's lifespan starts the job worker and,
+    at shutdown, drains/persists the queue and closes the service."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if manage:
+            service.start()
+        try:
+            yield
+        finally:
+            if manage:
+                await run_in_threadpool(service.close)  # logs what it left queued
+
+    app = FastAPI(
+        title="qflume",
+        version=_version(),
+        description="Batch store, search, update and delete over one Qdrant collection.",
+        lifespan=lifespan,
+    )
+    searches = asyncio.Semaphore(max(1, service.config.max_concurrent_searches))
+
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, exc: ApiError) -> JSONResponse:
+        return _error(exc.status, exc.message, exc.detail)
+
+    @app.exception_handler(QueueClosedError)
+    async def closing(request: Request, exc: QueueClosedError) -> JSONResponse:
+        return _error(503, f"shutting down: {exc}")
+
+    @app.exception_handler(SinkError)
+    async def sink_error(request: Request, exc: SinkError) -> JSONResponse:
+        return _error(503, f"the Qdrant target failed: {exc}")
+
+    @app.exception_handler(QflumeError)
+    async def qflume_error(request: Request, exc: QflumeError) -> JSONResponse:
+        return _error(500, f"{type(exc).__name__}: {exc}")
+
+    async def finish(job: Job, wait: bool) -> JSONResponse:
+        if wait and not job.final:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(
+                    asyncio.shield(asyncio.wrap_future(job.future)),
+                    service.config.wait_timeout,
+                )
+        return _job_response(job)
+
+    @app.post(
+        "/batch/store",
+        summary="Store records (a background job)",
+        openapi_extra=_body_doc(StoreRequest),
+        responses={202: {"model": JobModel}, 200: {"model": JobModel}, **_ERRORS},
+        status_code=202,
+    )
+    async def batch_store(request: Request, wait: bool = False) -> JSONResponse:
+        """Queue the records as a store job; poll GET /jobs/{id} (or `wait=true`)."""
+        body = await request.body()
+        job = await run_in_threadpool(service.submit_store, body)
+        return await finish(job, wait)
+
+    @app.post(
+        "/batch/search",
+        summary="Search with several queries at once",
+        openapi_extra=_body_doc(SearchRequest),
+        responses={200: {"model": SearchResponse}, **_ERRORS},
+    )
+    async def batch_search(request: Request) -> JSONResponse:
+        """One list of hits per query, in order (never queued behind writes)."""
+        body = await request.body()
+        async with searches:
+            out = await run_in_threadpool(service.search, body)
+        return JSONResponse(out)
+
+    @app.post(
+        "/batch/update",
+        summary="Update payloads (per-item results)",
+        openapi_extra=_body_doc(UpdateRequest),
+        responses={200: {"model": JobModel}, 202: {"model": JobModel}, **_ERRORS},
+    )
+    async def batch_update(request: Request, wait: bool = True) -> JSONResponse:
+        """Set / merge / increment / set_now payload fields by point id or source."""
+        body = await request.body()
+        job = await run_in_threadpool(service.submit_update, body)
+        return await finish(job, wait)
+
+    @app.post(
+        "/batch/delete",
+        summary="Delete by ids, sources or filter (per-item results)",
+        openapi_extra=_body_doc(DeleteRequest),
+        responses={200: {"model": JobModel}, 202: {"model": JobModel}, **_ERRORS},
+    )
+    async def batch_delete(request: Request, wait: bool = True) -> JSONResponse:
+        body = await request.body()
+        job = await run_in_threadpool(service.submit_delete, body)
+        return await finish(job, wait)
+
+    @app.get(
+        "/jobs/{job_id}",
+        summary="A job's status, result and error",
+        responses={200: {"model": JobModel}, 404: {"model": ErrorModel}},
+    )
+    async def get_job(job_id: str) -> JSONResponse:
+        job = await run_in_threadpool(service.jobs.get, job_id)
+        if job is None:
+            return _error(404, f"no job with id {job_id!r}")
+        return JSONResponse(job.as_dict())
+
+    @app.get(
+        "/health",
+        summary="Health check: problems and a score",
+        responses={200: {"model": HealthModel}, 503: {"model": HealthModel}},
+    )
+    async def health() -> JSONResponse:
+        status, report = await run_in_threadpool(service.health)
+        return JSONResponse(report, status_code=status)
+
+    @app.get(
+        "/metrics",
+        summary="Metrics (Prometheus text, or JSON with format=json)",
+        responses={200: {"content": {"text/plain": {}, "application/json": {}}}},
+    )
+    async def get_metrics(format: Literal["prometheus", "json"] = "prometheus") -> Response:
+        from qflume import metrics
+
+        service.update_gauges()
+        if format == "json":
+            return JSONResponse(metrics.to_json())
+        return PlainTextResponse(
+            metrics.to_prometheus(), media_type="text/plain; version=0.0.4; charset=utf-8"
+        )
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("qflume serve: unexpected error on %s", request.url.path)
+        return _error(500, f"internal error: {type(exc).__name__}: {exc}")
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(
+                title=app.title,
+                version=app.version,
+                description=app.description,
+                routes=app.routes,
+            )
+            comps = schema.setdefault("components", {}).setdefault("schemas", {})
+            for model in (StoreRequest, SearchRequest, UpdateRequest, DeleteRequest):
+                js = model.model_json_schema(ref_template="#/components/schemas/{model}")
+                comps.update(js.pop("$defs", {}))
+                comps[model.__name__] = js
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+    return app
+
+
+def asgi(service: Service, *, manage: bool = True) -> _Guard:
+    """What to run: the FastAPI app (``.app``) behind the body size limit and request metrics."""
+    return _Guard(create_app(service, manage=manage), service.config.max_body_bytes)
+
+
+def _version() -> str:
+    try:
+        from qflume._core import __version__
+
+        return str(__version__)
+    except Exception:  # pragma: no cover
+        return "0"
+
+
+# ---------------------------------------------------------------------------------------------
+# The command
+
+
+def _parser() -> argparse.ArgumentParser:
+    d = ServeConfig(collection="")
+    ap = argparse.ArgumentParser(
+        prog="qflume serve", description="Serve one collection over HTTP (batch store/search)."
+    )
+    ap.add_argument("--collection", "-c", required=True, help="collection name")
+    t = ap.add_mutually_exclusive_group()
+    t.add_argument("--store", help="embedded Qdrant Edge store folder (default ./.qflume)")
+    t.add_argument("--url", help="Qdrant server gRPC URL, e.g. http://localhost:6334")
+    ap.add_argument("--api-key", default=os.environ.get("QDRANT_API_KEY"), help="server API key")
+    ap.add_argument("--state-dir", help="where state, cache and jobs live for --url")
+    ap.add_argument("--model", help="model folder (model.onnx + tokenizer.json, or BERT weights)")
+    ap.add_argument("--sparse", choices=["none", "bm25"], default="none", help="bm25: hybrid")
+    size = ap.add_mutually_exclusive_group()
+    size.add_argument("--chunk-chars", type=int, help="chunk size in characters (default 1000)")
+    size.add_argument("--chunk-tokens", type=int, help="chunk size in model tokens")
+    ap.add_argument("--host", default=d.host, help=f"address to listen on (default {d.host})")
+    ap.add_argument("--port", type=int, default=d.port, help=f"port (default {d.port})")
+    ap.add_argument("--max-body-bytes", type=int, default=d.max_body_bytes)
+    ap.add_argument("--max-items", type=int, default=d.max_items, help="items per request")
+    ap.add_argument("--max-queries", type=int, default=d.max_queries, help="queries per search")
+    ap.add_argument("--slice-records", type=int, default=d.slice_records)
+    ap.add_argument(
+        "--drain",
+        type=float,
+        default=d.drain,
+        help="at shutdown, keep running jobs up to this many seconds; the rest is persisted",
+    )
+    ap.add_argument(
+        "--callback-host",
+        action="append",
+        default=[],
+        help="a host callback URLs may point to besides loopback (repeatable)",
+    )
+    ap.add_argument("--log-level", default="info")
+    return ap
+
+
+def config_from_args(args: argparse.Namespace) -> ServeConfig:
+    for name in ("max_body_bytes", "max_items", "max_queries", "slice_records", "port"):
+        if getattr(args, name) < (0 if name == "port" else 1):
+            raise InvalidInputError(f"--{name.replace('_', '-')} must be positive")
+    return ServeConfig(
+        collection=args.collection,
+        store=args.store,
+        url=args.url,
+        api_key=args.api_key,
+        state_dir=args.state_dir,
+        model=args.model,
+        sparse=args.sparse,
+        chunk_chars=args.chunk_chars,
+        chunk_tokens=args.chunk_tokens,
+        host=args.host,
+        port=args.port,
+        max_body_bytes=args.max_body_bytes,
+        max_items=args.max_items,
+        max_queries=args.max_queries,
+        slice_records=args.slice_records,
+        drain=args.drain,
+        callback_hosts=tuple(args.callback_host),
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`qflume serve ...`: run the service until SIGINT/SIGTERM, then persist unfinished jobs."""
+    import sys
+
+    import uvicorn
+
+    args = _parser().parse_args(argv)
+    try:
+        config = config_from_args(args)
+        service = Service(config)
+    except QflumeError as e:
+        print(f"qflume serve: {e}", file=sys.stderr)
+        return 2
+    if service.jobs.resumed:
+        print(
+            f"qflume serve: resuming {service.jobs.resumed} job(s) from {service.jobs.path}",
+            file=sys.stderr,
+        )
+    try:
+        uvicorn.run(asgi(service), host=config.host, port=config.port, log_level=args.log_level)
+    finally:
+        service.close()  # no-op when the lifespan already closed it
+    return 0

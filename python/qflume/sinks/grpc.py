@@ -1,0 +1,689 @@
+"""A Qdrant server over gRPC: Rust-packed request bytes, streamed with bounded concurrency.
+
+Update requests (upsert, delete, set payload) are packed by `qflume._core` into serialized
+`qdrant.*` messages and sent as raw bytes to `/qdrant.Points/...`; up to `max_in_flight` of them
+are on the wire at once. A request failing with UNAVAILABLE, DEADLINE_EXCEEDED,
+RESOURCE_EXHAUSTED or ABORTED is sent again after an exponential, jittered backoff (safe: point
+ids are deterministic, so a repeated upsert or delete changes nothing); once `retries` are spent
+a `SinkError` names the server, the collection and the status.
+
+Ordering: requests of one kind (say upserts) run concurrently; before a request of another kind
+(a delete after upserts) is sent, every earlier request is acknowledged, so a delete never
+overtakes the upsert it follows.
+
+`wait=False` (the default) streams: Qdrant acknowledges an update once it is in its write-ahead
+log and applies it in the background. `flush()` is the barrier that makes everything searchable:
+it waits for every acknowledgement, then sends one empty `wait=True` update (a delete whose
+filter matches only the nil UUID, which no qflume point has). Qdrant applies the updates of a
+shard in order, and a filter delete goes to every shard, so when that request returns, everything
+sent before it has been applied. `wait=True` makes every request wait instead.
+
+Reads (count, retrieve, scroll, query_batch) flush first, so they see every write made before
+them. `query_batch` sends all its searches as one `QueryBatch` request (Qdrant's Query API: dense,
+sparse, or hybrid with RRF fusion on the server). A sink is meant to be used from one thread at a
+time.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections import deque
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+from urllib.parse import urlsplit
+
+import grpc
+import numpy as np
+import numpy.typing as npt
+from qdrant_client import grpc as qg
+
+from qflume import _core
+from qflume.exceptions import InvalidInputError, ShapeError, SinkError
+from qflume.sinks._common import (
+    SparseArrays,
+    chunked,
+    dense_array,
+    ids_array,
+    int64_array,
+    payload_to_py,
+    sparse_arrays,
+    uuid_strings,
+    vectors_to_py,
+)
+from qflume.sinks._grpc_query import grpc_filter, query_points, scored_points
+from qflume.sinks.base import (
+    CollectionSpec,
+    Ids,
+    PointBatch,
+    PointRecord,
+    QueryRequest,
+    ScoredPoint,
+    Sink,
+    SparseBatch,
+)
+
+__all__ = ["GrpcSink"]
+
+DEFAULT_PORT = 6334
+# Every call qflume makes is idempotent (deterministic ids), so a call the server cancelled
+# (e.g. it shut down mid-request: a dropped connection) is retried like an unavailable one.
+RETRYABLE = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.CANCELLED,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.ABORTED,
+    }
+)
+_DISTANCES = {"cosine": "Cosine", "dot": "Dot", "euclid": "Euclid", "manhattan": "Manhattan"}
+_NIL_ID = "00000000-0000-0000-0000-000000000000"
+_HARD_LIMIT = 32 * 1024 * 1024
+
+
+def _parse_url(url: str) -> tuple[str, bool]:
+    """(host:port target, https?) of a Qdrant gRPC URL such as http://localhost:6334."""
+    parts = urlsplit(url if "://" in url else f"//{url}")
+    if parts.scheme not in ("", "http", "https", "grpc", "grpcs"):
+        raise InvalidInputError(f"Qdrant URL {url!r}: scheme must be http or https")
+    if not parts.hostname:
+        raise InvalidInputError(f"Qdrant URL {url!r} has no host")
+    host = parts.hostname
+    if ":" in host:  # IPv6 literal
+        host = f"[{host}]"
+    port = parts.port or DEFAULT_PORT
+    return f"{host}:{port}", parts.scheme in ("https", "grpcs")
+
+
+class _RpcFailure(SinkError):
+    """A SinkError that remembers the gRPC status it came from."""
+
+    def __init__(self, message: str, code: grpc.StatusCode | None) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class _Pending:
+    __slots__ = ("attempt", "future", "kind", "method", "points", "request")
+
+    def __init__(
+        self, kind: str, method: str, request: bytes, points: int, future: grpc.Future
+    ) -> None:
+        self.kind = kind
+        self.method = method
+        self.request = request
+        self.points = points
+        self.future = future
+        self.attempt = 0
+
+
+class GrpcSink(Sink):
+    """A Qdrant collection on a server, written over gRPC (default port 6334).
+
+    `tls=None` uses TLS for https:// URLs; `root_certificates` (PEM bytes) trusts a private CA.
+    `batch_bytes` / `batch_points` bound each request; `max_in_flight` bounds concurrent ones;
+    `retries` and `backoff=(first, max)` seconds govern retries of transient failures.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        collection: str,
+        *,
+        api_key: str | None = None,
+        tls: bool | None = None,
+        root_certificates: bytes | None = None,
+        timeout: float = 30.0,
+        max_in_flight: int = 4,
+        batch_bytes: int = 8 * 1024 * 1024,
+        batch_points: int = 256,
+        wait: bool = False,
+        retries: int = 6,
+        backoff: tuple[float, float] = (0.05, 5.0),
+    ) -> None:
+        if not collection:
+            raise InvalidInputError("GrpcSink: collection name must not be empty")
+        if max_in_flight < 1:
+            raise InvalidInputError(f"max_in_flight must be >= 1, got {max_in_flight}")
+        if retries < 0:
+            raise InvalidInputError(f"retries must be >= 0, got {retries}")
+        if batch_points < 1:
+            raise InvalidInputError(f"batch_points must be >= 1, got {batch_points}")
+        if not 1024 <= batch_bytes <= _HARD_LIMIT:
+            raise InvalidInputError(
+                f"batch_bytes must be between 1024 and {_HARD_LIMIT} (Qdrant's request limit), "
+                f"got {batch_bytes}"
+            )
+        self.url = url
+        self.collection = collection
+        self.timeout = float(timeout)
+        self.max_in_flight = max_in_flight
+        self.batch_bytes = batch_bytes
+        self.batch_points = batch_points
+        self.wait = wait
+        self.retries = retries
+        self.backoff = (float(backoff[0]), float(backoff[1]))
+        target, https = _parse_url(url)
+        self._target = target
+        self._metadata: tuple[tuple[str, str], ...] = (
+            (("api-key", api_key),) if api_key is not None else ()
+        )
+        options = [
+            ("grpc.max_send_message_length", _HARD_LIMIT + (1 << 20)),
+            ("grpc.max_receive_message_length", -1),
+            ("grpc.enable_retries", 0),
+        ]
+        use_tls = https if tls is None else tls
+        if use_tls:
+            creds = grpc.ssl_channel_credentials(root_certificates=root_certificates)
+            self._channel = grpc.secure_channel(target, creds, options=options)
+        else:
+            self._channel = grpc.insecure_channel(target, options=options)
+        self._methods: dict[str, grpc.UnaryUnaryMultiCallable] = {}
+        self._pending: deque[_Pending] = deque()
+        self._dirty = False  # updates sent since the last barrier
+        self._dim: int | None = None
+        self._closed = False
+        # What happened, for reports: requests sent, retries, points acknowledged.
+        self.requests = 0
+        self.retried = 0
+        self.points_written = 0
+
+    # --- plumbing ------------------------------------------------------------------------------
+
+    def _method(self, path: str, response: Any) -> grpc.UnaryUnaryMultiCallable:
+        m = self._methods.get(path)
+        if m is None:
+            # request_serializer=None: requests are already serialized bytes.
+            m = self._channel.unary_unary(
+                path, request_serializer=None, response_deserializer=response.FromString
+            )
+            self._methods[path] = m
+        return m
+
+    def _error(self, method: str, err: grpc.RpcError, attempts: int) -> _RpcFailure:
+        code = err.code() if isinstance(err, grpc.Call) else None
+        details = err.details() if isinstance(err, grpc.Call) else str(err)
+        name = code.name if code is not None else "error"
+        hint = ""
+        if code == grpc.StatusCode.UNAVAILABLE and self._target.endswith(":6333"):
+            hint = " (6333 is Qdrant's REST port; gRPC listens on 6334)"
+        elif code == grpc.StatusCode.UNAUTHENTICATED:
+            hint = " (check the api_key)"
+        tries = f" after {attempts} attempts" if attempts > 1 else ""
+        return _RpcFailure(
+            f"Qdrant at {self.url}{hint}, collection {self.collection!r}: {method} failed "
+            f"with {name}{tries}: {details}",
+            code,
+        )
+
+    def _sleep_before(self, attempt: int) -> None:
+        first, cap = self.backoff
+        delay = min(cap, first * (2 ** (attempt - 1)))
+        time.sleep(delay * random.uniform(0.5, 1.0))
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise SinkError(f"GrpcSink for {self.url} / {self.collection!r} is closed")
+
+    def _call(self, method: str, response: Any, request: bytes, attempt: int = 0) -> Any:
+        """A blocking call with retries of transient failures (`attempt` were made already)."""
+        self._check_open()
+        fn = self._method(method, response)
+        while True:
+            try:
+                self.requests += 1
+                return fn(request, timeout=self.timeout, metadata=self._metadata)
+            except grpc.RpcError as err:
+                attempt += 1
+                if not isinstance(err, grpc.Call) or err.code() not in RETRYABLE:
+                    raise self._error(method, err, attempt) from None
+                if attempt > self.retries:
+                    raise self._error(method, err, attempt) from None
+                self.retried += 1
+                self._sleep_before(attempt)
+
+    def _harvest(self, p: _Pending) -> None:
+        """Waits for a pending request; retries it (blocking) if it failed transiently."""
+        try:
+            p.future.result()
+        except grpc.RpcError as err:
+            if not isinstance(err, grpc.Call) or err.code() not in RETRYABLE or self.retries == 0:
+                self._abort_pending()
+                raise self._error(p.method, err, 1) from None
+            self.retried += 1
+            self._sleep_before(1)
+            try:
+                self._call(p.method, qg.PointsOperationResponse, p.request, attempt=1)
+            except _RpcFailure as e:
+                self._abort_pending()
+                raise _RpcFailure(f"{e} (a request of {p.points} points)", e.code) from None
+        self.points_written += p.points
+
+    def _abort_pending(self) -> None:
+        while self._pending:
+            self._pending.popleft().future.cancel()
+
+    def _drain(self) -> None:
+        while self._pending:
+            self._harvest(self._pending[0])
+            self._pending.popleft()
+
+    def _send(
+        self, kind: str, method: str, messages: Sequence[bytes], points: Sequence[int]
+    ) -> None:
+        self._check_open()
+        if self._pending and self._pending[0].kind != kind:
+            self._drain()
+        fn = self._method(method, qg.PointsOperationResponse)
+        for msg, n in zip(messages, points, strict=True):
+            while len(self._pending) >= self.max_in_flight:
+                self._harvest(self._pending[0])
+                self._pending.popleft()
+            self.requests += 1
+            fut = fn.future(msg, timeout=self.timeout, metadata=self._metadata)
+            self._pending.append(_Pending(kind, method, msg, n, fut))
+            self._dirty = True
+
+    # --- collection ----------------------------------------------------------------------------
+
+    def _info(self) -> Any | None:
+        """The collection's CollectionInfo, or None if it does not exist."""
+        req = qg.GetCollectionInfoRequest(collection_name=self.collection).SerializeToString()
+        try:
+            return self._call("/qdrant.Collections/Get", qg.GetCollectionInfoResponse, req).result
+        except _RpcFailure as e:
+            if e.code == grpc.StatusCode.NOT_FOUND:
+                return None
+            raise
+
+    @staticmethod
+    def _default_vector(info: Any) -> tuple[int, str] | None:
+        params = info.config.params
+        if not params.HasField("vectors_config"):
+            return None
+        vc = params.vectors_config
+        which = vc.WhichOneof("config")
+        p = None
+        if which == "params":
+            p = vc.params
+        elif which == "params_map" and "" in vc.params_map.map:
+            p = vc.params_map.map[""]
+        if p is None:
+            return None
+        return int(p.size), qg.Distance.Name(p.distance)
+
+    def ensure_collection(self, spec: CollectionSpec) -> None:
+        distance = _DISTANCES.get(spec.distance.lower())
+        if distance is None:
+            raise InvalidInputError(
+                f"distance must be one of {sorted(_DISTANCES.values())}, got {spec.distance!r}"
+            )
+        if spec.dim < 1:
+            raise InvalidInputError(f"dense dimension must be >= 1, got {spec.dim}")
+        info = self._info()
+        if info is None:
+            req = qg.CreateCollection(
+                collection_name=self.collection,
+                vectors_config=qg.VectorsConfig(
+                    params=qg.VectorParams(size=spec.dim, distance=qg.Distance.Value(distance))
+                ),
+                sparse_vectors_config=qg.SparseVectorConfig(
+                    map={
+                        name: qg.SparseVectorParams(
+                            modifier=qg.Modifier.Idf if name in spec.idf_sparse else None
+                        )
+                        for name in spec.sparse
+                    }
+                )
+                if spec.sparse
+                else None,
+            )
+            try:
+                self._call(
+                    "/qdrant.Collections/Create",
+                    qg.CollectionOperationResponse,
+                    req.SerializeToString(),
+                )
+            except _RpcFailure as e:
+                # A concurrent creator won the race: check what it made.
+                if e.code != grpc.StatusCode.ALREADY_EXISTS and "already exists" not in str(e):
+                    raise
+            else:
+                self._dim = spec.dim
+                return
+            info = self._info()
+            if info is None:
+                raise SinkError(
+                    f"Qdrant at {self.url}: collection {self.collection!r} could not be created"
+                )
+        self._check_fits(info, spec, distance)
+        self._dim = spec.dim
+
+    def _check_fits(self, info: Any, spec: CollectionSpec, distance: str) -> None:
+        where = f"collection {self.collection!r} at {self.url}"
+        dv = self._default_vector(info)
+        if dv is None:
+            raise ShapeError(
+                f"{where} has no default (unnamed) dense vector; qflume needs one of size "
+                f"{spec.dim} ({distance}). Use another collection name."
+            )
+        size, have = dv
+        if size != spec.dim:
+            raise ShapeError(
+                f"{where} holds vectors of size {size}, but the embedder makes vectors of size "
+                f"{spec.dim}. Use another collection name or the model it was built with."
+            )
+        if have != distance:
+            raise ShapeError(
+                f"{where} uses {have} distance, but {distance} was asked for. Use another "
+                "collection name or the same distance."
+            )
+        names = set(info.config.params.sparse_vectors_config.map.keys())
+        missing = [s for s in spec.sparse if s not in names]
+        if missing:
+            raise ShapeError(
+                f"{where} has no sparse vector named {', '.join(map(repr, missing))} "
+                f"(it has {sorted(names) or 'none'}). Use another collection name."
+            )
+
+    def _check_dim(self, dense: npt.NDArray[np.float32] | None) -> None:
+        if dense is None:
+            return
+        if self._dim is None:
+            info = self._info()
+            if info is None:
+                raise SinkError(
+                    f"Qdrant at {self.url}: collection {self.collection!r} does not exist; "
+                    "call ensure_collection(spec) first"
+                )
+            dv = self._default_vector(info)
+            if dv is None:
+                raise ShapeError(
+                    f"collection {self.collection!r} at {self.url} has no default (unnamed) "
+                    f"dense vector for vectors of size {dense.shape[1]}"
+                )
+            self._dim = dv[0]
+        if dense.shape[1] != self._dim:
+            raise ShapeError(
+                f"vectors of size {dense.shape[1]} do not fit collection {self.collection!r} "
+                f"at {self.url}, whose vectors have size {self._dim}"
+            )
+
+    # --- updates -------------------------------------------------------------------------------
+
+    def _pack_opts(self) -> dict[str, Any]:
+        return {"wait": self.wait, "max_bytes": self.batch_bytes}
+
+    def _upsert_opts(self) -> dict[str, Any]:
+        return {**self._pack_opts(), "max_points": self.batch_points, "return_counts": True}
+
+    def _send_upserts(self, packed: tuple[list[bytes], list[int]]) -> None:
+        messages, counts = packed
+        self._send("upsert", "/qdrant.Points/Upsert", messages, counts)
+
+    def upsert(
+        self,
+        ids: Ids,
+        dense: npt.NDArray[np.float32] | None,
+        payloads: Sequence[Mapping[str, Any]],
+        sparse: Mapping[str, SparseBatch] | None = None,
+    ) -> None:
+        arr = ids_array(ids)
+        n = len(arr)
+        vecs = dense_array(dense, n)
+        self._check_dim(vecs)
+        if len(payloads) != n:
+            raise ShapeError(f"{len(payloads)} payloads for {n} ids")
+        msgs = _core.pack_upsert(
+            self.collection,
+            arr,
+            vecs,
+            sparse=sparse_arrays(sparse, n),
+            payloads=payloads,
+            **self._upsert_opts(),
+        )
+        self._send_upserts(msgs)
+
+    def upsert_batch(self, batch: PointBatch) -> None:
+        arr = ids_array(batch.ids)
+        n = len(arr)
+        vecs = dense_array(batch.dense, n)
+        self._check_dim(vecs)
+        sparse: dict[str, SparseArrays] | None = sparse_arrays(batch.sparse, n)
+        if batch.payloads is not None:
+            msgs = _core.pack_upsert(
+                self.collection,
+                arr,
+                vecs,
+                sparse=sparse,
+                payloads=batch.payloads,
+                **self._upsert_opts(),
+            )
+        elif batch.texts is not None:
+            if batch.chunk_hash is None or batch.doc_metadata is None:
+                raise InvalidInputError("PointBatch with texts needs chunk_hash and doc_metadata")
+            msgs = _core.pack_upsert(
+                self.collection,
+                arr,
+                vecs,
+                sparse=sparse,
+                texts=list(batch.texts),
+                doc_index=int64_array(batch.doc_index, "doc_index", n),
+                doc_metadata=batch.doc_metadata,
+                chunk_index=int64_array(batch.chunk_index, "chunk_index", n),
+                start=int64_array(batch.start, "start", n),
+                end=int64_array(batch.end, "end", n),
+                chunk_hash=np.ascontiguousarray(batch.chunk_hash, dtype=np.uint8),
+                **self._upsert_opts(),
+            )
+        else:
+            msgs = _core.pack_upsert(
+                self.collection,
+                arr,
+                vecs,
+                sparse=sparse,
+                **self._upsert_opts(),
+            )
+        self._send_upserts(msgs)
+
+    def delete(self, ids: Ids) -> None:
+        arr = ids_array(ids)
+        if len(arr) == 0:
+            return
+        msgs = _core.pack_delete(self.collection, arr, **self._pack_opts())
+        self._send("delete", "/qdrant.Points/Delete", msgs, [0] * len(msgs))
+
+    def delete_by_source(self, sources: Sequence[str]) -> None:
+        if isinstance(sources, str):
+            raise InvalidInputError("delete_by_source expects a sequence of sources, not a str")
+        if not sources:
+            return
+        msgs = _core.pack_delete_by_values(
+            self.collection, list(sources), key="metadata.source", **self._pack_opts()
+        )
+        self._send("delete", "/qdrant.Points/Delete", msgs, [0] * len(msgs))
+
+    def set_payload(self, payload: Mapping[str, Any], ids: Ids, *, key: str | None = None) -> None:
+        arr = ids_array(ids)
+        if len(arr) == 0:
+            return
+        msgs = _core.pack_set_payload(self.collection, payload, arr, key=key, **self._pack_opts())
+        self._send("set_payload", "/qdrant.Points/SetPayload", msgs, [0] * len(msgs))
+
+    def flush(self) -> None:
+        self._drain()
+        if self._dirty and not self.wait:
+            # The barrier: an update that matches nothing, applied after everything before it.
+            req = qg.DeletePoints(
+                collection_name=self.collection,
+                wait=True,
+                points=qg.PointsSelector(
+                    filter=qg.Filter(
+                        must=[
+                            qg.Condition(
+                                has_id=qg.HasIdCondition(has_id=[qg.PointId(uuid=_NIL_ID)])
+                            )
+                        ]
+                    )
+                ),
+            )
+            self._call("/qdrant.Points/Delete", qg.PointsOperationResponse, req.SerializeToString())
+        self._dirty = False
+
+    # --- reads ---------------------------------------------------------------------------------
+
+    def count(self, filter: Any = None) -> int:
+        """Exact number of points (matching `filter`, a Qdrant filter, if given)."""
+        flt = grpc_filter(filter)
+        self.flush()
+        req = qg.CountPoints(collection_name=self.collection, exact=True, filter=flt)
+        try:
+            resp = self._call("/qdrant.Points/Count", qg.CountResponse, req.SerializeToString())
+            return int(resp.result.count)
+        except _RpcFailure as e:
+            if e.code == grpc.StatusCode.NOT_FOUND:
+                return 0
+            raise
+
+    @staticmethod
+    def _record(p: Any) -> PointRecord:
+        pid = p.id.uuid if p.id.WhichOneof("point_id_options") == "uuid" else str(p.id.num)
+        dense, sparse = vectors_to_py(p.vectors) if p.HasField("vectors") else (None, None)
+        return PointRecord(id=pid, payload=payload_to_py(p.payload), vector=dense, sparse=sparse)
+
+    def retrieve(self, ids: Ids, *, with_vectors: bool = False) -> list[PointRecord]:
+        self.flush()
+        out: list[PointRecord] = []
+        for part in chunked(uuid_strings(ids_array(ids)), 1024):
+            req = qg.GetPoints(
+                collection_name=self.collection,
+                ids=[qg.PointId(uuid=u) for u in part],
+                with_payload=qg.WithPayloadSelector(enable=True),
+                with_vectors=qg.WithVectorsSelector(enable=with_vectors),
+            )
+            try:
+                resp = self._call("/qdrant.Points/Get", qg.GetResponse, req.SerializeToString())
+            except _RpcFailure as e:
+                if e.code == grpc.StatusCode.NOT_FOUND:
+                    return []
+                raise
+            out.extend(self._record(p) for p in resp.result)
+        return out
+
+    def scroll(
+        self, *, with_payload: bool = True, with_vectors: bool = False, batch: int = 1024
+    ) -> Iterator[PointRecord]:
+        self.flush()
+        offset: Any = None
+        while True:
+            req = qg.ScrollPoints(
+                collection_name=self.collection,
+                limit=batch,
+                offset=offset,
+                with_payload=qg.WithPayloadSelector(enable=with_payload),
+                with_vectors=qg.WithVectorsSelector(enable=with_vectors),
+            )
+            try:
+                resp = self._call(
+                    "/qdrant.Points/Scroll", qg.ScrollResponse, req.SerializeToString()
+                )
+            except _RpcFailure as e:
+                if offset is None and e.code == grpc.StatusCode.NOT_FOUND:
+                    return
+                raise
+            for p in resp.result:
+                yield self._record(p)
+            if not resp.HasField("next_page_offset"):
+                return
+            offset = resp.next_page_offset
+
+    def query_batch(self, requests: Sequence[QueryRequest]) -> list[list[ScoredPoint]]:
+        """Run all searches in one `QueryBatch` request (split only past `batch_bytes`).
+
+        Dense queries search the default vector, sparse ones the named vector; a request with both
+        is a hybrid search: a dense and a sparse prefetch fused by RRF on the server. Pending
+        writes are flushed first, so every search sees them.
+        """
+        self._check_open()
+        if isinstance(requests, QueryRequest):
+            raise InvalidInputError("query_batch expects a sequence of QueryRequest, not one")
+        if not requests:
+            return []
+        for i, q in enumerate(requests):
+            if not isinstance(q, QueryRequest):
+                raise InvalidInputError(f"query #{i}: expected a QueryRequest, got {q!r}")
+        self.flush()
+        dim = self._dim
+        missing = False
+        if dim is None and any(q.dense is not None for q in requests):
+            info = self._info()
+            missing = info is None
+            dv = None if info is None else self._default_vector(info)
+            if dv is not None:
+                dim = self._dim = dv[0]
+        queries = [query_points(q, i, self.collection, dim) for i, q in enumerate(requests)]
+        if missing:  # nothing stored yet: no hits, as on Qdrant Edge before the first write
+            return [[] for _ in requests]
+        out: list[list[ScoredPoint]] = []
+        for lo, hi in self._query_groups(queries):
+            req = qg.QueryBatchPoints(collection_name=self.collection, query_points=queries[lo:hi])
+            try:
+                resp = self._call(
+                    "/qdrant.Points/QueryBatch", qg.QueryBatchResponse, req.SerializeToString()
+                )
+            except _RpcFailure as e:
+                if e.code == grpc.StatusCode.NOT_FOUND:  # no collection yet: nothing to find
+                    return [[] for _ in requests]
+                raise
+            if len(resp.result) != hi - lo:
+                raise SinkError(
+                    f"Qdrant at {self.url}, collection {self.collection!r}: QueryBatch answered "
+                    f"{len(resp.result)} results for {hi - lo} queries"
+                )
+            out.extend(
+                scored_points(r.result, q)
+                for r, q in zip(resp.result, requests[lo:hi], strict=True)
+            )
+        return out
+
+    def _query_groups(self, queries: Sequence[Any]) -> list[tuple[int, int]]:
+        """[lo, hi) ranges of queries whose request stays under `batch_bytes` (usually one)."""
+        groups: list[tuple[int, int]] = []
+        lo, size = 0, 0
+        for i, q in enumerate(queries):
+            n = q.ByteSize() + 8
+            if i > lo and size + n > self.batch_bytes:
+                groups.append((lo, i))
+                lo, size = i, 0
+            size += n
+        groups.append((lo, len(queries)))
+        return groups
+
+    # --- lifecycle -----------------------------------------------------------------------------
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        try:
+            self.flush()
+        finally:
+            self._closed = True
+            self._abort_pending()
+            self._channel.close()
+
+    def __enter__(self) -> GrpcSink:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if not exc or exc[0] is None:
+            self.close()
+            return
+        # Leaving on an error: do not wait on (or raise from) the barrier, just let go.
+        self._closed = True
+        self._abort_pending()
+        self._channel.close()
+
+    def __repr__(self) -> str:
+        return f"GrpcSink({self.url!r}, {self.collection!r})"

@@ -1,0 +1,259 @@
+"""Embedder: parity with sentence-transformers (fp32 and int8 builds), order, batching, errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import qflume
+from qflume import Embedder
+from qflume import embed as qembed
+from qflume import model as qmodel
+from tiny_bert import forward, make_tiny_bert
+
+DATA = Path(__file__).parent / "data"
+TEXTS: list[str] = json.loads((DATA / "minilm_texts.json").read_text(encoding="utf-8"))
+REF = np.load(DATA / "minilm_reference.npy")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def private_cache(tmp_path_factory):
+    """Keeps the model cache (and its file-digest index) out of the user's ~/.cache."""
+    with pytest.MonkeyPatch.context() as mp:
+        root = tmp_path_factory.mktemp("cache")
+        mp.setenv("QFLUME_CACHE_DIR", str(root))
+        yield root
+
+
+@pytest.fixture(scope="module")
+def builds(tmp_path_factory):
+    """all-MiniLM-L6-v2 built fp32 and int8 into a private cache (a few seconds)."""
+    root = tmp_path_factory.mktemp("models")
+    src = qmodel.default_source()
+    return {
+        "fp32": qmodel.build(src, out=root / "fp32", quiet=True),
+        "int8": qmodel.build(src, int8=True, out=root / "int8", quiet=True),
+    }
+
+
+@pytest.fixture(scope="module")
+def fp32(builds):
+    return Embedder(builds["fp32"])
+
+
+@pytest.fixture(scope="module")
+def int8(builds):
+    return Embedder(builds["int8"])
+
+
+def test_fp32_matches_sentence_transformers(fp32):
+    vecs = fp32.embed(TEXTS)
+    assert vecs.dtype == np.float32 and vecs.shape == REF.shape == (len(TEXTS), 384)
+    np.testing.assert_allclose(np.linalg.norm(vecs, axis=1), 1.0, atol=1e-5)
+    cos = (vecs * REF).sum(1)
+    assert cos.min() >= 0.999, (cos.argmin(), cos.min())
+
+
+def test_int8_matches_sentence_transformers(int8):
+    cos = (int8.embed(TEXTS) * REF).sum(1)
+    assert cos.mean() >= 0.99, cos.mean()
+    assert cos.min() >= 0.98, (cos.argmin(), cos.min())
+
+
+def test_follows_sentence_transformers_limit_not_tokenizer_json(fp32):
+    # tokenizer.json truncates at 128; sentence-transformers (and qflume) at 256
+    assert fp32.max_tokens == 256
+    long = [t for t in TEXTS if fp32.count_tokens([t])[0] == 256]
+    assert len(long) >= 2
+    # past the limit nothing counts: a suffix changes nothing
+    a, b = fp32.embed([long[0], long[0] + " and much more text " * 50])
+    np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def test_order_batching_and_windows_do_not_change_vectors(builds, monkeypatch):
+    small = Embedder(builds["fp32"], batch_tokens=300, threads=1)
+    big = Embedder(builds["fp32"], batch_tokens=100_000)
+    texts = TEXTS[:24]
+    ref = big.embed(texts)
+    monkeypatch.setattr(qembed, "WINDOW", 5)  # several windows: the prefetch thread path
+    perm = np.random.default_rng(0).permutation(len(texts))
+    shuffled = small.embed([texts[i] for i in perm])
+    np.testing.assert_allclose(shuffled, ref[perm], atol=2e-5)
+    # duplicates and a single text
+    np.testing.assert_allclose(small.embed([texts[3]] * 7), np.repeat(ref[3:4], 7, 0), atol=2e-5)
+    np.testing.assert_allclose(small.embed_query(texts[3]), ref[3], atol=2e-5)
+
+
+def test_empty_and_edge_inputs(fp32):
+    assert fp32.embed([]).shape == (0, 384)
+    assert fp32.embed_query("").shape == (384,)
+    vec = fp32.embed(["", "   ", "ünïcödé ✓ 日本語"])
+    assert np.isfinite(vec).all()
+    with pytest.raises(qflume.InvalidInputError, match="embed_query"):
+        fp32.embed("a string, not a list")
+    with pytest.raises(qflume.InvalidInputError, match="text 1 is int"):
+        fp32.embed(["ok", 3])
+
+
+def test_identity(builds, fp32, int8):
+    assert fp32.dim == 384 and fp32.model_path == builds["fp32"].resolve()
+    assert fp32.model_id == Embedder(builds["fp32"]).model_id
+    assert fp32.model_id != int8.model_id
+    assert Embedder(builds["fp32"], max_tokens=64).model_id != fp32.model_id
+    with pytest.raises(qflume.InvalidInputError, match="512"):
+        Embedder(builds["fp32"], max_tokens=513)
+
+
+def test_cls_pooling_and_no_normalize_on_tiny_model(tmp_path, monkeypatch):
+    monkeypatch.setenv("QFLUME_CACHE_DIR", str(tmp_path / "cache"))
+    src = tmp_path / "tiny"
+    w = make_tiny_bert(src, pooling="cls")  # modules.json without Normalize
+    built = Embedder(src)  # a weights folder: built on first use, int8 where the CPU has VNNI
+    assert built.model_path.parent == tmp_path / "cache" / "models"
+    assert built.model_path.name.endswith("int8" if qmodel.cpu_has_vnni() else "fp32")
+    emb = Embedder(qmodel.build(src, quiet=True))  # fp32: exact comparison
+    texts = ["w1 w2 w3", "w4", "w5 w6 w7 w8 w9 w10 w11"]
+    got = emb.embed(texts)
+    for text, vec in zip(texts, got, strict=True):
+        ids = np.array([emb._tokenizer.encode(text).ids])
+        want = forward(w, ids, np.ones(ids.shape), heads=4, layers=2)[0, 0]
+        np.testing.assert_allclose(vec, want, atol=2e-4, rtol=1e-3)
+
+
+def test_mean_pooling_on_tiny_model_ignores_padding(tmp_path, monkeypatch):
+    monkeypatch.setenv("QFLUME_CACHE_DIR", str(tmp_path / "cache"))
+    src = tmp_path / "tiny"
+    w = make_tiny_bert(src, pooling="mean")
+    emb = Embedder(qmodel.build(src, quiet=True), batch_tokens=10_000)
+    texts = ["w1 w2 w3 w4 w5 w6 w7 w8", "w9", "w10 w11"]  # one batch, padded to 10
+    got = emb.embed(texts)
+    for text, vec in zip(texts, got, strict=True):
+        ids = np.array([emb._tokenizer.encode(text).ids])
+        want = forward(w, ids, np.ones(ids.shape), heads=4, layers=2)[0].mean(0)
+        np.testing.assert_allclose(vec, want, atol=2e-4, rtol=1e-3)
+
+
+def test_default_model_builds_on_first_use(tmp_path, monkeypatch, capfd, builds):
+    monkeypatch.setenv("QFLUME_CACHE_DIR", str(tmp_path))
+    fingerprint = qembed.model_fingerprint()  # builds the default model, loads no session
+    assert "qflume: building" in capfd.readouterr().err
+    emb = Embedder()
+    assert capfd.readouterr().err == ""  # second time: from the cache
+    kind = "int8" if qmodel.cpu_has_vnni() else "fp32"
+    assert emb.model_path.name.endswith(kind) and emb.model_path.parent == tmp_path / "models"
+    assert emb.model_id == fingerprint == Embedder().model_id
+    assert qembed.model_fingerprint(max_tokens=128) == Embedder(max_tokens=128).model_id
+    assert qembed.model_fingerprint(max_tokens=128) != fingerprint
+
+
+def test_model_fingerprint_equals_model_id_without_a_session(builds, fp32, int8, monkeypatch):
+    import onnxruntime
+
+    def no_session(*args, **kwargs):
+        raise AssertionError("model_fingerprint must not create an InferenceSession")
+
+    ids = {"fp32": fp32.model_id, "int8": int8.model_id}
+    small = Embedder(builds["int8"], max_tokens=64).model_id
+    monkeypatch.setattr(onnxruntime, "InferenceSession", no_session)
+    for kind, path in builds.items():
+        assert qembed.model_fingerprint(path) == ids[kind]
+        assert qembed.model_fingerprint(str(path)) == ids[kind]
+    assert qembed.model_fingerprint(builds["int8"], max_tokens=64) == small
+    with pytest.raises(qflume.InvalidInputError, match="512"):
+        qembed.model_fingerprint(builds["fp32"], max_tokens=513)
+    with pytest.raises(qflume.ModelError, match="nope"):
+        qembed.model_fingerprint(builds["fp32"].parent / "nope")
+
+
+def test_model_fingerprint_imports_no_onnxruntime(builds):
+    code = (
+        "import sys; from qflume.embed import model_fingerprint as f; "
+        "a = f(sys.argv[1]); b = f(sys.argv[1]); "
+        "print(a, 'onnxruntime' in sys.modules, a == b)"
+    )
+    res = subprocess.run(
+        [sys.executable, "-c", code, str(builds["int8"])],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    fingerprint, imported, stable = res.stdout.split()
+    assert (imported, stable) == ("False", "True"), res.stdout
+    assert fingerprint == Embedder(builds["int8"]).model_id
+
+
+def test_model_fingerprint_of_a_weights_folder_and_digest_cache(tmp_path, monkeypatch, builds):
+    monkeypatch.setenv("QFLUME_CACHE_DIR", str(tmp_path / "cache"))
+    src = tmp_path / "tiny"
+    make_tiny_bert(src)
+    fingerprint = qembed.model_fingerprint(src)  # builds the tiny model into the cache
+    assert fingerprint == Embedder(src).model_id
+    store = tmp_path / "cache" / "file_digests.json"
+    digests = json.loads(store.read_text())
+    assert len(digests) == 2 and all(len(v) == 4 for v in digests.values())
+    # a new process (empty memory cache) takes the digests from the JSON, not from the files
+    monkeypatch.setattr(qembed, "_DIGESTS", {})
+    tok = next(k for k in digests if k.endswith("tokenizer.json"))
+    digests[tok][3] = "00" * 32
+    store.write_text(json.dumps(digests))
+    assert qembed.model_fingerprint(src) != fingerprint
+    # a changed file (new size / mtime) is hashed again
+    folder = tmp_path / "copy"
+    shutil.copytree(builds["fp32"], folder)
+    before = qembed.model_fingerprint(folder)
+    with open(folder / "tokenizer.json", "a") as f:
+        f.write("\n")
+    after = qembed.model_fingerprint(folder)
+    assert before != after == Embedder(folder).model_id
+
+
+def test_bad_model_folders_name_path_and_missing_piece(tmp_path, builds):
+    with pytest.raises(qflume.ModelError, match=r"nope.*does not exist"):
+        Embedder(tmp_path / "nope")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(qflume.ModelError, match=r"empty lacks model\.onnx"):
+        Embedder(empty)
+    no_tok = tmp_path / "no_tok"
+    no_tok.mkdir()
+    shutil.copyfile(builds["fp32"] / "model.onnx", no_tok / "model.onnx")
+    with pytest.raises(qflume.ModelError, match=r"no_tok lacks tokenizer\.json"):
+        Embedder(no_tok)
+    broken = tmp_path / "broken"
+    shutil.copytree(builds["fp32"], broken)
+    (broken / "model.onnx").write_bytes(b"not onnx")
+    with pytest.raises(qflume.ModelError, match=r"broken/model\.onnx"):
+        Embedder(broken)
+    (broken / "model.onnx").unlink()
+    shutil.copyfile(builds["fp32"] / "model.onnx", broken / "model.onnx")
+    (broken / "tokenizer.json").write_text("{")
+    with pytest.raises(qflume.TokenizerError, match=r"broken/tokenizer\.json"):
+        Embedder(broken)
+
+
+def test_gil_released_while_embedding(fp32):
+    ticks = 0
+    stop = threading.Event()
+
+    def spin() -> None:
+        nonlocal ticks
+        while not stop.is_set():
+            ticks += 1
+            time.sleep(0.001)
+
+    t = threading.Thread(target=spin)
+    t.start()
+    try:
+        fp32.embed(TEXTS * 2)
+    finally:
+        stop.set()
+        t.join()
+    assert ticks > 5

@@ -1,0 +1,159 @@
+"""Building ONNX models from BERT safetensors folders: graph correctness, cache, CLI, errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+import qflume
+from qflume import model as qmodel
+from tiny_bert import forward, make_tiny_bert
+
+
+def _run(path, ids, mask):
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return sess.run(
+        ["last_hidden_state"],
+        {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)},
+    )[0]
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("QFLUME_CACHE_DIR", str(tmp_path / "cache"))
+    return tmp_path / "cache" / "models"
+
+
+@pytest.mark.parametrize(
+    ("act", "prefix", "layers", "heads"),
+    [("gelu", "bert.", 2, 4), ("gelu_new", "", 3, 2), ("relu", "", 1, 8)],
+)
+def test_graph_matches_numpy_reference(tmp_path, cache, act, prefix, layers, heads):
+    src = tmp_path / "src"
+    w = make_tiny_bert(src, act=act, prefix=prefix, layers=layers, heads=heads)
+    out = qmodel.build(src, quiet=True)
+    assert out.parent == cache and out.name.endswith("-fp32")
+    rng = np.random.default_rng(5)
+    ids = rng.integers(4, 64, size=(3, 11)).astype(np.int64)
+    mask = np.ones_like(ids)
+    mask[1, 7:] = 0  # padding must not leak into the real tokens
+    mask[2, 2:] = 0
+    got = _run(out / "model.onnx", ids, mask)
+    want = forward(w, ids, mask.astype(np.float64), heads=heads, layers=layers, act=act)
+    real = mask.astype(bool)
+    np.testing.assert_allclose(got[real], want[real], atol=2e-4, rtol=1e-3)
+    # the padded row's real tokens equal the same row run alone, unpadded
+    alone = _run(out / "model.onnx", ids[1:2, :7], mask[1:2, :7])
+    np.testing.assert_allclose(got[1, :7], alone[0], atol=1e-4)
+    for name in ("tokenizer.json", "config.json", "qflume_build.json"):
+        assert (out / name).is_file()
+
+
+def test_int8_build_is_quantized_and_close(tmp_path, cache):
+    src = tmp_path / "src"
+    w = make_tiny_bert(src, hidden=64, intermediate=128)
+    out = qmodel.build(src, int8=True, quiet=True)
+    assert out.name.endswith("-int8")
+    import onnx
+
+    ops = {n.op_type for n in onnx.load(str(out / "model.onnx")).graph.node}
+    assert ops & {"MatMulInteger", "DynamicQuantizeMatMul", "MatMulIntegerToFloat"}, ops
+    ids = np.array([[2, 10, 11, 12, 13, 3]], np.int64)
+    mask = np.ones_like(ids)
+    got = _run(out / "model.onnx", ids, mask)[0]
+    want = forward(w, ids, mask.astype(np.float64), heads=4, layers=2)[0]
+    cos = (got * want).sum(-1) / np.linalg.norm(got, axis=-1) / np.linalg.norm(want, axis=-1)
+    assert cos.min() > 0.98
+
+
+def test_cache_reuse_force_and_fingerprint(tmp_path, cache, capfd):
+    src = tmp_path / "src"
+    make_tiny_bert(src)
+    first = qmodel.build(src)
+    assert "building fp32" in capfd.readouterr().err
+    stamp = (first / "model.onnx").stat().st_mtime_ns
+    assert qmodel.build(src) == first
+    assert capfd.readouterr().err == ""  # cached: no rebuild, no log
+    assert (first / "model.onnx").stat().st_mtime_ns == stamp
+    assert qmodel.build(src, force=True, quiet=True) == first
+    assert not [p for p in cache.iterdir() if p.name.startswith(".")]  # no temp leftovers
+    # other weights -> another fingerprint -> another folder
+    make_tiny_bert(src, seed=1)
+    assert qmodel.build(src, quiet=True) != first
+    assert len(list(cache.iterdir())) == 2
+
+
+def test_build_into_out_and_cli(tmp_path, cache, capsys):
+    src = tmp_path / "src"
+    make_tiny_bert(src)
+    out = tmp_path / "built"
+    assert qmodel.main(["build", str(src), "--int8", "--out", str(out)]) == 0
+    assert capsys.readouterr().out.strip() == str(out.resolve())
+    meta = json.loads((out / "qflume_build.json").read_text())
+    assert meta["kind"] == "int8" and meta["source"] == str(src.resolve())
+    assert qmodel.main(["build", str(tmp_path / "nope")]) == 1
+    assert "nope" in capsys.readouterr().err
+
+
+def test_python_m_entry_point(tmp_path):
+    src = tmp_path / "src"
+    make_tiny_bert(src)
+    env = dict(os.environ, QFLUME_CACHE_DIR=str(tmp_path / "c"))
+    res = subprocess.run(
+        [sys.executable, "-m", "qflume.model", "build", str(src)],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
+    assert res.returncode == 0, res.stderr
+    built = Path(res.stdout.strip())
+    assert built.parent == tmp_path / "c" / "models" and (built / "model.onnx").is_file()
+    assert "qflume: building fp32" in res.stderr
+
+
+def test_errors_name_the_folder_and_the_missing_piece(tmp_path, cache):
+    src = tmp_path / "src"
+    make_tiny_bert(src)
+    (src / "model.safetensors").rename(src / "weights.bin")
+    with pytest.raises(qflume.ModelError, match=r"src lacks model\.safetensors"):
+        qmodel.build(src)
+    (src / "weights.bin").rename(src / "model.safetensors")
+    cfg = json.loads((src / "config.json").read_text())
+    cfg["hidden_act"] = "swish-ish"
+    (src / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(qflume.ModelError, match="hidden_act"):
+        qmodel.build(src)
+    del cfg["hidden_size"]
+    cfg["hidden_act"] = "gelu"
+    (src / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(qflume.ModelError, match="hidden_size"):
+        qmodel.build(src)
+    with pytest.raises(qflume.ModelError, match="not a folder"):
+        qmodel.build(tmp_path / "missing")
+    assert not list(cache.glob("*")) if cache.exists() else True
+
+
+def test_missing_tensor_is_named(tmp_path, cache):
+    from safetensors.numpy import load_file, save_file
+
+    src = tmp_path / "src"
+    make_tiny_bert(src, prefix="")
+    w = load_file(str(src / "model.safetensors"))
+    del w["encoder.layer.1.intermediate.dense.weight"]
+    save_file(w, str(src / "model.safetensors"))
+    with pytest.raises(qflume.ModelError, match=r"encoder\.layer\.1\.intermediate\.dense"):
+        qmodel.build(src, quiet=True)
+
+
+def test_cpu_flag_probe_and_default_source():
+    assert isinstance(qmodel.cpu_has_vnni(), bool)
+    src = qmodel.default_source()
+    assert (src / "model.safetensors").is_file() and (src / "config.json").is_file()

@@ -1,0 +1,390 @@
+"""`qflume serve` over real HTTP on loopback: uvicorn in a thread, httpx as the client, a Qdrant
+Edge store in tmp_path and the real default model."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import socket
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+pytest.importorskip("fastapi")
+uvicorn = pytest.importorskip("uvicorn")
+
+import qflume  # noqa: E402
+from qflume.serve import ServeConfig, Service, asgi  # noqa: E402
+
+DOCS = Path("/usr/share/doc/python3.11/html/_sources")
+
+
+def _paragraphs(n: int, *, skip: int = 0) -> list[str]:
+    """n real paragraphs of 300..900 characters (one chunk each), each from another file."""
+    if DOCS.is_dir():
+        files = sorted(DOCS.rglob("*.rst.txt"))
+    else:  # the stdlib is always there
+        import sysconfig
+
+        files = sorted(Path(sysconfig.get_paths()["stdlib"]).glob("*.py"))
+    out: list[str] = []
+    seen: set[str] = set()
+    for f in files:
+        for para in f.read_text(encoding="utf-8", errors="replace").split("\n\n"):
+            para = para.strip()
+            if 300 <= len(para) <= 900 and para not in seen:
+                seen.add(para)
+                out.append(para)
+                if len(out) == n + skip:
+                    return out[skip:]
+                break
+    raise AssertionError("not enough real text on this machine")
+
+
+def _records(texts: list[str], prefix: str) -> list[dict[str, Any]]:
+    return [{"id": f"{prefix}{i}", "text": t, "metadata": {"n": i}} for i, t in enumerate(texts)]
+
+
+@pytest.fixture(scope="session")
+def embedder() -> Any:
+    return qflume.Embedder()
+
+
+class Server:
+    """uvicorn serving a Service on a free loopback port, in a thread."""
+
+    def __init__(self, service: Service) -> None:
+        self.service = service
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        port = self.sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{port}"
+        config = uvicorn.Config(asgi(service), log_level="warning", lifespan="on")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(
+            target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True
+        )
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            assert self.thread.is_alive(), "uvicorn did not start"
+            assert time.monotonic() < deadline, "uvicorn did not start in 30 s"
+            time.sleep(0.02)
+        self.client = httpx.Client(base_url=self.url, timeout=60)
+
+    def stop(self) -> None:
+        self.client.close()
+        self.server.should_exit = True
+        self.thread.join(60)
+        assert not self.thread.is_alive(), "uvicorn did not stop"
+        self.sock.close()
+
+    def wait_job(self, job_id: str, timeout: float = 60) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while True:
+            r = self.client.get(f"/jobs/{job_id}")
+            assert r.status_code == 200, r.text
+            doc = r.json()
+            if doc["status"] in ("done", "failed"):
+                return doc
+            assert time.monotonic() < deadline, f"job {job_id} not finished: {doc}"
+            time.sleep(0.05)
+
+
+def _start(tmp: Path, embedder: Any, **kw: Any) -> Server:
+    kw.setdefault("slice_records", 8)
+    config = ServeConfig(collection="docs", store=str(tmp / "store"), **kw)
+    return Server(Service(config, embedder=embedder))
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory, embedder: Any) -> Iterator[Server]:
+    srv = _start(tmp_path_factory.mktemp("serve"), embedder)
+    yield srv
+    srv.stop()
+
+
+def test_store_poll_search_update_delete(served: Server) -> None:
+    c = served.client
+    texts = _paragraphs(6)
+    r = c.post("/batch/store", json={"records": _records(texts, "doc")})
+    assert r.status_code == 202, r.text
+    job = r.json()
+    assert job["status"] in ("queued", "running") and job["items"] == 6
+    assert r.headers["location"] == f"/jobs/{job['id']}"
+    done = served.wait_job(job["id"])
+    assert done["status"] == "done", done
+    assert done["result"]["documents_new"] == 6
+    assert done["result"]["points_upserted"] >= 6
+
+    # A sentence taken verbatim from a record finds it first; one result list per query.
+    probe = [texts[3][:200], texts[5][:200]]
+    r = c.post("/batch/search", json={"queries": probe, "limit": 3})
+    assert r.status_code == 200, r.text
+    results = r.json()["results"]
+    assert len(results) == 2 and all(len(row) == 3 for row in results)
+    assert results[0][0]["source"] == "doc3" and results[1][0]["source"] == "doc5"
+    hit = results[0][0]
+    assert hit["page_content"] in texts[3] and hit["metadata"]["n"] == 3
+    assert {"id", "score", "start", "end"} <= set(hit)
+
+    # Filters are the Python API's.
+    r = c.post("/batch/search", json={"queries": probe[:1], "filter": {"source": "doc1"}})
+    assert [h["source"] for h in r.json()["results"][0]] == ["doc1"]
+
+    # Storing the same records again (waiting for the job) changes nothing.
+    r = c.post("/batch/store?wait=true", json={"records": _records(texts, "doc")})
+    assert r.status_code == 200, r.text
+    assert r.json()["result"]["documents_unchanged"] == 6
+    assert r.json()["result"]["points_upserted"] == 0
+
+    # Updates: per-item results, a bad item fails alone.
+    r = c.post(
+        "/batch/update",
+        json={
+            "updates": [
+                {"source": "doc2", "set": {"metadata.tag": "red"}, "increment": {"metadata.n": 5}},
+                {"id": "not-a-uuid", "set": {"metadata.tag": "x"}},
+                {"source": "doc4", "set": {"page_content": "no"}},
+            ]
+        },
+    )
+    assert r.status_code == 200, r.text
+    res = r.json()["result"]
+    assert res["ok"] == 1 and res["failed"] == 2
+    items = res["results"]
+    assert items[0]["ok"] and items[0]["points"] >= 1
+    assert not items[1]["ok"] and "not-a-uuid" in items[1]["error"]
+    assert not items[2]["ok"] and "page_content" in items[2]["error"]
+    r = c.post("/batch/search", json={"queries": probe[:1], "filter": {"metadata": {"tag": "red"}}})
+    hits = r.json()["results"][0]
+    assert hits and all(h["source"] == "doc2" and h["metadata"]["n"] == 7 for h in hits)
+
+    # Deletes: by source, per-item results; then the document is gone from searches.
+    r = c.post("/batch/delete", json={"sources": ["doc3", "never-stored"]})
+    assert r.status_code == 200, r.text
+    res = r.json()["result"]
+    assert [x["ok"] for x in res["results"]] == [True, True]
+    assert res["results"][0]["deleted"] >= 1 and res["results"][1]["deleted"] == 0
+    r = c.post("/batch/search", json={"queries": probe[:1], "limit": 10})
+    assert "doc3" not in {h["source"] for h in r.json()["results"][0]}
+
+
+def test_bad_input_gets_4xx_naming_the_item(served: Server) -> None:
+    c = served.client
+    hdr = {"content-type": "application/json"}
+    r = c.post("/batch/store", content=b'{"records": [', headers=hdr)
+    assert r.status_code == 400 and "not valid JSON" in r.json()["error"]
+
+    recs = [{"id": "a", "text": "fine"}, {"id": "b"}, {"id": "c", "text": "   "}]
+    r = c.post("/batch/store", json={"records": recs})
+    assert r.status_code == 422
+    assert "records[1].text" in r.json()["error"]
+    recs[1]["text"] = "now fine"
+    r = c.post("/batch/store", json={"records": recs})
+    assert r.status_code == 422 and "records[2].text" in r.json()["error"]
+    r = c.post("/batch/store", json={"records": [{"id": True, "text": "x"}]})
+    assert r.status_code == 422 and "records[0].id" in r.json()["error"]
+    r = c.post("/batch/store", json={"records": [{"id": "a", "text": "x", "meta": {}}]})
+    assert r.status_code == 422 and "records[0].meta" in r.json()["error"]
+    r = c.post("/batch/store", json=[1, 2])
+    assert r.status_code == 422 and "JSON object" in r.json()["error"]
+
+    r = c.post("/batch/search", json={"queries": ["ok", 3]})
+    assert r.status_code == 422 and "queries[1]" in r.json()["error"]
+    r = c.post("/batch/search", json={"queries": ["ok"], "mode": "fuzzy"})
+    assert r.status_code == 422 and "mode" in r.json()["error"]
+    r = c.post("/batch/search", json={"queries": ["ok"], "mode": "hybrid"})
+    assert r.status_code == 422 and "--sparse bm25" in r.json()["error"]
+    r = c.post("/batch/search", json={"queries": ["ok"], "limit": 0})
+    assert r.status_code == 422 and "limit" in r.json()["error"]
+    r = c.post("/batch/search", json={"queries": ["ok"], "filter": {"colour": "red"}})
+    assert r.status_code == 422 and "colour" in r.json()["error"]
+
+    r = c.post("/batch/update", json={"updates": [{"id": "x"}, 5]})
+    assert r.status_code == 422 and "updates[1]" in r.json()["error"]
+    r = c.post("/batch/delete", json={})
+    assert r.status_code == 422 and "ids, sources or filter" in r.json()["error"]
+    r = c.post("/batch/delete", json={"filter": {}})
+    assert r.status_code == 422 and "filter" in r.json()["error"]
+
+    # Callbacks only to loopback (or configured hosts); nothing is sent to check this.
+    body = {"records": [{"id": "cb", "text": "x"}], "callback_url": "http://192.0.2.7/hook"}
+    r = c.post("/batch/store", json=body)
+    assert r.status_code == 422 and "192.0.2.7" in r.json()["error"]
+
+    r = c.get("/jobs/nope")
+    assert r.status_code == 404 and "nope" in r.json()["error"]
+
+
+def test_size_limits_413(tmp_path: Path, embedder: Any) -> None:
+    srv = _start(tmp_path, embedder, max_body_bytes=2000, max_items=3, max_queries=2)
+    try:
+        c = srv.client
+        big = {"records": [{"id": "a", "text": "x" * 3000}]}
+        r = c.post("/batch/store", json=big)
+        assert r.status_code == 413
+        assert "limit is 2000 bytes" in r.json()["error"]
+
+        # A chunked body (no Content-Length) is cut off at the limit too.
+        def chunks() -> Iterator[bytes]:
+            yield b'{"records": [{"id": "a", "text": "'
+            for _ in range(10):
+                yield b"y" * 500
+            yield b'"}]}'
+
+        r = c.post("/batch/store", content=chunks(), headers={"content-type": "application/json"})
+        assert r.status_code == 413 and "2000" in r.json()["error"]
+
+        four = {"records": [{"id": str(i), "text": "t"} for i in range(4)]}
+        r = c.post("/batch/store", json=four)
+        assert r.status_code == 413 and "4 records" in r.json()["error"]
+        r = c.post("/batch/search", json={"queries": ["a", "b", "c"]})
+        assert r.status_code == 413 and "3 queries" in r.json()["error"]
+        r = c.post("/batch/delete", json={"ids": ["a", "b"], "sources": ["c", "d"]})
+        assert r.status_code == 413 and "4 ids and sources" in r.json()["error"]
+        # Under the limits all is well.
+        assert c.post("/batch/search", json={"queries": ["a"]}).status_code == 200
+    finally:
+        srv.stop()
+
+
+def test_search_and_small_update_go_first_during_a_bulk_store(
+    tmp_path: Path, embedder: Any
+) -> None:
+    srv = _start(tmp_path, embedder, slice_records=8)
+    try:
+        c = srv.client
+        texts = _paragraphs(120, skip=10)
+        r = c.post("/batch/store", json={"records": _records(texts, "bulk")})
+        assert r.status_code == 202
+        job_id = r.json()["id"]
+        # Wait until the first slice is stored (so there is something to update and find).
+        deadline = time.monotonic() + 60
+        while True:
+            doc = c.get(f"/jobs/{job_id}").json()
+            if doc["items_done"] >= 8:
+                break
+            assert doc["status"] in ("queued", "running"), doc
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        assert doc["status"] == "running", "the bulk store finished too early for this test"
+
+        r = c.post("/batch/search", json={"queries": [texts[2][:200]], "limit": 1})
+        assert r.status_code == 200
+        assert r.json()["results"][0][0]["source"] == "bulk2"
+        r = c.post(
+            "/batch/update", json={"updates": [{"source": "bulk1", "set_now": "metadata.seen"}]}
+        )
+        assert r.status_code == 200 and r.json()["result"]["ok"] == 1
+        # Both were served while the bulk job was still at work.
+        doc = c.get(f"/jobs/{job_id}").json()
+        assert doc["status"] == "running" and doc["items_done"] < doc["items"], doc
+
+        final = srv.wait_job(job_id, timeout=120)
+        assert final["status"] == "done" and final["result"]["documents_new"] == 120
+    finally:
+        srv.stop()
+
+
+class _Hook(http.server.BaseHTTPRequestHandler):
+    received: list[dict[str, Any]] = []  # noqa: RUF012
+
+    def do_POST(self) -> None:
+        n = int(self.headers["content-length"])
+        type(self).received.append(json.loads(self.rfile.read(n)))
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_shutdown_persists_queued_jobs_and_restart_resumes_them(
+    tmp_path: Path, embedder: Any
+) -> None:
+    hook = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Hook)
+    threading.Thread(target=hook.serve_forever, daemon=True).start()
+    callback = f"http://127.0.0.1:{hook.server_address[1]}/done"
+    texts = _paragraphs(48, skip=140)
+    try:
+        srv = _start(tmp_path, embedder, slice_records=4)
+        c = srv.client
+        first = c.post("/batch/store", json={"records": _records(texts[:40], "a")}).json()
+        second = c.post(
+            "/batch/store",
+            json={"records": _records(texts[40:], "b"), "callback_url": callback},
+        ).json()
+        srv.stop()  # drain=0: the step in progress finishes, the rest stays queued on disk
+
+        jobs_file = tmp_path / "store" / "docs.jobs.sqlite"
+        with sqlite3.connect(jobs_file) as db:
+            rows = dict(db.execute("SELECT id, status FROM jobs").fetchall())
+        assert rows[first["id"]] == "queued" and rows[second["id"]] == "queued"
+        assert not _Hook.received
+
+        srv = _start(tmp_path, embedder, slice_records=4)
+        try:
+            assert srv.service.jobs.resumed == 2
+            a = srv.wait_job(first["id"])
+            b = srv.wait_job(second["id"])
+            assert a["status"] == b["status"] == "done" and a["resumed"] and b["resumed"]
+            assert a["items_done"] == 40 and b["items_done"] == 8
+            assert srv.service.pipeline.sink.count() == 48
+            deadline = time.monotonic() + 30
+            while not _Hook.received:
+                assert time.monotonic() < deadline, "callback not delivered"
+                time.sleep(0.05)
+            got = _Hook.received[0]
+            assert got["id"] == second["id"] and got["status"] == "done"
+            deadline = time.monotonic() + 10
+            while srv.client.get(f"/jobs/{second['id']}").json()["callback"]["state"] != (
+                "delivered"
+            ):
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+        finally:
+            srv.stop()
+    finally:
+        hook.shutdown()
+        hook.server_close()
+
+
+def test_metrics_health_openapi(served: Server) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    c = served.client
+    assert c.post("/batch/search", json={"queries": ["warm up"]}).status_code == 200
+    r = c.get("/metrics")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
+    families = {f.name: f for f in text_string_to_metric_families(r.text)}
+    lat = families["qflume_operation_duration_seconds"]
+    routes = {s.labels.get("route") for s in lat.samples if s.labels.get("op") == "serve_request"}
+    assert "/batch/search" in routes
+    assert any(s.labels.get("status") == "done" for s in families["qflume_serve_jobs"].samples)
+    j = c.get("/metrics", params={"format": "json"}).json()
+    assert any(o["op"] == "serve_request" for o in j["operations"])
+
+    r = c.get("/health")
+    assert r.status_code == 200, r.text
+    h = r.json()
+    assert 0 <= h["score"] <= 100 and isinstance(h["problems"], list)
+    assert h["jobs"]["worker_alive"] is True and h["checks"]["points"] >= 1
+
+    spec = c.get("/openapi.json").json()
+    paths = spec["paths"]
+    for p in ("/batch/store", "/batch/search", "/batch/update", "/batch/delete"):
+        assert "post" in paths[p], p
+    for p in ("/jobs/{job_id}", "/health", "/metrics"):
+        assert "get" in paths[p], p
+    schemas = spec["components"]["schemas"]
+    assert {"StoreRequest", "Record", "SearchRequest", "JobModel"} <= set(schemas)
+    body = paths["/batch/store"]["post"]["requestBody"]["content"]["application/json"]
+    assert body["schema"]["$ref"] == "#/components/schemas/StoreRequest"
