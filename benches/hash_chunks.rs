@@ -43,6 +43,15 @@ fn main() {
         out.copy_from_slice(&blake3::hash(d).as_bytes()[..16]);
         out
     };
+    // What chunk_batch pays per chunk on top of chunking: qflume's content hash and point id.
+    let hash_and_id = |d: &[u8]| {
+        let h = _core::core::hash::content_hash(d);
+        _core::core::hash::point_id(b"library/functions.rst.txt", &h)
+    };
+    for size in [512usize, 1024] {
+        let slice = &data[..data.len().min(8 << 20)];
+        measure("qflume_hash_and_point_id", size, slice, hash_and_id);
+    }
     for size in [64usize, 256, 1024, 4096, 65536, 1 << 20] {
         let slice = &data[..data.len().min(8 << 20)];
         measure("xxh3_128", size, slice, xxh3);

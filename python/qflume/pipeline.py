@@ -35,6 +35,12 @@ from qflume.sinks.base import CollectionSpec, PointBatch, Sink, SparseBatch
 from qflume.state import HASH_LEN, DocState, DocUpdate, State
 
 RECORDS_ROOT = "<records>"
+
+#: Default chunk size, in the embedding model's own tokens. Measured on the Python docs with
+#: all-MiniLM-L6-v2 (tests/test_search_quality.py): a verbatim sentence finds its own chunk first
+#: in 92% of cases at 64 tokens, 80% at 128, and 74% at 1000 characters, where 43% of chunks
+#: overflow the model's 256-token window and their tail is invisible to dense search.
+DEFAULT_CHUNK_TOKENS = 64
 _STOP = object()
 
 
@@ -192,9 +198,9 @@ class Pipeline:
         self.api_key = api_key
         self.model = model
         self.sparse_kind = sparse
-        self.chunk_chars = chunk_chars if chunk_tokens is None else None
-        if self.chunk_chars is None and chunk_tokens is None:
-            self.chunk_chars = 1000
+        if chunk_chars is None and chunk_tokens is None:
+            chunk_tokens = DEFAULT_CHUNK_TOKENS
+        self.chunk_chars = chunk_chars
         self.chunk_tokens = chunk_tokens
         self.overlap = overlap
         self.wait = wait
@@ -290,8 +296,20 @@ class Pipeline:
             chunking = (
                 f"tokens={self.chunk_tokens}" if self.chunk_tokens else f"chars={self.chunk_chars}"
             )
-            self._fingerprint = f"{self.embedder.model_id}|{chunking}|overlap={self.overlap}|sparse={self.sparse_kind}"
+            self._fingerprint = (
+                f"{self.model_id()}|{chunking}|overlap={self.overlap}|sparse={self.sparse_kind}"
+            )
         return self._fingerprint
+
+    def model_id(self) -> str:
+        """The embedding model's id, without loading the model when it is not loaded yet."""
+        if self._embedder is not None:
+            return str(self._embedder.model_id)
+        try:
+            from qflume.embed import model_fingerprint
+        except ImportError:  # no cheap fingerprint available: load the model
+            return str(self.embedder.model_id)
+        return str(model_fingerprint(self.model))
 
     def collection_spec(self) -> CollectionSpec:
         names = () if self.sparse_kind == "none" else (self.sparse_kind,)
@@ -407,11 +425,14 @@ class Pipeline:
         limit: int = 10,
         filter: Mapping[str, Any] | None = None,
         mode: str = "dense",
+        fusion: str | None = None,
     ) -> list[Any]:
         """Batch search of this collection (see qflume.search.search)."""
-        from qflume.search import search
+        from qflume.search import HYBRID_FUSION, search
 
-        return search(self, queries, limit=limit, filter=filter, mode=mode)
+        return search(
+            self, queries, limit=limit, filter=filter, mode=mode, fusion=fusion or HYBRID_FUSION
+        )
 
     def update_payload(self, updates: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
         """Batch payload updates with per-item results (see qflume.ops.update_payload)."""
@@ -811,7 +832,7 @@ class Pipeline:
             if n:
                 found = np.zeros(n, bool)
                 if self.cache_path.exists():
-                    found, _ = self.cache.get_many(self.embedder.model_id, batch.hashes)
+                    found, _ = self.cache.get_many(self.model_id(), batch.hashes)
                     found = np.asarray(found, bool)
                 report.cache_hits += int(found.sum())
                 todo = [t for t, f in zip(batch.texts, found, strict=True) if not f]

@@ -578,9 +578,7 @@ class EdgeSink(Sink):
         }
         if dense_q is not None and sparse_q is not None:
             per = q.prefetch_limit or 4 * q.limit
-            fusion = (
-                qe.Fusion.Dbsf() if check_fusion(q) == "dbsf" else qe.Fusion.Rrf(k=_RRF_K)
-            )
+            fusion = qe.Fusion.Dbsf() if check_fusion(q) == "dbsf" else qe.Fusion.Rrf(k=_RRF_K)
             return qe.QueryRequest(
                 query=fusion,  # type: ignore[arg-type]
                 prefetches=[
