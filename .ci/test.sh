@@ -34,7 +34,7 @@ step "cargo clippy"
 cargo clippy --all-targets -q -- -D warnings
 
 step "cargo test (pure Rust core)"
-cargo test -q --no-default-features --lib
+cargo test -q --profile ci --no-default-features --lib
 
 step "build and install qflume into .venv"
 VIRTUAL_ENV=$root/.venv "$root/.venv/bin/maturin" develop -q --profile ci

@@ -32,15 +32,12 @@ from pathlib import Path
 import pytest
 
 import qflume
+from _corpus import doc_files, require_docs
 
-DOCS = Path("/usr/share/doc/python3.11/html/_sources")
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS: dict[str, dict[str, float]] = {}
 
-if not DOCS.is_dir():
-    pytest.skip(
-        f"{DOCS} is missing: install the Debian package python3.11-doc", allow_module_level=True
-    )
+require_docs()
 
 xxhash = pytest.importorskip("xxhash", reason="pip install xxhash (a bench peer)")
 try:
@@ -50,7 +47,7 @@ except ImportError:  # pragma: no cover - optional peer
 
 
 def _docs() -> list[bytes]:
-    return [p.read_bytes() for p in sorted(DOCS.rglob("*.rst.txt"))]
+    return [p.read_bytes() for p in doc_files()]
 
 
 DOC_LIST = _docs()

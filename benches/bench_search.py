@@ -26,11 +26,13 @@ import re
 import shutil
 import time
 import uuid
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import pytest
+
+from _corpus import DOCS, require_docs
 
 qdrant_client = pytest.importorskip("qdrant_client")
 from qdrant_client import models as m  # noqa: E402
@@ -42,16 +44,12 @@ from qflume.sinks.base import CollectionSpec, Sink, SparseBatch  # noqa: E402
 from qflume.sinks.grpc import GrpcSink  # noqa: E402
 from qflume.testing import QdrantGrpcServer  # noqa: E402
 
-DOCS = Path("/usr/share/doc/python3.11/html/_sources")
 N_FILES = int(os.environ.get("QFLUME_BENCH_FILES", "40"))
 N_QUERIES = 100
 N_UPDATE = int(os.environ.get("QFLUME_BENCH_UPDATE_POINTS", "10000"))
 RESULTS: dict[str, dict[str, Any]] = {}
 
-if not DOCS.is_dir():
-    pytest.skip(
-        f"needs the Python docs at {DOCS}: apt install python3.11-doc", allow_module_level=True
-    )
+require_docs()
 
 
 def _lat(samples: list[float]) -> dict[str, float]:
@@ -139,36 +137,67 @@ def _grpc_search() -> bool:
 RTT = pytest.mark.parametrize("rtt_ms", [0, 2], ids=["loopback", "rtt2ms"])
 
 
+def _timed(
+    benchmark: Any,
+    fn: Callable[[], Any],
+    rounds: int,
+    warmup_rounds: int = 1,
+    check: Callable[[Any], None] | None = None,
+) -> list[float]:
+    """Run `fn` under `benchmark.pedantic`; the wall time of each call (the warm-up's included).
+
+    `check`, if given, gets each call's result after its time is taken.
+    """
+    times: list[float] = []
+
+    def run() -> None:
+        t = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t)
+        if check is not None:
+            check(out)
+
+    benchmark.pedantic(run, rounds=rounds, warmup_rounds=warmup_rounds)
+    return times
+
+
+def _timed_each(
+    benchmark: Any, items: Any, fn: Callable[[Any], Any], rounds: int = 3
+) -> tuple[list[float], list[float]]:
+    """`fn` on each item in turn under `benchmark.pedantic`: (time of each round, of each call)."""
+    per_call: list[float] = []
+    round_times: list[float] = []
+
+    def run() -> None:
+        t0 = time.perf_counter()
+        for item in items:
+            t = time.perf_counter()
+            fn(item)
+            per_call.append(time.perf_counter() - t)
+        round_times.append(time.perf_counter() - t0)
+
+    benchmark.pedantic(run, rounds=rounds, warmup_rounds=1)
+    return round_times, per_call
+
+
+def _all_answered(out: Any) -> None:
+    assert len(out) == N_QUERIES and all(out)
+
+
 @RTT
 def test_qflume_batch_search_grpc(benchmark, docs, rtt_ms: int) -> None:
     if not _grpc_search():
         pytest.skip("GrpcSink.query_batch is not implemented yet")
     _, remote, server, queries = docs
     server.set_latency(rtt_ms / 1000)
-    times: list[float] = []
-
-    def run() -> None:
-        t = time.perf_counter()
-        out = remote.search(queries, limit=10)
-        times.append(time.perf_counter() - t)
-        assert len(out) == N_QUERIES and all(out)
-
-    benchmark.pedantic(run, rounds=5, warmup_rounds=1)
+    times = _timed(benchmark, lambda: remote.search(queries, limit=10), 5, check=_all_answered)
     server.set_latency(0)
     _record(benchmark, f"qflume search, 100 as one batch (gRPC, +{rtt_ms} ms)", times, False)
 
 
 def test_qflume_batch_search_embedded(benchmark, docs) -> None:
     local, _, _, queries = docs
-    times: list[float] = []
-
-    def run() -> None:
-        t = time.perf_counter()
-        out = local.search(queries, limit=10)
-        times.append(time.perf_counter() - t)
-        assert len(out) == N_QUERIES and all(out)
-
-    benchmark.pedantic(run, rounds=5, warmup_rounds=1)
+    times = _timed(benchmark, lambda: local.search(queries, limit=10), 5, check=_all_answered)
     _record(benchmark, "qflume search, 100 as one batch (embedded Edge)", times, per_query=False)
 
 
@@ -177,20 +206,13 @@ def test_qdrant_client_single_searches(benchmark, docs, embedder, rtt_ms: int) -
     _, _, server, queries = docs
     client = server.client()
     server.set_latency(rtt_ms / 1000)
-    per_query: list[float] = []
-    rounds: list[float] = []
 
-    def run() -> None:
-        t0 = time.perf_counter()
-        for q in queries:
-            t = time.perf_counter()
-            vec = embedder.embed([q])[0]
-            hits = client.query_points("bench", query=vec.tolist(), limit=10, with_payload=True)
-            assert hits.points
-            per_query.append(time.perf_counter() - t)
-        rounds.append(time.perf_counter() - t0)
+    def one(q: str) -> None:
+        vec = embedder.embed([q])[0]
+        hits = client.query_points("bench", query=vec.tolist(), limit=10, with_payload=True)
+        assert hits.points
 
-    benchmark.pedantic(run, rounds=3, warmup_rounds=1)
+    rounds, per_query = _timed_each(benchmark, queries, one)
     server.set_latency(0)
     _record(benchmark, f"qdrant-client, 100 single query_points (+{rtt_ms} ms)", rounds, per_query)
     client.close()
@@ -201,19 +223,16 @@ def test_qdrant_client_query_batch(benchmark, docs, embedder, rtt_ms: int) -> No
     _, _, server, queries = docs
     client = server.client()
     server.set_latency(rtt_ms / 1000)
-    times: list[float] = []
 
     def run() -> None:
-        t = time.perf_counter()
         vecs = embedder.embed(queries)
         res = client.query_batch_points(
             "bench",
             [m.QueryRequest(query=v.tolist(), limit=10, with_payload=True) for v in vecs],
         )
         assert len(res) == N_QUERIES
-        times.append(time.perf_counter() - t)
 
-    benchmark.pedantic(run, rounds=5, warmup_rounds=1)
+    times = _timed(benchmark, run, 5)
     server.set_latency(0)
     _record(benchmark, f"qdrant-client, query_batch_points (+{rtt_ms} ms)", times, False)
     client.close()
@@ -230,18 +249,11 @@ def test_search_only_qdrant_client_single(benchmark, docs, query_vectors, rtt_ms
     server = docs[2]
     client = server.client()
     server.set_latency(rtt_ms / 1000)
-    per_query: list[float] = []
-    rounds: list[float] = []
-
-    def run() -> None:
-        t0 = time.perf_counter()
-        for v in query_vectors:
-            t = time.perf_counter()
-            client.query_points("bench", query=v.tolist(), limit=10, with_payload=True)
-            per_query.append(time.perf_counter() - t)
-        rounds.append(time.perf_counter() - t0)
-
-    benchmark.pedantic(run, rounds=3, warmup_rounds=1)
+    rounds, per_query = _timed_each(
+        benchmark,
+        query_vectors,
+        lambda v: client.query_points("bench", query=v.tolist(), limit=10, with_payload=True),
+    )
     server.set_latency(0)
     _record(
         benchmark, f"no model: qdrant-client 100 query_points (+{rtt_ms} ms)", rounds, per_query
@@ -254,15 +266,8 @@ def test_search_only_qdrant_client_batch(benchmark, docs, query_vectors, rtt_ms:
     server = docs[2]
     client = server.client()
     server.set_latency(rtt_ms / 1000)
-    times: list[float] = []
     reqs = [m.QueryRequest(query=v.tolist(), limit=10, with_payload=True) for v in query_vectors]
-
-    def run() -> None:
-        t = time.perf_counter()
-        client.query_batch_points("bench", reqs)
-        times.append(time.perf_counter() - t)
-
-    benchmark.pedantic(run, rounds=5, warmup_rounds=1)
+    times = _timed(benchmark, lambda: client.query_batch_points("bench", reqs), 5)
     server.set_latency(0)
     _record(benchmark, f"no model: qdrant-client query_batch_points (+{rtt_ms} ms)", times, False)
     client.close()
@@ -277,14 +282,7 @@ def test_search_only_qflume_sink_grpc(benchmark, docs, query_vectors, rtt_ms: in
     remote, server = docs[1], docs[2]
     server.set_latency(rtt_ms / 1000)
     reqs = [QueryRequest(dense=v, limit=10) for v in query_vectors]
-    times: list[float] = []
-
-    def run() -> None:
-        t = time.perf_counter()
-        remote.sink.query_batch(reqs)
-        times.append(time.perf_counter() - t)
-
-    benchmark.pedantic(run, rounds=5, warmup_rounds=1)
+    times = _timed(benchmark, lambda: remote.sink.query_batch(reqs), 5)
     server.set_latency(0)
     _record(benchmark, f"no model: qflume GrpcSink.query_batch (+{rtt_ms} ms)", times, False)
 
@@ -294,14 +292,7 @@ def test_search_only_qflume_sink_embedded(benchmark, docs, query_vectors) -> Non
 
     local = docs[0]
     reqs = [QueryRequest(dense=v, limit=10) for v in query_vectors]
-    times: list[float] = []
-
-    def run() -> None:
-        t = time.perf_counter()
-        local.sink.query_batch(reqs)
-        times.append(time.perf_counter() - t)
-
-    benchmark.pedantic(run, rounds=5, warmup_rounds=1)
+    times = _timed(benchmark, lambda: local.sink.query_batch(reqs), 5)
     _record(benchmark, "no model: qflume EdgeSink.query_batch (embedded)", times, False)
 
 
@@ -346,37 +337,37 @@ def update_store():
     server.close()
 
 
+def _all_ok(res: Any) -> None:
+    assert all(r["ok"] for r in res)
+
+
 def test_qflume_update_payload_set(benchmark, update_store) -> None:
     _, sink, ids = update_store
-    times: list[float] = []
-
-    def run() -> None:
-        t = time.perf_counter()
-        res = ops.update_payload(sink, [{"id": p, "set": {"metadata.reviewed": True}} for p in ids])
-        times.append(time.perf_counter() - t)
-        assert all(r["ok"] for r in res)
-
-    benchmark.pedantic(run, rounds=3, warmup_rounds=0)
+    times = _timed(
+        benchmark,
+        lambda: ops.update_payload(
+            sink, [{"id": p, "set": {"metadata.reviewed": True}} for p in ids]
+        ),
+        3,
+        warmup_rounds=0,
+        check=_all_ok,
+    )
     _record_update(benchmark, "qflume update_payload set, 10K points", times)
 
 
 def test_qflume_update_payload_increment(benchmark, update_store) -> None:
     _, sink, ids = update_store
-    times: list[float] = []
 
-    def run() -> None:
-        t = time.perf_counter()
-        res = ops.update_payload(
+    def run() -> Any:
+        return ops.update_payload(
             sink,
             [
                 {"id": p, "increment": {"metadata.usage_count": 1}, "set_now": ["metadata.used"]}
                 for p in ids
             ],
         )
-        times.append(time.perf_counter() - t)
-        assert all(r["ok"] for r in res)
 
-    benchmark.pedantic(run, rounds=3, warmup_rounds=0)
+    times = _timed(benchmark, run, 3, warmup_rounds=0, check=_all_ok)
     _record_update(benchmark, "qflume update_payload increment+set_now, 10K", times)
     (rec,) = sink.retrieve([ids[0]])
     assert rec.payload["metadata"]["usage_count"] == 3
@@ -385,15 +376,12 @@ def test_qflume_update_payload_increment(benchmark, update_store) -> None:
 def test_qdrant_client_set_payload_loop(benchmark, update_store) -> None:
     server, _, ids = update_store
     client = server.client()
-    times: list[float] = []
 
     def run() -> None:
-        t = time.perf_counter()
         for p in ids:
             client.set_payload("upd", payload={"reviewed": True}, points=[p], key="metadata")
-        times.append(time.perf_counter() - t)
 
-    benchmark.pedantic(run, rounds=1, warmup_rounds=0)
+    times = _timed(benchmark, run, 1, warmup_rounds=0)
     _record_update(benchmark, "qdrant-client set_payload loop, 10K", times)
     client.close()
 

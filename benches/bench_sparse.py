@@ -26,39 +26,15 @@ from typing import Any
 import pytest
 
 import qflume
+from _corpus import doc_chunks, require_docs
 
-DOCS = Path("/usr/share/doc/python3.11/html/_sources")
 N_CHUNKS = int(os.environ.get("QFLUME_BENCH_SPARSE_CHUNKS", "4000"))
 CHUNK_CHARS = 1000
 RESULTS: dict[str, dict[str, float]] = {}
 
-if not DOCS.is_dir():
-    pytest.skip(
-        f"{DOCS} is missing: install the Debian package python3.11-doc", allow_module_level=True
-    )
+require_docs()
 
-
-def _chunks() -> list[str]:
-    """~1000-char chunks cut at paragraph or line ends, spread over the whole documentation."""
-    out: list[str] = []
-    for path in sorted(DOCS.rglob("*.rst.txt")):
-        text = path.read_text(encoding="utf-8", errors="replace")
-        pos = 0
-        while pos + CHUNK_CHARS // 2 < len(text):
-            end = min(len(text), pos + CHUNK_CHARS)
-            cut = text.rfind("\n\n", pos + CHUNK_CHARS // 2, end)
-            if cut < 0:
-                cut = text.rfind("\n", pos + CHUNK_CHARS // 2, end)
-            end = cut if cut > 0 and end < len(text) else end
-            piece = text[pos:end].strip()
-            if len(piece) > 200:
-                out.append(piece)
-            pos = end
-    step = max(1, len(out) // N_CHUNKS)
-    return out[::step][:N_CHUNKS]
-
-
-TEXTS = _chunks()
+TEXTS = doc_chunks(N_CHUNKS, CHUNK_CHARS)
 MB = sum(len(t.encode()) for t in TEXTS) / 1e6
 
 STOPWORDS = """

@@ -22,6 +22,7 @@ from tiny_bert import forward, make_tiny_bert
 DATA = Path(__file__).parent / "data"
 TEXTS: list[str] = json.loads((DATA / "minilm_texts.json").read_text(encoding="utf-8"))
 REF = np.load(DATA / "minilm_reference.npy")
+N_REAL = 100  # TEXTS[:100] are real chunks of the Python docs, then a question and "x"
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -64,8 +65,14 @@ def test_fp32_matches_sentence_transformers(fp32):
 
 def test_int8_matches_sentence_transformers(int8):
     cos = (int8.embed(TEXTS) * REF).sum(1)
+    # the bar, over every text (the one-char "x" is the worst: measured 0.986)
     assert cos.mean() >= 0.99, cos.mean()
     assert cos.min() >= 0.98, (cos.argmin(), cos.min())
+    # the recipe's margin on the 100 real chunks: measured 0.9971 mean / 0.9948 min; an all-int8
+    # per-channel build (0.9938 / 0.9892) fails this, per-tensor weights fail by far
+    real = cos[:N_REAL]
+    assert real.mean() >= 0.995, real.mean()
+    assert real.min() >= 0.99, (real.argmin(), real.min())
 
 
 def test_follows_sentence_transformers_limit_not_tokenizer_json(fp32):

@@ -128,7 +128,9 @@ def test_module_registry_records_qflume_operations(tmp_path: Path) -> None:
 
 def test_health_of_a_sound_pipeline_and_its_problems(tmp_path: Path, embedder) -> None:
     recs = [{"id": "a", "text": "The quick brown fox. " * 40}, {"id": "b", "text": "Lorem ipsum."}]
-    with Pipeline("h", store=tmp_path / "s", embedder=embedder, progress=False) as p:
+    with Pipeline(
+        "h", store=tmp_path / "s", embedder=embedder, chunk_chars=1000, progress=False
+    ) as p:
         p.ingest_records(recs)
         h = health(p)
         assert h == {**h, "ok": True, "score": 100, "problems": []}

@@ -63,8 +63,18 @@ def test_int8_build_is_quantized_and_close(tmp_path, cache):
     assert out.name.endswith("-int8")
     import onnx
 
-    ops = {n.op_type for n in onnx.load(str(out / "model.onnx")).graph.node}
+    graph = onnx.load(str(out / "model.onnx")).graph
+    ops = {n.op_type for n in graph.node}
     assert ops & {"MatMulInteger", "DynamicQuantizeMatMul", "MatMulIntegerToFloat"}, ops
+    # the recipe: the FFN-output MatMul of the first half of the layers stays fp32
+    assert qmodel.fp32_matmuls(2) == ["encoder.layer.0.output.dense.matmul"]
+    assert len(qmodel.fp32_matmuls(6)) == 3 and len(qmodel.fp32_matmuls(12)) == 6
+    by_name = {n.name: n.op_type for n in graph.node}
+    assert by_name["encoder.layer.0.output.dense.matmul"] == "MatMul"
+    assert "encoder.layer.1.output.dense.matmul" not in by_name  # quantized
+    assert by_name["encoder.layer.1.output.dense.matmul_quant"] == "DynamicQuantizeMatMul"
+    meta = json.loads((out / "qflume_build.json").read_text())
+    assert meta["build_version"] == qmodel.BUILD_VERSION == "3"
     ids = np.array([[2, 10, 11, 12, 13, 3]], np.int64)
     mask = np.ones_like(ids)
     got = _run(out / "model.onnx", ids, mask)[0]

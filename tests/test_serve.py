@@ -100,6 +100,7 @@ class Server:
 
 def _start(tmp: Path, embedder: Any, **kw: Any) -> Server:
     kw.setdefault("slice_records", 8)
+    kw.setdefault("chunk_chars", 1000)  # the point counts below assume one chunk per short record
     config = ServeConfig(collection="docs", store=str(tmp / "store"), **kw)
     return Server(Service(config, embedder=embedder))
 

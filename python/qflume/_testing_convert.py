@@ -15,6 +15,8 @@ import numpy as np
 import qdrant_edge as qe
 from qdrant_client import grpc as qg
 
+from qflume.sinks._common import payload_to_py
+
 DEFAULT_RRF_K = 2  # Qdrant's default k for reciprocal rank fusion
 
 
@@ -47,26 +49,8 @@ def point_id_key(pid: Any) -> int | str:
 
 # --- payload values ---------------------------------------------------------------------------
 
-
-def value_in(v: qg.Value) -> Any:
-    kind = v.WhichOneof("kind")
-    if kind == "string_value":
-        return v.string_value
-    if kind == "integer_value":
-        return v.integer_value
-    if kind == "double_value":
-        return v.double_value
-    if kind == "bool_value":
-        return v.bool_value
-    if kind == "struct_value":
-        return {k: value_in(x) for k, x in v.struct_value.fields.items()}
-    if kind == "list_value":
-        return [value_in(x) for x in v.list_value.values]
-    return None
-
-
-def payload_in(entries: Mapping[str, qg.Value]) -> dict[str, Any]:
-    return {k: value_in(v) for k, v in entries.items()}
+# gRPC payload -> Python: the same conversion the sinks apply to the replies they read.
+payload_in = payload_to_py
 
 
 def value_out(x: Any, out: qg.Value) -> None:
@@ -116,14 +100,22 @@ def _dense_in(d: qg.DenseVector) -> list[float]:
     return np.frombuffer(raw, dtype="<f4", count=n, offset=len(raw) - 4 * n).tolist()  # type: ignore[no-any-return]
 
 
+_TYPED_VECTOR_KINDS = ("dense", "sparse", "multi_dense")
+
+
+def _typed_vector_in(msg: Any, kind: str) -> Any:
+    """The `kind` variant (one of `_TYPED_VECTOR_KINDS`) of a Vector or a VectorInput."""
+    if kind == "dense":
+        return _dense_in(msg.dense)
+    if kind == "sparse":
+        return qe.SparseVector(list(msg.sparse.indices), list(msg.sparse.values))
+    return [list(d.data) for d in msg.multi_dense.vectors]
+
+
 def _vector_in(v: qg.Vector) -> Any:
     kind = v.WhichOneof("vector")
-    if kind == "dense":
-        return _dense_in(v.dense)
-    if kind == "sparse":
-        return qe.SparseVector(list(v.sparse.indices), list(v.sparse.values))
-    if kind == "multi_dense":
-        return [list(d.data) for d in v.multi_dense.vectors]
+    if kind in _TYPED_VECTOR_KINDS:
+        return _typed_vector_in(v, kind)
     if kind is None:
         # The deprecated layout: `data` (+ `indices` for a sparse vector).
         if v.HasField("indices"):
@@ -339,12 +331,8 @@ def query_in(q: qg.Query, using: str | None, lookup: Any) -> Any:
     if kind == "nearest":
         vi = q.nearest
         vk = vi.WhichOneof("variant")
-        if vk == "dense":
-            vec: Any = _dense_in(vi.dense)
-        elif vk == "sparse":
-            vec = qe.SparseVector(list(vi.sparse.indices), list(vi.sparse.values))
-        elif vk == "multi_dense":
-            vec = [list(d.data) for d in vi.multi_dense.vectors]
+        if vk in _TYPED_VECTOR_KINDS:
+            vec: Any = _typed_vector_in(vi, vk)
         elif vk == "id":
             vec = lookup(point_id_in(vi.id), using)
         else:
@@ -384,6 +372,17 @@ def prefetch_in(p: qg.PrefetchQuery, lookup: Any) -> qe.Prefetch:
     )
 
 
+def _request_options_in(req: qg.QueryPoints | qg.SearchPoints) -> dict[str, Any]:
+    """The QueryRequest arguments that QueryPoints and SearchPoints spell the same way."""
+    return {
+        "offset": req.offset if req.HasField("offset") else None,
+        "with_vector": with_vectors_in(req.with_vectors, req.HasField("with_vectors")),
+        "with_payload": with_payload_in(req.with_payload, req.HasField("with_payload")),
+        "score_threshold": req.score_threshold if req.HasField("score_threshold") else None,
+        "params": search_params_in(req),
+    }
+
+
 def query_points_in(req: qg.QueryPoints, lookup: Any) -> qe.QueryRequest:
     if req.HasField("lookup_from"):
         raise UnsupportedRequest("lookup_from is not supported by the test server")
@@ -405,14 +404,10 @@ def query_points_in(req: qg.QueryPoints, lookup: Any) -> qe.QueryRequest:
         )
     return qe.QueryRequest(
         limit=req.limit if req.HasField("limit") else 10,
-        offset=req.offset if req.HasField("offset") else None,
         query=query,
         prefetches=prefetches,
-        with_vector=with_vectors_in(req.with_vectors, req.HasField("with_vectors")),
-        with_payload=with_payload_in(req.with_payload, req.HasField("with_payload")),
         filter=flt,
-        score_threshold=req.score_threshold if req.HasField("score_threshold") else None,
-        params=search_params_in(req),
+        **_request_options_in(req),
     )
 
 
@@ -424,13 +419,9 @@ def search_points_in(req: qg.SearchPoints) -> qe.QueryRequest:
         vec = list(req.vector)
     return qe.QueryRequest(
         limit=req.limit,
-        offset=req.offset if req.HasField("offset") else None,
         query=qe.Query.Nearest(vec, using=using),
-        with_vector=with_vectors_in(req.with_vectors, req.HasField("with_vectors")),
-        with_payload=with_payload_in(req.with_payload, req.HasField("with_payload")),
         filter=optional_filter(req),
-        score_threshold=req.score_threshold if req.HasField("score_threshold") else None,
-        params=search_params_in(req),
+        **_request_options_in(req),
     )
 
 

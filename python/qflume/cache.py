@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from qflume._sqlite import open_wal
 from qflume.exceptions import QflumeIOError, ShapeError
 
 __all__ = ["EmbeddingCache"]
@@ -53,13 +54,7 @@ class EmbeddingCache:
         self.max_entries = max_entries
         self.memory_entries = memory_entries
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(
-                str(self.path), check_same_thread=False, isolation_level=None
-            )
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.executescript(_SCHEMA)
+            self._db = open_wal(self.path, _SCHEMA)
             row = self._db.execute("SELECT MAX(last_used) FROM vectors").fetchone()
             self._count = self._db.execute("SELECT COUNT(*) FROM vectors").fetchone()[0]
         except (sqlite3.Error, OSError) as e:

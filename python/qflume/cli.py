@@ -56,6 +56,12 @@ def _parser() -> argparse.ArgumentParser:
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--hybrid", action="store_true", help="dense + BM25 fused by RRF")
     mode.add_argument("--sparse-only", action="store_true", help="BM25 only")
+    p.add_argument(
+        "--fusion",
+        choices=["dbsf", "rrf"],
+        default="dbsf",
+        help="hybrid fusion on the server (default dbsf: measured better, no ties)",
+    )
     p.add_argument("--source", help="only hits whose metadata.source starts with this")
 
     p = sub.add_parser("status", help="documents, points, cache and last run")
@@ -171,7 +177,9 @@ def cmd_search(args: argparse.Namespace) -> int:
         from qflume.search import search
 
         flt = {"source_prefix": args.source} if args.source else None
-        results = search(pipe, args.queries, limit=args.limit, mode=mode, filter=flt)
+        results = search(
+            pipe, args.queries, limit=args.limit, mode=mode, filter=flt, fusion=args.fusion
+        )
     out = {"results": [[h.as_dict() for h in hits] for hits in results]}
     lines = []
     for q, hits in zip(args.queries, results, strict=True):

@@ -29,6 +29,8 @@ __all__ = ["Embedder", "model_fingerprint"]
 
 #: Texts tokenized, sorted and batched together; the next window is tokenized meanwhile.
 WINDOW = 512
+#: At most this many texts per model call, whatever the token budget allows.
+MAX_BATCH = 256
 
 
 def _cpu_count() -> int:
@@ -351,7 +353,11 @@ class Embedder:
         while start < n:
             # Sorted ascending: the batch's width is its last (longest) member.
             end = start + 1
-            while end < n and lens[order[end]] * (end + 1 - start) <= self.batch_tokens:
+            while (
+                end < n
+                and end - start < MAX_BATCH
+                and lens[order[end]] * (end + 1 - start) <= self.batch_tokens
+            ):
                 end += 1
             rows = order[start:end]
             width = int(lens[rows[-1]])

@@ -22,11 +22,12 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from qflume._sqlite import open_wal
 from qflume.exceptions import QflumeError, StateError
 
 __all__ = ["BULK", "NORMAL", "URGENT", "Job", "JobQueue", "QueueClosedError", "StepResult"]
@@ -126,6 +127,34 @@ Runner = Callable[[Job, Any], StepResult]
 Deliver = Callable[[str, dict[str, Any]], None]
 
 
+# The columns `_job_from_row` reads, in its order.
+_JOB_COLUMNS = (
+    "id, seq, kind, priority, status, items, items_done, result, error, callback_url, callback,"
+    " created, started, finished"
+)
+
+
+def _job_from_row(row: Sequence[Any]) -> Job:
+    """A Job from a `SELECT {_JOB_COLUMNS}` row."""
+    (jid, seq, kind, prio, status, items, done, result, error, cb_url, cb, created, st, fin) = row
+    return Job(
+        id=jid,
+        seq=seq,
+        kind=kind,
+        priority=prio,
+        items=items,
+        status=status,
+        items_done=done,
+        result=json.loads(result) if result else None,
+        error=error,
+        callback_url=cb_url,
+        callback=json.loads(cb) if cb else None,
+        created=created,
+        started=st,
+        finished=fin,
+    )
+
+
 class JobQueue:
     """Durable prioritized jobs run by one worker thread.
 
@@ -152,13 +181,7 @@ class JobQueue:
         self.callback_attempts = max(1, callback_attempts)
         self.callback_backoff = callback_backoff
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(
-                str(self.path), check_same_thread=False, isolation_level=None
-            )
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.executescript(_SCHEMA)
+            self._db = open_wal(self.path, _SCHEMA)
         except sqlite3.Error as e:
             raise StateError(f"cannot open the job file {self.path}: {e}") from e
         self._db_lock = threading.Lock()
@@ -189,26 +212,16 @@ class JobQueue:
     def _load_unfinished(self) -> int:
         """Queue again what a previous process left queued or running (resumed from its step)."""
         rows = self._db.execute(
-            "SELECT id, seq, kind, priority, items, items_done, result, callback_url, created,"
-            " started FROM jobs WHERE status IN (?, ?) ORDER BY seq",
+            f"SELECT {_JOB_COLUMNS} FROM jobs WHERE status IN (?, ?) ORDER BY seq",
             (QUEUED, RUNNING),
         ).fetchall()
-        for jid, seq, kind, prio, items, done, result, cb_url, created, started in rows:
-            job = Job(
-                id=jid,
-                seq=seq,
-                kind=kind,
-                priority=prio,
-                items=items,
-                items_done=done,
-                result=json.loads(result) if result else None,
-                callback_url=cb_url,
-                created=created,
-                started=started,
-                resumed=True,
-            )
-            self._jobs[jid] = job
-            heapq.heappush(self._heap, (prio, seq, jid))
+        for row in rows:
+            # Unfinished: no error, callback or finish time yet; a running one starts again.
+            job = _job_from_row(row)
+            job.status = QUEUED
+            job.resumed = True
+            self._jobs[job.id] = job
+            heapq.heappush(self._heap, (job.priority, job.seq, job.id))
         self._exec("UPDATE jobs SET status=? WHERE status=?", (QUEUED, RUNNING))
         # Finished jobs whose callback was not delivered yet: deliver them again.
         for jid, cb in self._db.execute(
@@ -224,32 +237,10 @@ class JobQueue:
 
     def _read(self, jid: str) -> Job | None:
         with self._db_lock:
-            row = self._db.execute(
-                "SELECT id, seq, kind, priority, status, items, items_done, result, error,"
-                " callback_url, callback, created, started, finished FROM jobs WHERE id=?",
-                (jid,),
-            ).fetchone()
+            row = self._db.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id=?", (jid,)).fetchone()
         if row is None:
             return None
-        (jid, seq, kind, prio, status, items, done, result, error, cb_url, cb, created, st, fin) = (
-            row
-        )
-        job = Job(
-            id=jid,
-            seq=seq,
-            kind=kind,
-            priority=prio,
-            items=items,
-            status=status,
-            items_done=done,
-            result=json.loads(result) if result else None,
-            error=error,
-            callback_url=cb_url,
-            callback=json.loads(cb) if cb else None,
-            created=created,
-            started=st,
-            finished=fin,
-        )
+        job = _job_from_row(row)
         if job.final:
             job.future.set_result(job)
         return job

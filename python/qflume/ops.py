@@ -450,9 +450,6 @@ def _scroll_filter(sink: Sink, flt: Mapping[str, Any]) -> Iterator[PointRecord]:
     from qflume.sinks.grpc import GrpcSink
 
     if isinstance(sink, GrpcSink):
-        import grpc  # type: ignore[import-untyped]
-        from qdrant_client import grpc as qg
-
         try:
             from qflume.sinks._grpc_query import grpc_filter
 
@@ -465,30 +462,8 @@ def _scroll_filter(sink: Sink, flt: Mapping[str, Any]) -> Iterator[PointRecord]:
                 gf = RestToGrpc.convert_filter(models.Filter.model_validate(dict(flt)))
             except Exception as e:
                 raise InvalidInputError(f"filter {dict(flt)!r} is not a Qdrant filter: {e}") from e
-        sink.flush()
-        goffset: Any = None
-        while True:
-            req = qg.ScrollPoints(
-                collection_name=sink.collection,
-                limit=1024,
-                offset=goffset,
-                filter=gf,
-                with_payload=qg.WithPayloadSelector(enable=True),
-                with_vectors=qg.WithVectorsSelector(enable=False),
-            )
-            try:
-                resp = sink._call(
-                    "/qdrant.Points/Scroll", qg.ScrollResponse, req.SerializeToString()
-                )
-            except QflumeError as e:
-                if goffset is None and getattr(e, "code", None) == grpc.StatusCode.NOT_FOUND:
-                    return
-                raise
-            for p in resp.result:
-                yield sink._record(p)
-            if not resp.HasField("next_page_offset"):
-                return
-            goffset = resp.next_page_offset
+        yield from sink._scroll(gf, with_payload=True, with_vectors=False, batch=1024)
+        return
     raise InvalidInputError(f"{type(sink).__name__} cannot select points by filter")
 
 

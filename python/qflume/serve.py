@@ -814,7 +814,12 @@ def create_app(service: Service, *, manage: bool = True) -> FastAPI:
     async def qflume_error(request: Request, exc: QflumeError) -> JSONResponse:
         return _error(500, f"{type(exc).__name__}: {exc}")
 
-    async def finish(job: Job, wait: bool) -> JSONResponse:
+    async def submit(
+        submit_job: Callable[[bytes], Job], request: Request, wait: bool
+    ) -> JSONResponse:
+        """Queue the request body as a job; with `wait`, answer once it ends (or times out)."""
+        body = await request.body()
+        job = await run_in_threadpool(submit_job, body)
         if wait and not job.final:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(
@@ -832,9 +837,7 @@ def create_app(service: Service, *, manage: bool = True) -> FastAPI:
     )
     async def batch_store(request: Request, wait: bool = False) -> JSONResponse:
         """Queue the records as a store job; poll GET /jobs/{id} (or `wait=true`)."""
-        body = await request.body()
-        job = await run_in_threadpool(service.submit_store, body)
-        return await finish(job, wait)
+        return await submit(service.submit_store, request, wait)
 
     @app.post(
         "/batch/search",
@@ -857,9 +860,7 @@ def create_app(service: Service, *, manage: bool = True) -> FastAPI:
     )
     async def batch_update(request: Request, wait: bool = True) -> JSONResponse:
         """Set / merge / increment / set_now payload fields by point id or source."""
-        body = await request.body()
-        job = await run_in_threadpool(service.submit_update, body)
-        return await finish(job, wait)
+        return await submit(service.submit_update, request, wait)
 
     @app.post(
         "/batch/delete",
@@ -868,9 +869,7 @@ def create_app(service: Service, *, manage: bool = True) -> FastAPI:
         responses={200: {"model": JobModel}, 202: {"model": JobModel}, **_ERRORS},
     )
     async def batch_delete(request: Request, wait: bool = True) -> JSONResponse:
-        body = await request.body()
-        job = await run_in_threadpool(service.submit_delete, body)
-        return await finish(job, wait)
+        return await submit(service.submit_delete, request, wait)
 
     @app.get(
         "/jobs/{job_id}",

@@ -242,17 +242,25 @@ class _Points(qg.PointsServicer):
         self._upsert(coll, request.points)
         return _update_response(start, request)
 
-    @_guard
-    def Delete(self, request: qg.DeletePoints, context: Any) -> Any:
+    def _update_selected(
+        self,
+        request: Any,
+        by_ids: Callable[[list[Any]], qe.UpdateOperation],
+        by_filter: Callable[[qe.Filter], qe.UpdateOperation],
+    ) -> Any:
+        """Apply `by_ids` / `by_filter` to the points `request.points` selects; the reply."""
         start = time.perf_counter()
         coll = self.store.get(request.collection_name)
-        op = _selector_op(
-            request.points,
+        coll.update(_selector_op(request.points, by_ids, by_filter))
+        return _update_response(start, request)
+
+    @_guard
+    def Delete(self, request: qg.DeletePoints, context: Any) -> Any:
+        return self._update_selected(
+            request,
             qe.UpdateOperation.delete_points,
             qe.UpdateOperation.delete_points_by_filter,
         )
-        coll.update(op)
-        return _update_response(start, request)
 
     def _set_payload(self, coll: _Collection, request: Any, overwrite: bool) -> None:
         payload = cv.payload_in(request.payload)
@@ -304,15 +312,11 @@ class _Points(qg.PointsServicer):
 
     @_guard
     def ClearPayload(self, request: qg.ClearPayloadPoints, context: Any) -> Any:
-        start = time.perf_counter()
-        coll = self.store.get(request.collection_name)
-        op = _selector_op(
-            request.points,
+        return self._update_selected(
+            request,
             qe.UpdateOperation.clear_payload,
             qe.UpdateOperation.clear_payload_by_filter,
         )
-        coll.update(op)
-        return _update_response(start, request)
 
     @_guard
     def UpdateBatch(self, request: qg.UpdateBatchPoints, context: Any) -> Any:

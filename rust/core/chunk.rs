@@ -784,19 +784,25 @@ pub fn tokenizer_from_file(path: &Path) -> CoreResult<Tokenizer> {
     tokenizer_from_json(&json, &path.display().to_string())
 }
 
+/// Checks a chunk size limit (argument `name` = `max`) and an overlap smaller than it.
+fn check_limit(name: &str, max: usize, overlap: usize) -> CoreResult<()> {
+    if max == 0 {
+        return Err(CoreError::InvalidArgument(format!(
+            "{name} must be at least 1"
+        )));
+    }
+    if overlap >= max {
+        return Err(CoreError::InvalidArgument(format!(
+            "overlap ({overlap}) must be smaller than {name} ({max})"
+        )));
+    }
+    Ok(())
+}
+
 impl Chunker {
     /// Chunks of at most `max_chars` characters, overlapping by at most `overlap`.
     pub fn chars(max_chars: usize, overlap: usize) -> CoreResult<Self> {
-        if max_chars == 0 {
-            return Err(CoreError::InvalidArgument(
-                "max_chars must be at least 1".into(),
-            ));
-        }
-        if overlap >= max_chars {
-            return Err(CoreError::InvalidArgument(format!(
-                "overlap ({overlap}) must be smaller than max_chars ({max_chars})"
-            )));
-        }
+        check_limit("max_chars", max_chars, overlap)?;
         Ok(Self {
             limit: Limit::Chars(max_chars),
             overlap,
@@ -810,16 +816,7 @@ impl Chunker {
         max_tokens: usize,
         overlap: usize,
     ) -> CoreResult<Self> {
-        if max_tokens == 0 {
-            return Err(CoreError::InvalidArgument(
-                "max_tokens must be at least 1".into(),
-            ));
-        }
-        if overlap >= max_tokens {
-            return Err(CoreError::InvalidArgument(format!(
-                "overlap ({overlap}) must be smaller than max_tokens ({max_tokens})"
-            )));
-        }
+        check_limit("max_tokens", max_tokens, overlap)?;
         tokenizer
             .with_truncation(None)
             .map_err(|e| CoreError::Tokenizer {

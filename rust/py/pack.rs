@@ -259,17 +259,20 @@ fn sequence_of_fields(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<Vec<Vec<(S
     Ok(out)
 }
 
+/// The request options shared by every `pack_*` function, from their keyword arguments
+/// (an unknown `ordering` raises the matching Python exception).
 fn options(
+    py: Python<'_>,
     collection: &str,
     wait: Option<bool>,
     ordering: Option<&str>,
     max_bytes: usize,
     max_points: usize,
     hard_limit: usize,
-) -> Result<RequestOptions, crate::core::CoreError> {
+) -> PyResult<RequestOptions> {
     let mut o = RequestOptions::new(collection);
     o.wait = wait;
-    o.ordering = ordering.map(Ordering::parse).transpose()?;
+    o.ordering = ordering.map(Ordering::parse).transpose().py_err(py)?;
     o.max_bytes = max_bytes;
     o.max_points = max_points;
     o.hard_limit = hard_limit;
@@ -358,9 +361,8 @@ fn pack_upsert<'py>(
     return_counts: bool,
 ) -> PyResult<Bound<'py, PyAny>> {
     let opts = options(
-        collection, wait, ordering, max_bytes, max_points, hard_limit,
-    )
-    .py_err(py)?;
+        py, collection, wait, ordering, max_bytes, max_points, hard_limit,
+    )?;
     let ids_a = ids_array(ids)?;
     let ids_s = slice2(&ids_a, "ids")?;
     let n = ids_s.len() / HASH_LEN;
@@ -517,14 +519,14 @@ fn pack_delete<'py>(
     max_points: usize,
 ) -> PyResult<Bound<'py, PyList>> {
     let opts = options(
+        py,
         collection,
         wait,
         ordering,
         max_bytes,
         max_points,
         HARD_LIMIT_BYTES,
-    )
-    .py_err(py)?;
+    )?;
     let a = ids_array(ids)?;
     let msgs = core_pack_delete(slice2(&a, "ids")?, &opts).py_err(py)?;
     to_list(py, msgs)
@@ -549,14 +551,14 @@ fn pack_delete_by_values<'py>(
     max_points: usize,
 ) -> PyResult<Bound<'py, PyList>> {
     let opts = options(
+        py,
         collection,
         wait,
         ordering,
         max_bytes,
         max_points,
         HARD_LIMIT_BYTES,
-    )
-    .py_err(py)?;
+    )?;
     let msgs = pack_delete_by_field(key, &values, &opts).py_err(py)?;
     to_list(py, msgs)
 }
@@ -580,14 +582,14 @@ fn pack_set_payload<'py>(
     max_points: usize,
 ) -> PyResult<Bound<'py, PyList>> {
     let opts = options(
+        py,
         collection,
         wait,
         ordering,
         max_bytes,
         max_points,
         HARD_LIMIT_BYTES,
-    )
-    .py_err(py)?;
+    )?;
     let fields = mapping_fields(payload, &|| "payload".to_string())?;
     let a = ids_array(ids)?;
     let msgs = core_set_payload(&fields, slice2(&a, "ids")?, key, &opts).py_err(py)?;

@@ -575,6 +575,15 @@ class GrpcSink(Sink):
     def scroll(
         self, *, with_payload: bool = True, with_vectors: bool = False, batch: int = 1024
     ) -> Iterator[PointRecord]:
+        yield from self._scroll(
+            None, with_payload=with_payload, with_vectors=with_vectors, batch=batch
+        )
+
+    def _scroll(
+        self, flt: qg.Filter | None, *, with_payload: bool, with_vectors: bool, batch: int
+    ) -> Iterator[PointRecord]:
+        """Every point `flt` selects (all without one), after flushing pending writes; nothing
+        when the collection does not exist."""
         self.flush()
         offset: Any = None
         while True:
@@ -582,6 +591,7 @@ class GrpcSink(Sink):
                 collection_name=self.collection,
                 limit=batch,
                 offset=offset,
+                filter=flt,
                 with_payload=qg.WithPayloadSelector(enable=with_payload),
                 with_vectors=qg.WithVectorsSelector(enable=with_vectors),
             )
