@@ -282,7 +282,6 @@ def test_langchain_index(benchmark: Any, corpus: Path, embedder: Any) -> None:
                 store,
                 cleanup="incremental",
                 source_id_key="source",
-                key_encoder="sha256",
             )
 
         t0 = time.perf_counter()

@@ -312,3 +312,16 @@ def test_ctrl_c_drains_commits_and_resumes(tmp_path: Path, embedder) -> None:
         assert final.documents_unchanged == done
         assert p.state.stats().documents == 12
         assert p.verify()["ok"]
+
+
+def test_a_run_that_only_deletes_never_loads_the_model(tmp_path: Path, corpus: Path, embedder):
+    store = tmp_path / "store"
+    with _pipe(store, embedder) as p:
+        p.ingest(corpus)
+    victim = sorted(corpus.glob("*.*"))[0]
+    victim.unlink()
+    with Pipeline("docs", store=store, progress=False) as p:  # no embedder handed in
+        r = p.ingest(corpus)
+        assert r.documents_deleted == 1 and r.points_deleted >= 1
+        assert r.documents_unchanged == 5
+        assert p._embedder is None, "the model was loaded for a run that only deletes"

@@ -261,7 +261,7 @@ class Pipeline:
             from qflume.chunk import Chunker
 
             if self.chunk_tokens is not None:
-                tok = Path(self.embedder.model_path) / "tokenizer.json"
+                tok = self._model_folder() / "tokenizer.json"
                 self._chunker = Chunker(
                     max_tokens=self.chunk_tokens, tokenizer=str(tok), overlap=self.overlap
                 )
@@ -300,6 +300,14 @@ class Pipeline:
                 f"{self.model_id()}|{chunking}|overlap={self.overlap}|sparse={self.sparse_kind}"
             )
         return self._fingerprint
+
+    def _model_folder(self) -> Path:
+        """The model folder, without loading the model into ONNX Runtime."""
+        if self._embedder is not None:
+            return Path(self._embedder.model_path)
+        from qflume.embed import _has_cuda, _Spec
+
+        return Path(_Spec(self.model, max_tokens=None, default_fp32=_has_cuda()).folder)
 
     def model_id(self) -> str:
         """The embedding model's id, without loading the model when it is not loaded yet."""
@@ -648,6 +656,8 @@ class Pipeline:
     def _chunk_docs(self, docs: list[_Doc], report: IngestReport) -> _Batch:
         from qflume.scan import read_text
 
+        if not docs:  # a batch of deletions only: no chunker (and no model) needed
+            return _empty_batch()
         texts: list[str] = []
         ok: list[_Doc] = []
         for d in docs:
