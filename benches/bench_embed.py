@@ -182,14 +182,16 @@ def _fastembed(model_dir: Path, texts: list[str]) -> tuple[Callable[[], np.ndarr
     from fastembed.common.model_description import ModelSource, PoolingType
 
     name = "qflume-local/all-minilm-l6-v2"
-    fastembed.TextEmbedding.add_custom_model(
-        model=name,
-        pooling=PoolingType.MEAN,
-        normalization=True,
-        sources=ModelSource(hf="qflume-local/none"),
-        dim=384,
-        model_file="model.onnx",
-    )
+    known = {m["model"] for m in fastembed.TextEmbedding.list_supported_models()}
+    if name not in known:  # registered once per process (the second text set reuses it)
+        fastembed.TextEmbedding.add_custom_model(
+            model=name,
+            pooling=PoolingType.MEAN,
+            normalization=True,
+            sources=ModelSource(hf="qflume-local/none"),
+            dim=384,
+            model_file="model.onnx",
+        )
     fe = fastembed.TextEmbedding(name, specific_model_path=str(model_dir))
     # fastembed pads each batch of 32 to its longest and truncates at 512 (tokenizer_config)
     return (lambda: np.array(list(fe.embed(texts, batch_size=32)))), None

@@ -205,10 +205,13 @@ def test_model_fingerprint_of_a_weights_folder_and_digest_cache(tmp_path, monkey
     assert fingerprint == Embedder(src).model_id
     store = tmp_path / "cache" / "file_digests.json"
     digests = json.loads(store.read_text())
-    assert len(digests) == 2 and all(len(v) == 4 for v in digests.values())
+    built = Embedder(src).model_path
+    assert {str(built / "model.onnx"), str(built / "tokenizer.json")} <= set(digests)
+    assert str(src.resolve() / "model.safetensors") in digests  # the source's, for its cache key
+    assert all(len(v) == 4 for v in digests.values())
     # a new process (empty memory cache) takes the digests from the JSON, not from the files
-    monkeypatch.setattr(qembed, "_DIGESTS", {})
-    tok = next(k for k in digests if k.endswith("tokenizer.json"))
+    monkeypatch.setattr(qmodel, "_DIGESTS", {})
+    tok = str(built / "tokenizer.json")
     digests[tok][3] = "00" * 32
     store.write_text(json.dumps(digests))
     assert qembed.model_fingerprint(src) != fingerprint

@@ -29,6 +29,7 @@ import os
 import shutil
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -45,6 +46,7 @@ __all__ = [
     "cpu_has_vnni",
     "default_source",
     "ensure_built",
+    "file_digest",
     "fp32_matmuls",
     "main",
     "source_fingerprint",
@@ -129,6 +131,69 @@ def _check_source(src: Path) -> dict[str, Any]:
     return config
 
 
+#: sha256 digests of model files, keyed by path, validated by (size, mtime_ns, inode).
+_DIGESTS: dict[str, tuple[int, int, int, bytes]] = {}
+_DIGESTS_LOCK = threading.Lock()
+_DIGESTS_FILE = "file_digests.json"
+_DIGESTS_MAX = 256
+
+
+def _digest_store() -> Path:
+    return cache_dir().parent / _DIGESTS_FILE
+
+
+def file_digest(path: Path) -> bytes:
+    """sha256 of a file, hashed once per (path, size, mtime, inode): in memory, then in a small
+    JSON beside the model cache (so a new process does not rehash 20-90 MB of weights)."""
+    try:
+        st = path.stat()
+    except OSError as e:
+        raise ModelError(f"cannot read {path}: {e}") from e
+    key = str(path)
+    stamp = (st.st_size, st.st_mtime_ns, st.st_ino)
+    with _DIGESTS_LOCK:
+        hit = _DIGESTS.get(key)
+        if hit is not None and hit[:3] == stamp:
+            return hit[3]
+        store = _digest_store()
+        disk: dict[str, Any] = {}
+        try:
+            loaded = json.loads(store.read_text(encoding="utf-8"))
+            disk = loaded if isinstance(loaded, dict) else {}
+        except (OSError, ValueError):
+            pass
+        rec = disk.get(key)
+        if isinstance(rec, list) and len(rec) == 4 and tuple(rec[:3]) == stamp:
+            try:
+                digest = bytes.fromhex(str(rec[3]))
+            except ValueError:
+                digest = b""
+            if len(digest) == 32:
+                _DIGESTS[key] = (*stamp, digest)
+                return digest
+        h = hashlib.sha256()
+        try:
+            with open(path, "rb") as f:
+                while block := f.read(1 << 22):
+                    h.update(block)
+        except OSError as e:
+            raise ModelError(f"cannot read {path}: {e}") from e
+        digest = h.digest()
+        _DIGESTS[key] = (*stamp, digest)
+        disk[key] = [*stamp, digest.hex()]
+        if len(disk) > _DIGESTS_MAX:  # drop the entries of files that are gone, then the oldest
+            disk = {k: v for k, v in disk.items() if Path(k).exists()}
+            disk = dict(list(disk.items())[-_DIGESTS_MAX:])
+        tmp = store.with_name(f".{store.name}.{os.getpid()}.{threading.get_ident()}")
+        try:  # best effort: a read-only cache only costs a rehash next time
+            store.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(json.dumps(disk), encoding="utf-8")
+            os.replace(tmp, store)
+        except OSError:
+            tmp.unlink(missing_ok=True)
+        return digest
+
+
 def source_fingerprint(src: str | os.PathLike[str]) -> str:
     """A short hex digest of the source's weights, config and tokenizer (and the build recipe)."""
     src = Path(src)
@@ -137,10 +202,7 @@ def source_fingerprint(src: str | os.PathLike[str]) -> str:
         path = src / name
         if not path.is_file():
             continue
-        h.update(name.encode() + b"\0")
-        with open(path, "rb") as f:
-            while block := f.read(1 << 22):
-                h.update(block)
+        h.update(name.encode() + b"\0" + file_digest(path))
     return h.hexdigest()[:20]
 
 
