@@ -803,6 +803,16 @@ class Pipeline:
         deleted: list[tuple[str, list[str]]] = []
         text_chars = 0
         budget = self.batch_chunks * (self.chunk_chars or 4 * (self.chunk_tokens or 256))
+
+        def make(t: float) -> _Batch:
+            batch = self._chunk_docs(docs, report)
+            batch.deleted = deleted
+            dt = time.perf_counter() - t
+            stats.busy_s += dt
+            stats.items += len(docs)
+            metrics.observe("ingest_stage", dt, items=len(batch.texts), stage="plan")
+            return batch
+
         t = time.perf_counter()
         for item in planner(report):
             if isinstance(item, tuple):
@@ -814,23 +824,14 @@ class Pipeline:
                 docs.append(item)
                 text_chars += item.size
             if text_chars >= budget or len(deleted) >= 1024:
-                batch = self._chunk_docs(docs, report)
-                batch.deleted = deleted
-                dt = time.perf_counter() - t
-                stats.busy_s += dt
-                stats.items += len(docs)
-                metrics.observe("ingest_stage", dt, items=len(batch.texts), stage="plan")
-                yield batch
+                batch = make(t)
+                yield batch  # time blocked on a full queue is not counted as busy
                 t = time.perf_counter()
                 docs, deleted, text_chars = [], [], 0
             if self._abort.is_set():
                 return
         if docs or deleted:
-            batch = self._chunk_docs(docs, report)
-            batch.deleted = deleted
-            stats.busy_s += time.perf_counter() - t
-            stats.items += len(docs)
-            yield batch
+            yield make(t)
 
     def _dry(
         self,
