@@ -325,3 +325,21 @@ def test_a_run_that_only_deletes_never_loads_the_model(tmp_path: Path, corpus: P
         assert r.documents_deleted == 1 and r.points_deleted >= 1
         assert r.documents_unchanged == 5
         assert p._embedder is None, "the model was loaded for a run that only deletes"
+
+
+def test_touched_and_changed_files_in_one_run(tmp_path: Path, corpus: Path, embedder) -> None:
+    """mtime-only changes are recorded (plan thread) while changed files are written (writer)."""
+    with _pipe(tmp_path / "store", embedder, batch_chunks=2) as p:
+        p.ingest(corpus)
+        files = sorted(f for f in corpus.rglob("*") if f.is_file())
+        for i, f in enumerate(files):
+            if i % 2:
+                os.utime(f, ns=(f.stat().st_atime_ns, f.stat().st_mtime_ns + 10**9))
+            else:
+                f.write_text(f.read_text(encoding="utf-8") + "\n\nAnother paragraph.\n")
+        r = p.ingest(corpus)
+        assert r.documents_unchanged == len(files) // 2
+        assert r.documents_changed == len(files) - len(files) // 2
+        again = p.ingest(corpus)
+        assert again.documents_unchanged == len(files) and again.points_upserted == 0
+        assert p.verify()["ok"]

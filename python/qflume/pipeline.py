@@ -529,11 +529,8 @@ class Pipeline:
         if not known:
             return known
         fp = self.fingerprint()
-        for key, fprint, pend in self.state.db.execute(
-            "SELECT key, fingerprint, LENGTH(pending) FROM documents WHERE root=?", (root,)
-        ):
-            if fprint != fp or pend:
-                known.pop(key, None)
+        for key in self.state.not_current(root, fp):
+            known.pop(key, None)
         return known
 
     def _diff_files(self, root: str, entries: list[Any], report: IngestReport) -> Iterator[_Doc]:

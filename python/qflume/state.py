@@ -15,6 +15,7 @@ import fcntl
 import json
 import os
 import sqlite3
+import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -113,6 +114,8 @@ class State:
     def __init__(self, path: str | os.PathLike[str], *, lock: bool = True, readonly: bool = False):
         self.path = Path(path)
         self._lock_fd: int | None = None
+        # One connection serves the pipeline's threads: transactions and reads take turns.
+        self._mutex = threading.RLock()
         if not readonly:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         if lock:
@@ -194,11 +197,12 @@ class State:
 
     def get_many(self, keys: Sequence[str]) -> dict[str, DocState]:
         out: dict[str, DocState] = {}
-        for i in range(0, len(keys), 500):
-            part = keys[i : i + 500]
-            q = f"SELECT {self._COLS} FROM documents WHERE key IN ({','.join('?' * len(part))})"
-            for row in self.db.execute(q, part):
-                out[row[0]] = DocState(*row)
+        with self._mutex:
+            for i in range(0, len(keys), 500):
+                part = keys[i : i + 500]
+                q = f"SELECT {self._COLS} FROM documents WHERE key IN ({','.join('?' * len(part))})"
+                for row in self.db.execute(q, part):
+                    out[row[0]] = DocState(*row)
         return out
 
     def get(self, key: str) -> DocState | None:
@@ -207,19 +211,36 @@ class State:
     def known_files(self, roots: Iterable[str]) -> dict[str, tuple[int, int, bytes]]:
         """key -> (size, mtime_ns, content hash) for the scan's fast path."""
         out: dict[str, tuple[int, int, bytes]] = {}
-        for root in roots:
-            for key, size, mtime_ns, h in self.db.execute(
-                "SELECT key, size, mtime_ns, content_hash FROM documents "
-                "WHERE root=? AND content_hash IS NOT NULL",
-                (root,),
-            ):
-                out[key] = (size, mtime_ns, h)
+        with self._mutex:
+            for root in roots:
+                for key, size, mtime_ns, h in self.db.execute(
+                    "SELECT key, size, mtime_ns, content_hash FROM documents "
+                    "WHERE root=? AND content_hash IS NOT NULL",
+                    (root,),
+                ):
+                    out[key] = (size, mtime_ns, h)
         return out
 
+    def not_current(self, root: str, fingerprint: str) -> list[str]:
+        """Keys under `root` made by another pipeline fingerprint or with writes pending."""
+        with self._mutex:
+            return [
+                key
+                for (key,) in self.db.execute(
+                    "SELECT key FROM documents WHERE root=? AND (fingerprint != ? OR "
+                    "LENGTH(pending) > 0)",
+                    (root, fingerprint),
+                )
+            ]
+
     def keys_under(self, roots: Iterable[str]) -> Iterator[str]:
-        for root in roots:
-            for (key,) in self.db.execute("SELECT key FROM documents WHERE root=?", (root,)):
-                yield key
+        with self._mutex:
+            keys = [
+                key
+                for root in roots
+                for (key,) in self.db.execute("SELECT key FROM documents WHERE root=?", (root,))
+            ]
+        yield from keys
 
     def iter_all(self) -> Iterator[DocState]:
         for row in self.db.execute(f"SELECT {self._COLS} FROM documents ORDER BY key"):
@@ -241,14 +262,15 @@ class State:
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
-        self.db.execute("BEGIN IMMEDIATE")
-        try:
-            yield self.db
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
-        else:
-            self.db.execute("COMMIT")
+        with self._mutex:
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self.db
+            except BaseException:
+                self.db.execute("ROLLBACK")
+                raise
+            else:
+                self.db.execute("COMMIT")
 
     def write_ahead(self, pending: dict[str, tuple[str, bytes]]) -> None:
         """Record, before sending, the chunk hashes about to be written for each document.
