@@ -795,7 +795,6 @@ class Pipeline:
         report: IngestReport,
     ) -> Iterator[_Batch]:
         """Group planned documents into batches of about batch_chunks chunks."""
-        stats = report.stages["plan"]
         docs: list[_Doc] = []
         deleted: list[tuple[str, list[str]]] = []
         text_chars = 0
@@ -804,10 +803,7 @@ class Pipeline:
         def make(t: float) -> _Batch:
             batch = self._chunk_docs(docs, report)
             batch.deleted = deleted
-            dt = time.perf_counter() - t
-            stats.busy_s += dt
-            stats.items += len(docs)
-            metrics.observe("ingest_stage", dt, items=len(batch.texts), stage="plan")
+            _record(report, "plan", time.perf_counter() - t, len(batch.texts), docs=len(docs))
             return batch
 
         t = time.perf_counter()
@@ -878,36 +874,36 @@ class Pipeline:
                     continue
             return _STOP
 
-        def plan_stage() -> None:
-            try:
-                for batch in self._batches(planner, report):
-                    self._progress.add_chunks_planned(len(batch.texts))
-                    if not put(q_embed, batch):
-                        return
-            except BaseException as e:
-                errors.append(e)
-                self._abort.set()
-            finally:
-                put(q_embed, _STOP)
+        def stage(body: Callable[[], None], downstream: queue.Queue[Any]) -> Callable[[], None]:
+            """A stage thread: an error stops the whole run; downstream always hears the end."""
 
-        def embed_stage() -> None:
-            stats = report.stages["embed"]
-            try:
-                while (batch := get(q_embed)) is not _STOP:
-                    metrics.gauge("queue_depth", value=q_embed.qsize(), stage="embed")
-                    t = time.perf_counter()
-                    self._embed_batch(batch, report)
-                    dt = time.perf_counter() - t
-                    stats.busy_s += dt
-                    stats.items += len(batch.texts)
-                    metrics.observe("ingest_stage", dt, items=len(batch.texts), stage="embed")
-                    if not put(q_write, batch):
-                        return
-            except BaseException as e:
-                errors.append(e)
-                self._abort.set()
-            finally:
-                put(q_write, _STOP)
+            def run() -> None:
+                try:
+                    body()
+                except BaseException as e:
+                    errors.append(e)
+                    self._abort.set()
+                finally:
+                    put(downstream, _STOP)
+
+            return run
+
+        def plan() -> None:
+            for batch in self._batches(planner, report):
+                self._progress.add_chunks_planned(len(batch.texts))
+                if not put(q_embed, batch):
+                    return
+
+        def embed() -> None:
+            while (batch := get(q_embed)) is not _STOP:
+                metrics.gauge("queue_depth", value=q_embed.qsize(), stage="embed")
+                t = time.perf_counter()
+                self._embed_batch(batch, report)
+                _record(report, "embed", time.perf_counter() - t, len(batch.texts))
+                if not put(q_write, batch):
+                    return
+
+        plan_stage, embed_stage = stage(plan, q_embed), stage(embed, q_write)
 
         threads = [
             threading.Thread(target=plan_stage, name="qflume-plan", daemon=True),
@@ -1012,10 +1008,7 @@ class Pipeline:
             group_deleted.extend(k for k, _ in batch.deleted)
             group_points += n + len(lost)
             self._progress.advance(chunks=n)
-            dt = time.perf_counter() - t
-            stats.busy_s += dt
-            stats.items += n
-            metrics.observe("ingest_stage", dt, items=n, stage="write")
+            _record(report, "write", time.perf_counter() - t, n)
             if group_points >= 4 * self.batch_chunks or time.perf_counter() - last_commit > 2.0:
                 t = time.perf_counter()
                 commit()
@@ -1024,6 +1017,14 @@ class Pipeline:
             t = time.perf_counter()
             commit()
             stats.busy_s += time.perf_counter() - t
+
+
+def _record(report: IngestReport, stage: str, seconds: float, chunks: int, docs: int = -1) -> None:
+    """Account one unit of a stage's work: busy time and items (documents for plan, else chunks)."""
+    stats = report.stages[stage]
+    stats.busy_s += seconds
+    stats.items += chunks if docs < 0 else docs
+    metrics.observe("ingest_stage", seconds, items=chunks, stage=stage)
 
 
 def _doc_of(indptr: npt.NDArray[np.int64], rows: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
