@@ -28,7 +28,12 @@ use tokenizers::Tokenizer;
 /// Boundary kinds, weakest first (so `max` picks the best).
 const LVL_LINE: u8 = 1;
 const LVL_BLANK: u8 = 2;
-const LVL_HEADING: u8 = 3;
+/// A blank line before a line that starts at column 0 or further left than
+/// the text before it (a top-level definition, the end of an indented block),
+/// or before reST explicit markup (`.. name::`), or two blank lines: entries
+/// that documents separate more strongly than paragraphs.
+const LVL_BREAK: u8 = 3;
+const LVL_HEADING: u8 = 4;
 
 /// Whitespace as Python's `str.isspace` sees it (Unicode White_Space plus the
 /// ASCII separators 0x1C..0x1F), so Python's `strip()` agrees with the trimming.
@@ -364,8 +369,11 @@ struct Nl {
 #[derive(Clone, Copy, Default)]
 struct LineInfo {
     text: bool, // starts at column 0 with a non-space char and is no adornment
+    col0: bool, // starts at column 0 with a non-space char
     blank: bool,
-    adorn: u8, // the repeated punctuation char, 0 if none
+    indent: usize,   // bytes of leading whitespace
+    directive: bool, // reST explicit markup: `.. ` after the indent
+    adorn: u8,       // the repeated punctuation char, 0 if none
 }
 
 fn classify_line(line: &[u8]) -> LineInfo {
@@ -383,10 +391,14 @@ fn classify_line(line: &[u8]) -> LineInfo {
         }
         if end >= 3 && line[..end].iter().all(|&b| b == c) {
             info.adorn = c;
+            info.col0 = true;
             return info;
         }
     }
+    info.col0 = first == 0;
     info.text = first == 0;
+    info.indent = first;
+    info.directive = line[first..].starts_with(b".. ");
     info
 }
 
@@ -402,6 +414,15 @@ fn is_fence(line: &[u8]) -> bool {
     line.starts_with(b"```") || line.starts_with(b"~~~")
 }
 
+/// What the last non-blank line opened.
+#[derive(Clone, Copy)]
+enum Header {
+    None,
+    Heading,
+    /// reST explicit markup at this indent.
+    Directive(usize),
+}
+
 /// Classifies every newline of `text` (one forward pass).
 fn classify_newlines(text: &[u8], state: StreamState) -> Vec<Nl> {
     let mut nls: Vec<Nl> = Vec::with_capacity(text.len() / 40 + 1);
@@ -411,6 +432,12 @@ fn classify_newlines(text: &[u8], state: StreamState) -> Vec<Nl> {
     let mut hist_fence = [true; 3]; // "no line" counts as not a title candidate
     let mut line_start = 0usize;
     let mut line_no = 0usize;
+    // The newline ending the last non-blank line, and the blank lines since.
+    // Their lookahead stays within two lines, as the title rule's does.
+    let mut content_nl: Option<usize> = None;
+    let mut content_indent = 0usize;
+    let mut blank_run = 0usize;
+    let mut header = Header::None;
     let mut iter = Newlines::new(text);
     loop {
         let nl = iter.next();
@@ -432,6 +459,52 @@ fn classify_newlines(text: &[u8], state: StreamState) -> Vec<Nl> {
                 last.level = level;
             }
         }
+        if info.blank {
+            blank_run += 1;
+        }
+        let is_break = if info.blank {
+            blank_run == 2
+        } else {
+            blank_run == 1 && (info.col0 || info.indent < content_indent)
+        };
+        if is_break && !in_code {
+            if let Some(j) = content_nl {
+                nls[j].level = nls[j].level.max(LVL_BREAK);
+            }
+        }
+        if !info.blank {
+            // A heading, or a directive before its indented body, keeps with
+            // what follows: a cut there would leave a chunk of one line.
+            let keep = match header {
+                Header::None => false,
+                Header::Heading => true,
+                Header::Directive(indent) => info.indent > indent,
+            };
+            if keep && blank_run == 1 && !in_code {
+                if let Some(j) = content_nl {
+                    nls[j].level = LVL_LINE;
+                }
+            }
+            header = if in_code {
+                Header::None
+            } else if is_atx(line) {
+                Header::Heading
+            } else if info.directive {
+                Header::Directive(info.indent)
+            } else if let (Header::Directive(indent), 0) = (header, blank_run) {
+                // Option lines (`:maxdepth: 2`) belong to the directive.
+                let option = info.indent > indent && line[info.indent..].starts_with(b":");
+                if option {
+                    header
+                } else {
+                    Header::None
+                }
+            } else {
+                Header::None
+            };
+            blank_run = 0;
+            content_indent = info.indent;
+        }
         // A reStructuredText title: this line is an adornment, the previous one
         // text, and before that a blank line, the start, or an overline.
         if info.adorn != 0 && !in_code && line_no >= 1 && hist[2].text && !hist_fence[2] {
@@ -444,6 +517,7 @@ fn classify_newlines(text: &[u8], state: StreamState) -> Vec<Nl> {
                 if title_line >= 1 {
                     nls[title_line - 1].level = LVL_HEADING;
                 }
+                header = Header::Heading;
             }
         }
         if fence_line {
@@ -459,6 +533,9 @@ fn classify_newlines(text: &[u8], state: StreamState) -> Vec<Nl> {
                 } else {
                     p
                 };
+                if !info.blank {
+                    content_nl = Some(nls.len());
+                }
                 nls.push(Nl {
                     pos: cut,
                     next_line: p + 1,
@@ -1403,9 +1480,97 @@ mod tests {
         let c = Chunker::chars(30, 0).unwrap();
         let got = chunks(&c, text);
         assert_eq!(got, vec!["# A\n\naaaa aaaa.\nbbbb bbbb", "cccc\n# B\ndddd"]);
-        // Only the heading's own blank line is in reach.
+        // Only the heading's own blank line is in reach: the heading keeps
+        // with its text, cut at a line end rather than left alone.
         let c = Chunker::chars(22, 0).unwrap();
-        assert_eq!(chunks(&c, text)[0], "# A");
+        assert_eq!(chunks(&c, text)[0], "# A\n\naaaa aaaa.");
+    }
+
+    fn levels(text: &str) -> Vec<u8> {
+        classify_newlines(text.as_bytes(), StreamState::default())
+            .iter()
+            .map(|n| n.level)
+            .collect()
+    }
+
+    #[test]
+    fn entries_break_more_strongly_than_paragraphs() {
+        // A blank line before a dedent or column 0, or two blank lines, ends an
+        // entry; a blank line between indented paragraphs is weaker.
+        let text = ".. function:: f(x)\n\n   Para one.\n\n   Para two.\n\n.. function:: g(y)\n\n   Body.\n";
+        let lv = levels(text);
+        // Newlines: after the directive (keeps with its body), after "Para
+        // one." (paragraph), after "Para two." (entry), after the second
+        // directive (keeps), after "Body.".
+        let content: Vec<u8> = [0, 2, 4, 6].iter().map(|&i| lv[i]).collect();
+        assert_eq!(content, vec![LVL_LINE, LVL_BLANK, LVL_BREAK, LVL_LINE]);
+        // Nested entries: a method at indent 3 after a body at indent 6.
+        let text = "   .. method:: a()\n\n      Does a.\n\n   .. method:: b()\n\n      Does b.";
+        assert_eq!(levels(text)[2], LVL_BREAK);
+        // Two blank lines.
+        assert_eq!(levels("   one\n\n\n   two")[0], LVL_BREAK);
+        // A note directive at its paragraph's indent stays with the entry.
+        let text = ".. function:: f()\n\n   Text.\n\n   .. versionadded:: 3.5\n";
+        assert_eq!(levels(text)[2], LVL_BLANK);
+        // Inside a fence nothing is an entry break.
+        assert!(levels("```\n    a\n\nb\n```\n")
+            .iter()
+            .all(|&l| l < LVL_BREAK));
+    }
+
+    #[test]
+    fn headings_and_directives_keep_with_their_body() {
+        // An rST title, a directive with an option line and an ATX heading:
+        // none of them ends up alone when its body does not fit.
+        let c = Chunker::chars(60, 0).unwrap();
+        for text in [
+            "Title\n=====\n\nA first line of the section body.\nA second line of it.\n",
+            ".. toctree::\n   :maxdepth: 1\n\n   intro.rst\n   tutorial.rst\n   library.rst\n",
+            "## Heading\n\nA first line of the section body.\nA second line of it.\n",
+        ] {
+            let got = chunks(&c, text);
+            assert!(
+                got[0].contains('\n') && got[0].lines().count() >= 3,
+                "{got:?}"
+            );
+            check_props(&c, text);
+        }
+        // A directive without a body (the next line is no deeper) does not.
+        let text = ".. _label:\n\nText.";
+        assert_eq!(levels(text)[0], LVL_BREAK);
+    }
+
+    #[test]
+    fn an_edit_stays_in_its_entry() {
+        // Entries of a reference page, each with a short and a longer
+        // paragraph. Cut at paragraph ends only, a window spills into the next
+        // entry (its directive line) and an edit shifts every later cut.
+        let mut text = String::new();
+        for i in 0..40 {
+            let pad = " and then some".repeat(i % 4);
+            text.push_str(&format!(
+                ".. function:: f{i}(x)\n\n   Return f{i} of *x*{pad}.\n\n   More text for f{i}.\n\n\n"
+            ));
+        }
+        for cap in [50, 130, 150] {
+            let c = Chunker::chars(cap, 0).unwrap();
+            let old: std::collections::HashSet<String> = chunks(&c, &text).into_iter().collect();
+            for i in 0..40 {
+                let pad = " and then some".repeat(i % 4);
+                let at = text.find(&format!("f{i} of *x*{pad}.")).unwrap()
+                    + format!("f{i} of *x*{pad}.").len();
+                let mut edited = text.clone();
+                edited.insert_str(at, " Edited.");
+                let changed = chunks(&c, &edited)
+                    .into_iter()
+                    .filter(|t| !old.contains(t))
+                    .count();
+                assert!(
+                    changed <= 2,
+                    "cap {cap}, entry {i}: {changed} chunks changed"
+                );
+            }
+        }
     }
 
     #[test]
