@@ -75,6 +75,34 @@ def test_int8_matches_sentence_transformers(int8):
     assert real.min() >= 0.99, (real.argmin(), real.min())
 
 
+def test_cpu_session_does_not_fuse_skip_layer_norm(builds, tmp_path):
+    """The Embedder's session keeps ORT from fusing SkipLayerNormalization again at load time
+    (a graph optimized by that very session shows what it runs)."""
+    import onnx
+    import onnxruntime as ort
+
+    seen: dict[str, object] = {}
+    real = ort.InferenceSession
+
+    def spy(path, so, **kwargs):
+        so.optimized_model_filepath = str(tmp_path / "as_run.onnx")
+        seen.update(kwargs)
+        return real(path, so, **kwargs)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(ort, "InferenceSession", spy)
+        Embedder(builds["int8"])
+    ops = {n.op_type for n in onnx.load(str(tmp_path / "as_run.onnx")).graph.node}
+    assert "SkipLayerNormalization" not in ops and "LayerNormalization" in ops
+    assert seen["disabled_optimizers"] == ["SkipLayerNormFusion"]
+    # Without the option ORT does fuse it: the check above can fail.
+    so = ort.SessionOptions()
+    so.optimized_model_filepath = str(tmp_path / "default.onnx")
+    real(str(builds["int8"] / "model.onnx"), so, providers=["CPUExecutionProvider"])
+    ops = {n.op_type for n in onnx.load(str(tmp_path / "default.onnx")).graph.node}
+    assert "SkipLayerNormalization" in ops
+
+
 def test_follows_sentence_transformers_limit_not_tokenizer_json(fp32):
     # tokenizer.json truncates at 128; sentence-transformers (and qflume) at 256
     assert fp32.max_tokens == 256
