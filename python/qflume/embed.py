@@ -176,10 +176,10 @@ class Embedder:
     ``batch_tokens``: the padded token budget of one model call (default: 512 on CPU, 16384 on
     CUDA). On CPU small calls win because one call's activations stay in the cores' caches:
     measured on 2 cores (int8 all-MiniLM-L6-v2, 200 real Python-docs chunks of ~1000 / ~750
-    chars, best of 4, alternating), chunks/s for budgets 256 / 512 / 1024 / 2048 / 4096:
-    95.0 / 94.5 / 89.4 / 90.3 / 83.8 and 122.0 / 121.2 / 119.3 / 117.4 / -. 256 and 512 are
-    within noise; 512 keeps short texts (queries) in fewer calls. ORT's thread spinning off,
-    thread affinities, denormals as zero and two single-thread sessions made no gain.
+    chars, best of 5, alternating), chunks/s for budgets 256 / 512 / 1024 / 2048 / 4096:
+    117.2 / 113.1 / 107.2 / 101.1 / 96.7 and 140.8 / 149.2 / 140.4 / 134.1 / 124.4. 512 is
+    best or within noise of it on both. ORT's thread spinning off, thread affinities, denormals
+    as zero and two single-thread sessions made no gain.
     """
 
     def __init__(
