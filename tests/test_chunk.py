@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import glob
+import random
 import subprocess
 import sys
 import textwrap
@@ -352,6 +353,34 @@ def test_chunk_file_matches_chunk(tmp_path: Path) -> None:
     # The module-level form agrees.
     again = np.concatenate([b[0] for b in qflume.chunk_file(path, max_chars=300)])
     np.testing.assert_array_equal(again, offsets)
+
+
+def test_chunk_file_matches_chunk_on_directive_entries(tmp_path: Path) -> None:
+    """Entries whose directive spans several lines (options, a second signature): a block of the
+    stream may start on any of those lines and must cut where the whole text is cut."""
+    rng = random.Random(7)
+    path = tmp_path / "entries.rst"
+    for _ in range(300):
+        parts = []
+        for i in range(rng.randint(20, 80)):
+            ind = " " * rng.choice([0, 3])
+            sig = f"{ind}.. function:: f{i}(x)\n"
+            if rng.random() < 0.3:
+                sig += f"{ind}              g{i}(x, y)\n"
+            opts = "".join(
+                f"{ind}   :opt{j}: v{'x' * rng.randint(0, 9)}\n" for j in range(rng.randint(0, 3))
+            )
+            body = "".join(
+                f"{ind}   Body {i} {'x' * rng.randint(1, 30)} text.\n"
+                for _ in range(rng.randint(1, 3))
+            )
+            parts.append(sig + opts + "\n" + body + "\n" * rng.randint(1, 2))
+        text = "".join(parts)
+        path.write_text(text, encoding="utf-8")
+        chunker = Chunker(rng.randint(15, 120))
+        for block in (1024, 4096):
+            streamed = np.concatenate([b[0] for b in chunker.chunk_file(path, block_size=block)])
+            np.testing.assert_array_equal(streamed, chunker.chunk(text))
 
 
 @needs_tokenizer

@@ -91,7 +91,8 @@ def test_cpu_session_does_not_fuse_skip_layer_norm(builds, tmp_path):
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(ort, "InferenceSession", spy)
-        Embedder(builds["int8"])
+        emb = Embedder(builds["int8"], providers=["CPUExecutionProvider"])
+    assert emb.batch_tokens == qembed.CPU_BATCH_TOKENS == 512
     ops = {n.op_type for n in onnx.load(str(tmp_path / "as_run.onnx")).graph.node}
     assert "SkipLayerNormalization" not in ops and "LayerNormalization" in ops
     assert seen["disabled_optimizers"] == ["SkipLayerNormFusion"]

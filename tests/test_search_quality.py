@@ -127,7 +127,7 @@ def _top1(p: Pipeline, sample: list[tuple[str, str]], mode: str) -> float:
 
 
 # Measured over every usable sentence (469) with the settings above: dense 93.0%, hybrid (DBSF)
-# 98.7%, hybrid (RRF) 97.2%, sparse 98.5%. The floors hold the issue's bar over all of them; RRF
+# 98.7%, hybrid (RRF) 97.0%, sparse 98.5%. The floors hold the issue's bar over all of them; RRF
 # (ties between the branches) and BM25 alone are guarded against regressions.
 FLOOR = {"dense": 0.90, "hybrid": 0.95, "hybrid-rrf": 0.93, "sparse": 0.95}
 BAR = {"dense": 0.90, "hybrid": 0.95}
@@ -210,20 +210,26 @@ def _copy_points(points: dict, sink: GrpcSink) -> None:
     sink.flush()
 
 
-def branch_ties(p: Pipeline, query: str) -> tuple[set[str], bool]:
-    """The hits of the dense and BM25 prefetches of a hybrid search for `query` that tie with
-    another hit of their branch, and whether a tie straddles a prefetch's edge."""
+def _same(x: float, y: float) -> bool:
+    """Equal scores as the engine's float32 sees them."""
+    return abs(x - y) <= 1e-6 * max(1.0, abs(x), abs(y))
+
+
+def branch_ties(p: Pipeline, query: str, limit: int) -> tuple[set[str], bool]:
+    """The hits of the dense and BM25 prefetches of a hybrid search for `query` (at `limit`)
+    that tie with another hit of their branch, and whether a tie straddles a prefetch's edge."""
+    prefetch = max(4 * limit, HYBRID_PREFETCH)  # as qflume.search sizes it
     tied: set[str] = set()
     edge = False
     for mode in ("dense", "sparse"):
         # One past the prefetch: a tie across its edge decides which hit gets in.
-        (hits,) = search(p, [query], limit=HYBRID_PREFETCH + 1, mode=mode)
+        (hits,) = search(p, [query], limit=prefetch + 1, mode=mode)
         scores = [h.score for h in hits]
         for i, h in enumerate(hits):
-            if sum(abs(x - scores[i]) <= 1e-6 * max(1.0, abs(x)) for x in scores) > 1:
+            if sum(_same(x, scores[i]) for x in scores) > 1:
                 tied.add(h.id)
-        if len(scores) > HYBRID_PREFETCH:
-            edge |= abs(scores[HYBRID_PREFETCH - 1] - scores[HYBRID_PREFETCH]) <= 1e-6
+        if len(scores) > prefetch:
+            edge |= _same(scores[prefetch - 1], scores[prefetch])
     return tied, edge
 
 
@@ -262,20 +268,20 @@ def test_same_search_through_the_grpc_server(corpus, embedder, tmp_path: Path) -
                         # which differs between the two stores. DBSF does not look at ranks,
                         # so its scores must agree unless a tie decides what enters a
                         # prefetch; RRF's must agree for every hit that ties with none.
-                        tied, edge = branch_ties(p, q)
+                        ties, edge = branch_ties(p, q, limit=10)
                         if edge:
                             continue
                         if fusion == "dbsf":
                             assert sa == pytest.approx(sb, rel=1e-4, abs=1e-6)
                         else:
-                            mine = {h.id: h.score for h in b if h.id not in tied}
+                            mine = {h.id: h.score for h in b if h.id not in ties}
                             theirs = {h.id: h.score for h in a if h.id in mine}
+                            assert len(theirs) >= min(5, len(mine)), (theirs, mine)
                             assert theirs == pytest.approx({k: mine[k] for k in theirs}, rel=1e-4)
                         exact += 1
                     # Equal scores (RRF ties, near-duplicate chunks) may come in either order.
                     for i, (ha, hb) in enumerate(zip(a[:3], b[:3], strict=True)):
-                        tied = sum(abs(x - sb[i]) <= 1e-5 for x in sb) > 1
-                        if not tied:
+                        if sum(_same(x, sb[i]) for x in sb) == 1:
                             assert ha.id == hb.id and ha.page_content == hb.page_content
                 print(f"{mode}/{fusion}: {exact} of {len(queries)} compared exactly")
                 assert exact >= len(queries) // 2
