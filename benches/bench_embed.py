@@ -161,17 +161,21 @@ def _qflume(model_dir: Path, texts: list[str], size: int) -> tuple[Callable[[], 
         for w in range(0, len(texts), qembed.WINDOW)
         for _, ids, _ in emb._tokenize(texts[w : w + qembed.WINDOW])
     )
-    timed = _TimedSession(emb._session)
-    emb._session = timed
+    # The int8 Embedder runs one single-thread session per core side by side: ORT's own time is
+    # the time its sessions spend in run(), shared out over them.
+    timed = [_TimedSession(sess) for sess in emb._sessions]
+    emb._sessions = timed
+    emb._session = timed[0]
     overhead = RESULTS[size].setdefault("_overhead", {"total": float("inf"), "model": 0.0})
 
     def run() -> np.ndarray:
-        timed.seconds = 0.0
+        for ts in timed:
+            ts.seconds = 0.0
         t = time.perf_counter()
         out = emb.embed(texts)
         total = time.perf_counter() - t
         if total < overhead["total"]:  # keep the best round's split
-            overhead.update(total=total, model=timed.seconds)
+            overhead.update(total=total, model=sum(ts.seconds for ts in timed) / len(timed))
         return out
 
     return run, padded

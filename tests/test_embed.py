@@ -104,6 +104,30 @@ def test_cpu_session_does_not_fuse_skip_layer_norm(builds, tmp_path):
     assert "SkipLayerNormalization" in ops
 
 
+def test_a_text_gets_the_same_vector_whatever_shares_its_call(int8, fp32):
+    """Dynamic int8 quantization scales a call's activations by the whole call: batched, a text's
+    vector would depend on its companions. The int8 Embedder gives each text its own call, so a
+    chunk embedded alone, in a batch, first or last, or again after a crash is bit-identical."""
+    texts = TEXTS[:40]
+    assert int8.per_text and len(int8._sessions) == qembed._cpu_count()
+    assert not fp32.per_text
+    together = int8.embed(texts)
+    alone = np.stack([int8.embed_query(t) for t in texts])
+    shuffled = int8.embed(texts[::-1])[::-1]
+    assert np.array_equal(together, alone) and np.array_equal(together, shuffled)
+    # The fp32 build batches: equal to float32 rounding only.
+    np.testing.assert_allclose(fp32.embed(texts), np.stack([fp32.embed_query(t) for t in texts]),
+                               atol=1e-5)  # fmt: skip
+
+
+def test_usable_after_close(builds):
+    emb = Embedder(builds["int8"])
+    before = emb.embed(TEXTS[:50])
+    emb.close()
+    emb.close()
+    assert np.array_equal(emb.embed(TEXTS[:50]), before)  # threads start again
+
+
 def test_follows_sentence_transformers_limit_not_tokenizer_json(fp32):
     # tokenizer.json truncates at 128; sentence-transformers (and qflume) at 256
     assert fp32.max_tokens == 256

@@ -6,6 +6,7 @@ import os
 import shutil
 import socket
 import subprocess
+import urllib.parse
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -357,7 +358,11 @@ def test_real_server_round_trip(collection: str) -> None:
         sink.ensure_collection(CollectionSpec(dim=8, sparse=("bm25",)))
         sink.upsert_batch(b)
         sink.flush()
-        client = QdrantClient(url=url, api_key=key, prefer_grpc=True)
+        # QDRANT_URL is the gRPC endpoint: the client's REST version check would speak HTTP/1 to it.
+        port = urllib.parse.urlsplit(url).port or 6334
+        client = QdrantClient(
+            url=url, api_key=key, prefer_grpc=True, grpc_port=port, check_compatibility=False
+        )
         try:
             assert client.count(collection, exact=True).count == 100
             (p,) = client.retrieve(collection, uuids(b.ids[:1]), with_vectors=True)

@@ -164,6 +164,26 @@ def test_records_metadata_change_is_a_payload_update(tmp_path: Path, embedder) -
         assert r3.documents_deleted == 1
 
 
+def test_close_leaves_a_callers_embedder_open(tmp_path: Path, embedder) -> None:
+    class Spy:
+        closed = 0
+
+        def __getattr__(self, name: str):
+            return getattr(embedder, name)
+
+        def close(self) -> None:
+            Spy.closed += 1
+
+    with _pipe(tmp_path / "store", Spy()) as p:
+        p.ingest_records([{"id": "a", "text": "Some text to embed."}])
+    assert Spy.closed == 0
+    with Pipeline("c", store=tmp_path / "own", progress=False) as p:
+        p.ingest_records([{"id": "a", "text": " ".join(["Some text to embed."] * 40)}])
+        assert p.embedder._pool is not None
+    # The pipeline's own embedder is closed with it (a later call would start its threads again).
+    assert p.embedder._pool is None
+
+
 def test_dry_run_spends_nothing(tmp_path: Path, corpus: Path, embedder) -> None:
     with _pipe(tmp_path / "store", embedder) as p:
         plan = p.ingest(corpus, dry_run=True)

@@ -29,6 +29,8 @@ __all__ = ["Embedder", "model_fingerprint"]
 
 #: Texts tokenized, sorted and batched together; the next window is tokenized meanwhile.
 WINDOW = 512
+#: The first window of a call is shorter: the model waits for it.
+FIRST_WINDOW = 32
 #: At most this many texts per model call, whatever the token budget allows.
 MAX_BATCH = 256
 #: Default padded tokens per model call (see :class:`Embedder`).
@@ -217,12 +219,6 @@ class Embedder:
         tokenizer.no_padding()
         self._tokenizer = tokenizer
 
-        so = ort.SessionOptions()
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        so.intra_op_num_threads = threads or _cpu_count()
-        so.inter_op_num_threads = 1
-        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        so.log_severity_level = 3
         if providers is None:
             providers = (
                 ["CUDAExecutionProvider", "CPUExecutionProvider"]
@@ -230,8 +226,16 @@ class Embedder:
                 else ["CPUExecutionProvider"]
             )
         model_file = folder / "model.onnx"
+        cores = threads or _cpu_count()
+        dynamic = _quantizes_dynamically(model_file)
 
-        def load(on_cpu: bool) -> Any:
+        def load(on_cpu: bool, intra: int) -> Any:
+            so = ort.SessionOptions()
+            so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            so.intra_op_num_threads = intra
+            so.inter_op_num_threads = 1
+            so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+            so.log_severity_level = 3
             try:
                 return ort.InferenceSession(
                     str(model_file),
@@ -243,14 +247,28 @@ class Embedder:
             except Exception as e:  # ORT raises its own exception types
                 raise ModelError(f"cannot load {model_file}: {e}") from e
 
+        def sessions(on_cpu: bool) -> list[Any]:
+            # Dynamic int8 quantization scales a call's activations by the range of the whole
+            # call, so a text's vector would depend on the texts sharing its call (cosine down
+            # to 0.99 on real chunks) and a re-embedded or cached chunk would differ from the
+            # first. On a CPU such models give each text a call of its own, run side by side
+            # on one single-thread session per core: the same vector for the same text, always.
+            if on_cpu and dynamic:
+                return [load(True, 1) for _ in range(cores)]
+            return [load(on_cpu, cores)]
+
         on_cpu = providers[0] == "CPUExecutionProvider"
-        self._session = load(on_cpu)
-        if not on_cpu and self._session.get_providers()[0] == "CPUExecutionProvider":
+        self._sessions = sessions(on_cpu)
+        if not on_cpu and self._sessions[0].get_providers()[0] == "CPUExecutionProvider":
             on_cpu = True  # the accelerator's provider did not load: run as on a CPU
-            self._session = load(on_cpu)
+            self._sessions = sessions(on_cpu)
+        #: Whether every text gets a model call of its own (see above).
+        self.per_text = on_cpu and dynamic
         if batch_tokens is None:
             batch_tokens = CPU_BATCH_TOKENS if on_cpu else ACCELERATOR_BATCH_TOKENS
         self.batch_tokens = batch_tokens
+        self._max_rows = 1 if self.per_text else MAX_BATCH
+        self._session = self._sessions[0]
         self._inputs = {i.name for i in self._session.get_inputs()}
         if "input_ids" not in self._inputs:
             raise ModelError(f"{model_file} has no input named input_ids: {sorted(self._inputs)}")
@@ -258,10 +276,11 @@ class Embedder:
         names = [o.name for o in self._session.get_outputs()]
         self._output = "last_hidden_state" if "last_hidden_state" in names else output.name
         self._pooled_output = len(output.shape or []) == 2 and self._output == output.name
-        probe = self._run(np.zeros((1, 2), np.int64), np.ones((1, 2), np.int64))
+        probe = self._run(self._session, np.zeros((1, 2), np.int64), np.ones((1, 2), np.int64))
         self.dim = int(probe.shape[1])
         self.model_id = spec.model_id()
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="qflume-tokenize")
+        self._pool: ThreadPoolExecutor | None = None  # tokenizes the next window
+        self._workers: ThreadPoolExecutor | None = None  # one per session when there are several
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------------ public
@@ -282,9 +301,33 @@ class Embedder:
         for i, t in enumerate(texts):
             if not isinstance(t, str):
                 raise InvalidInputError(f"text {i} is {type(t).__name__}, not str")
+        n = len(self._sessions)
         with self._lock:  # one embed at a time per Embedder: ORT already uses every core
-            for rows, ids, mask in self._batches(texts):
-                out[rows] = self._run(ids, mask)
+            if self._pool is None:  # first use, or used again after close()
+                self._pool = ThreadPoolExecutor(1, thread_name_prefix="qflume-tokenize")
+                if n > 1:
+                    self._workers = ThreadPoolExecutor(n, thread_name_prefix="qflume-embed")
+            for batches in self._windows(texts, self._pool):
+                if self._workers is None:
+                    for rows, ids, mask in batches:
+                        out[rows] = self._run(self._session, ids, mask)
+                    continue
+                # Longest first, each session taking the next call when it is free: they finish
+                # together.
+                todo = iter(batches[::-1])
+                take = threading.Lock()
+
+                def work(k: int, todo: Iterator[Any] = todo, take: Any = take) -> None:
+                    while True:
+                        with take:
+                            item = next(todo, None)
+                        if item is None:
+                            return
+                        rows, ids, mask = item
+                        out[rows] = self._run(self._sessions[k], ids, mask)
+
+                for _ in self._workers.map(work, range(n)):
+                    pass
         return out
 
     def embed_query(self, text: str) -> np.ndarray:
@@ -299,8 +342,13 @@ class Embedder:
         return np.fromiter((len(e.ids) for e in encs), np.int64, len(encs))
 
     def close(self) -> None:
-        """Stop the tokenizer thread (the session is freed with the object)."""
-        self._pool.shutdown(wait=False)
+        """Stop the tokenizer and worker threads (the sessions are freed with the object); a
+        later call starts them again."""
+        with self._lock:
+            for pool in (self._pool, self._workers):
+                if pool is not None:
+                    pool.shutdown(wait=False)
+            self._pool = self._workers = None
 
     def __repr__(self) -> str:
         return f"Embedder({str(self._folder)!r}, dim={self.dim}, pooling={self._pooling!r})"
@@ -320,7 +368,7 @@ class Embedder:
             end = start + 1
             while (
                 end < n
-                and end - start < MAX_BATCH
+                and end - start < self._max_rows
                 and lens[order[end]] * (end + 1 - start) <= self.batch_tokens
             ):
                 end += 1
@@ -334,30 +382,29 @@ class Embedder:
             start = end
         return batches
 
-    def _batches(self, texts: Sequence[str]) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-        windows = range(0, len(texts), WINDOW)
+    def _windows(
+        self, texts: Sequence[str], pool: ThreadPoolExecutor
+    ) -> Iterator[list[tuple[Any, Any, Any]]]:
+        """The batches of each window in turn (rows in the caller's numbering); the next window
+        is tokenized meanwhile."""
+        # A short first window: the model starts soon, and the rest is tokenized meanwhile.
+        bounds = [0, min(FIRST_WINDOW, len(texts))]
+        while bounds[-1] < len(texts):
+            bounds.append(min(bounds[-1] + WINDOW, len(texts)))
         pending: Future[list[Any]] | None = None
-        for w in windows:
-            current = (
-                pending.result() if pending is not None else self._tokenize(texts[w : w + WINDOW])
-            )
-            nxt = w + WINDOW
-            pending = (
-                self._pool.submit(self._tokenize, texts[nxt : nxt + WINDOW])
-                if nxt < len(texts)
-                else None
-            )
-            for rows, ids, mask in current:
-                yield rows + w, ids, mask
+        for a, b, c in zip(bounds[:-1], bounds[1:], [*bounds[2:], None], strict=True):
+            current = pending.result() if pending is not None else self._tokenize(texts[a:b])
+            pending = pool.submit(self._tokenize, texts[b:c]) if c is not None else None
+            yield [(rows + a, ids, mask) for rows, ids, mask in current]
 
-    def _run(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    def _run(self, session: Any, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
         feed = {"input_ids": ids}
         if "attention_mask" in self._inputs:
             feed["attention_mask"] = mask
         if "token_type_ids" in self._inputs:
             feed["token_type_ids"] = np.zeros_like(ids)
         try:
-            hidden = self._session.run([self._output], feed)[0]
+            hidden = session.run([self._output], feed)[0]
         except Exception as e:
             raise ModelError(f"running {self._folder / 'model.onnx'} failed: {e}") from e
         if self._pooled_output or hidden.ndim == 2:
@@ -376,6 +423,21 @@ class Embedder:
             norms = np.linalg.norm(pooled, axis=1, keepdims=True)
             pooled /= np.maximum(norms, 1e-12)
         return pooled
+
+
+#: ONNX ops that quantize activations with a scale computed from the whole call.
+_DYNAMIC_OPS = {"DynamicQuantizeLinear", "DynamicQuantizeMatMul", "MatMulIntegerToFloat"}
+
+
+def _quantizes_dynamically(model_file: Path) -> bool:
+    """Whether the graph quantizes activations at run time (see :data:`_DYNAMIC_OPS`)."""
+    import onnx
+
+    try:
+        graph = onnx.load(str(model_file), load_external_data=False).graph
+    except Exception as e:  # onnx raises DecodeError and friends
+        raise ModelError(f"cannot read {model_file}: {e}") from e
+    return any(node.op_type in _DYNAMIC_OPS for node in graph.node)
 
 
 def _has_cuda() -> bool:

@@ -220,6 +220,7 @@ class Pipeline:
         self.cache_path = base / f"{collection}.cache.sqlite"
         self.cache_entries = cache_entries
         self._embedder = embedder
+        self._owns_embedder = embedder is None  # a caller's embedder stays open after close()
         self._sink = sink
         self._sparse_model: Any = None
         self._chunker: Any = None
@@ -470,7 +471,7 @@ class Pipeline:
                 with contextlib.suppress(Exception):
                     comp.close()
         emb = self._embedder
-        if emb is not None and hasattr(emb, "close"):
+        if self._owns_embedder and emb is not None and hasattr(emb, "close"):
             with contextlib.suppress(Exception):
                 emb.close()
         self.state.close()
