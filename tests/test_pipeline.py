@@ -11,7 +11,10 @@ import os
 import shutil
 import subprocess
 import sys
+import urllib.parse
+import uuid
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -62,9 +65,15 @@ def _pipe(store: Path, embedder, **kw) -> Pipeline:
     return Pipeline("docs", store=store, embedder=embedder, **kw)
 
 
-def _points(store: Path, embedder) -> dict[str, tuple[bytes, str]]:
-    """id -> (vector bytes, payload JSON) of every point in the collection."""
-    with _pipe(store, embedder, lock=False) as p:
+def _points(store: Path, embedder, **target: Any) -> dict[str, tuple[bytes, str]]:
+    """id -> (vector bytes, payload JSON) of every point in the collection (of the embedded
+    store, or of the server given by url=, collection=, state_dir=)."""
+    opened = (
+        Pipeline(target.pop("collection"), embedder=embedder, lock=False, progress=False, **target)
+        if target
+        else _pipe(store, embedder, lock=False)
+    )
+    with opened as p:
         out = {}
         for rec in p.sink.scroll(with_payload=True, with_vectors=True):
             vec = np.asarray(rec.vector, np.float32).round(5).tobytes()
@@ -197,20 +206,63 @@ CRASH_SCRIPT = r"""
 import sys
 from qflume.pipeline import Pipeline
 store, corpus = sys.argv[1], sys.argv[2]
-with Pipeline("docs", store=store, batch_chunks=4, progress=False) as p:
+if len(sys.argv) > 3:  # a Qdrant server: url, collection; the state lives in `store`
+    target = dict(url=sys.argv[3], state_dir=store)
+    name = sys.argv[4]
+else:
+    target, name = dict(store=store), "docs"
+with Pipeline(name, batch_chunks=4, progress=False, **target) as p:
     p.ingest(corpus)
 """
 
 
 def test_sigkill_at_random_moments_converges_exactly(tmp_path: Path, embedder) -> None:
     """Kill ingest with SIGKILL at many moments; the rerun ends with the uninterrupted point set."""
+    _sigkill_converges(tmp_path, embedder, server=None)
+
+
+@pytest.mark.qdrant_server
+@pytest.mark.skipif(not os.environ.get("QDRANT_URL"), reason="QDRANT_URL is not set")
+def test_sigkill_at_random_moments_converges_exactly_on_a_real_server(
+    tmp_path: Path, embedder
+) -> None:
+    """The same against a real Qdrant server (QDRANT_URL, gRPC), in two fresh collections."""
+    from qdrant_client import QdrantClient
+
+    url = os.environ["QDRANT_URL"]
+    names = [f"qflume_test_{uuid.uuid4().hex[:12]}" for _ in range(2)]
+    try:
+        _sigkill_converges(tmp_path, embedder, server=(url, names))
+    finally:
+        client = QdrantClient(
+            url=url,
+            api_key=os.environ.get("QDRANT_API_KEY"),
+            prefer_grpc=True,
+            grpc_port=urllib.parse.urlsplit(url).port or 6334,
+            check_compatibility=False,
+        )
+        for name in names:
+            if client.collection_exists(name):
+                client.delete_collection(name)
+        client.close()
+
+
+def _sigkill_converges(tmp_path: Path, embedder, server: tuple[str, list[str]] | None) -> None:
+    def args(store: Path, k: int) -> list[str]:
+        return [str(store), str(corpus)] + ([server[0], server[1][k]] if server else [])
+
+    def points(store: Path, k: int) -> dict[str, tuple[bytes, str]]:
+        if server is None:
+            return _points(store, embedder)
+        return _points(store, embedder, url=server[0], collection=server[1][k], state_dir=store)
+
     corpus = tmp_path / "corpus"
     corpus.mkdir()
     for name, text in _real_texts(8, max_bytes=4000):
         (corpus / name).write_text(text, encoding="utf-8")
     ref_store = tmp_path / "ref"
-    subprocess.run([sys.executable, "-c", CRASH_SCRIPT, str(ref_store), str(corpus)], check=True)
-    expected = _points(ref_store, embedder)
+    subprocess.run([sys.executable, "-c", CRASH_SCRIPT, *args(ref_store, 0)], check=True)
+    expected = points(ref_store, 0)
     assert expected
 
     store = tmp_path / "crashy"
@@ -221,19 +273,17 @@ def test_sigkill_at_random_moments_converges_exactly(tmp_path: Path, embedder) -
             victim = sorted(corpus.iterdir())[0]
             victim.write_text(victim.read_text(encoding="utf-8") + "\n\nAppended text.\n")
             shutil.copy(victim, tmp_path / "victim")
-        proc = subprocess.Popen(
-            [sys.executable, "-c", CRASH_SCRIPT, str(store), str(corpus)], env=env
-        )
+        proc = subprocess.Popen([sys.executable, "-c", CRASH_SCRIPT, *args(store, 1)], env=env)
         try:
             proc.wait(timeout=delay)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-    subprocess.run([sys.executable, "-c", CRASH_SCRIPT, str(store), str(corpus)], check=True)
+    subprocess.run([sys.executable, "-c", CRASH_SCRIPT, *args(store, 1)], check=True)
     # The reference run saw the corpus before the edit: bring it up to date too.
-    subprocess.run([sys.executable, "-c", CRASH_SCRIPT, str(ref_store), str(corpus)], check=True)
-    expected = _points(ref_store, embedder)
-    got = _points(store, embedder)
+    subprocess.run([sys.executable, "-c", CRASH_SCRIPT, *args(ref_store, 0)], check=True)
+    expected = points(ref_store, 0)
+    got = points(store, 1)
     assert set(got) == set(expected)
     assert got == expected
 
