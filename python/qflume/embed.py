@@ -1,9 +1,11 @@
 """Dense embeddings with ONNX Runtime and HF tokenizers, at the model's own speed.
 
-The costs around the model are hidden or removed: texts are sorted by token length inside windows
-of a few hundred and batched by a token budget (so batches carry almost no padding), the next window
-is tokenized in a worker thread while ONNX Runtime runs the current one (both release the GIL), and
-pooling + normalization are vectorized numpy. The caller's order is restored at the end.
+The costs around the model are hidden or removed: texts are tokenized in windows of a few hundred,
+the next window in a worker thread while ONNX Runtime runs the current one (both release the GIL);
+int8 models run one call per text on one single-thread session per core (the same text always
+gets the same vector, see :class:`Embedder`), other models run length-sorted batches of a token
+budget (almost no padding); pooling + normalization are vectorized numpy. The caller's order is
+restored at the end.
 
 Texts longer than the model's limit are truncated to it (``max_tokens``; for all-MiniLM-L6-v2 the
 sentence-transformers limit, 256 tokens): what is past it does not count in the vector, as in
@@ -172,16 +174,23 @@ class Embedder:
 
     ``model`` is a folder with model.onnx + tokenizer.json (+ sentence-transformers configs), or a
     BERT-family weights folder (config.json + model.safetensors), built into the cache.
-    ``threads``: ONNX Runtime intra-op threads (default: the usable cores). ``providers``: ORT
+    ``threads``: the cores ONNX Runtime uses (default: the usable cores). ``providers``: ORT
     execution providers (default: CUDA when onnxruntime-gpu has it, else CPU). ``max_tokens``:
     truncation limit (default: the model's, e.g. 256 for all-MiniLM-L6-v2); longer texts are cut.
-    ``batch_tokens``: the padded token budget of one model call (default: 512 on CPU, 16384 when
-    an accelerator's provider such as CUDA runs the model). On CPU small calls win because one call's activations stay in the cores' caches:
-    measured on 2 cores (int8 all-MiniLM-L6-v2, 200 real Python-docs chunks of ~1000 / ~750
-    chars, best of 5, alternating), chunks/s for budgets 256 / 512 / 1024 / 2048 / 4096:
-    117.2 / 113.1 / 107.2 / 101.1 / 96.7 and 140.8 / 149.2 / 140.4 / 134.1 / 124.4. 512 is
-    best or within noise of it on both. ORT's thread spinning off, thread affinities, denormals
-    as zero and two single-thread sessions made no gain.
+
+    A model that quantizes activations at run time (the int8 builds) runs on a CPU with one call
+    per text, on one single-thread session per core side by side (:attr:`per_text`): a batched
+    call scales all its texts' activations together, so a text's vector would depend on what
+    shares its call. This way the same text always gets the bit-identical vector, and it is also
+    the fastest way on 2 cores (124 vs 110 chunks/s batched, ~1000-char chunks).
+
+    Other models (fp32, or any model on an accelerator) run length-sorted batches of at most
+    ``batch_tokens`` padded tokens per call (default: 512 on CPU, 16384 when an accelerator's
+    provider such as CUDA runs the model). On CPU small calls win because one call's activations
+    stay in the cores' caches: measured on 2 cores (the int8 build batched, 200 real Python-docs
+    chunks of ~1000 / ~750 chars, best of 5, alternating), chunks/s for budgets 256 / 512 / 1024
+    / 2048 / 4096: 117.2 / 113.1 / 107.2 / 101.1 / 96.7 and 140.8 / 149.2 / 140.4 / 134.1 /
+    124.4. ORT's thread spinning off, thread affinities and denormals as zero made no gain.
     """
 
     def __init__(
