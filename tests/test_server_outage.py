@@ -140,12 +140,16 @@ def _wait_for_upserts(state: Path, collection: str, proc: subprocess.Popen[str])
     raise AssertionError("the run acknowledged nothing before it ended")
 
 
-def test_killed_server_fails_the_run_clearly_and_the_rerun_converges(server, corpus, tmp_path):
+def _uninterrupted(server: Server, corpus: Path, tmp_path: Path) -> dict[str, tuple]:
+    """The point set of a run nothing interrupts, in collection "ref"."""
     ref = _ingest(server, "ref", tmp_path / "s_ref", corpus)
     _, err = ref.communicate(timeout=600)
     assert ref.returncode == 0, err
-    expected = _points(server, "ref", tmp_path / "s_ref")
+    return _points(server, "ref", tmp_path / "s_ref")
 
+
+def test_killed_server_fails_the_run_clearly_and_the_rerun_converges(server, corpus, tmp_path):
+    expected = _uninterrupted(server, corpus, tmp_path)
     state = tmp_path / "s_out"
     run = _ingest(server, "out", state, corpus)
     _wait_for_upserts(state, "out", run)
@@ -163,11 +167,7 @@ def test_killed_server_fails_the_run_clearly_and_the_rerun_converges(server, cor
 
 
 def test_frozen_server_is_waited_out(server, corpus, tmp_path):
-    ref = _ingest(server, "ref", tmp_path / "s_ref", corpus)
-    _, err = ref.communicate(timeout=600)
-    assert ref.returncode == 0, err
-    expected = _points(server, "ref", tmp_path / "s_ref")
-
+    expected = _uninterrupted(server, corpus, tmp_path)
     state = tmp_path / "s_frozen"
     run = _ingest(server, "frozen", state, corpus)
     _wait_for_upserts(state, "frozen", run)
