@@ -308,6 +308,26 @@ class _Hook(http.server.BaseHTTPRequestHandler):
         pass
 
 
+class _Gate:
+    """The embedder, but a call waits while `open` is clear (and says it came in `entered`):
+    the test decides when a job's first step may finish, not the machine's speed."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.open = threading.Event()
+        self.open.set()
+        self.entered = threading.Event()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def embed(self, texts: Any) -> Any:
+        if not self.open.is_set():
+            self.entered.set()
+            assert self.open.wait(60), "the gate was never opened"
+        return self.inner.embed(texts)
+
+
 def test_shutdown_persists_queued_jobs_and_restart_resumes_them(
     tmp_path: Path, embedder: Any
 ) -> None:
@@ -315,15 +335,27 @@ def test_shutdown_persists_queued_jobs_and_restart_resumes_them(
     threading.Thread(target=hook.serve_forever, daemon=True).start()
     callback = f"http://127.0.0.1:{hook.server_address[1]}/done"
     texts = _paragraphs(48, skip=140)
+    gate = _Gate(embedder)
     try:
-        srv = _start(tmp_path, embedder, slice_records=4)
+        srv = _start(tmp_path, gate, slice_records=4)
+        gate.open.clear()  # from here on the first model call waits until the server is stopping
         c = srv.client
         first = c.post("/batch/store", json={"records": _records(texts[:40], "a")}).json()
         second = c.post(
             "/batch/store",
             json={"records": _records(texts[40:], "b"), "callback_url": callback},
         ).json()
-        srv.stop()  # drain=0: the step in progress finishes, the rest stays queued on disk
+        assert gate.entered.wait(60), "the first job never reached the model"
+        # drain=0: the step in progress finishes, the rest stays queued on disk.
+        stopper = threading.Thread(target=srv.stop)
+        stopper.start()
+        deadline = time.monotonic() + 30
+        while not srv.service.jobs._stopping:
+            assert time.monotonic() < deadline, "the job queue was never told to stop"
+            time.sleep(0.01)
+        gate.open.set()
+        stopper.join(90)
+        assert not stopper.is_alive()
 
         jobs_file = tmp_path / "store" / "docs.jobs.sqlite"
         with sqlite3.connect(jobs_file) as db:
