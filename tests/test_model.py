@@ -60,7 +60,7 @@ def test_int8_build_is_quantized_and_close(tmp_path, cache):
     src = tmp_path / "src"
     w = make_tiny_bert(src, hidden=64, intermediate=128)
     out = qmodel.build(src, int8=True, quiet=True)
-    assert out.name.endswith("-int8")
+    assert out.name.endswith("-" + qmodel.int8_kind())
     import onnx
 
     graph = onnx.load(str(out / "model.onnx")).graph
@@ -110,7 +110,16 @@ def test_build_into_out_and_cli(tmp_path, cache, capsys):
     assert qmodel.main(["build", str(src), "--int8", "--out", str(out)]) == 0
     assert capsys.readouterr().out.strip() == str(out.resolve())
     meta = json.loads((out / "qflume_build.json").read_text())
-    assert meta["kind"] == "int8" and meta["source"] == str(src.resolve())
+    assert meta["kind"] == qmodel.int8_kind() and meta["source"] == str(src.resolve())
+    assert meta["built_on"] == qmodel.int8_path()
+    assert qmodel.main(["build", str(src), "--kind", "int8-r7", "--out", str(tmp_path / "r7")]) == 0
+    meta = json.loads((tmp_path / "r7" / "qflume_build.json").read_text())
+    assert meta["kind"] == "int8-r7" and meta["weight_bits"] == 7
+    capsys.readouterr()
+    with pytest.raises(SystemExit):  # --int8 and --kind are exclusive
+        qmodel.main(["build", str(src), "--int8", "--kind", "fp32"])
+    with pytest.raises(qflume.ModelError, match="unknown model kind 'int4'"):
+        qmodel.build(src, int8="int4")
     assert qmodel.main(["build", str(tmp_path / "nope")]) == 1
     assert "nope" in capsys.readouterr().err
 
@@ -164,6 +173,65 @@ def test_missing_tensor_is_named(tmp_path, cache):
     save_file(w, str(src / "model.safetensors"))
     with pytest.raises(qflume.ModelError, match=r"encoder\.layer\.1\.intermediate\.dense"):
         qmodel.build(src, quiet=True)
+
+
+CPUS = {  # name: (features present, int8 recipe, default build)
+    "Xeon with AVX-512 VNNI": ({"x86_64", "avx2", "avx512bw", "avx512_vnni"}, "int8", "int8"),
+    "Alder Lake with AVX-VNNI": ({"x86_64", "avx2", "avx_vnni"}, "int8", "int8"),
+    "EPYC Zen 2/3, AVX2 only": ({"x86_64", "avx2"}, "int8-r7", "int8-r7"),
+    "Skylake-X, AVX-512 without VNNI": ({"x86_64", "avx2", "avx512bw"}, "int8-r7", "int8-r7"),
+    "old x86, SSE only": ({"x86_64"}, "int8-r7", "fp32"),
+    "Graviton 2+, ARM dot product": ({"aarch64", "asimddp"}, "int8", "int8"),
+    "ARM without dot product": ({"aarch64"}, "int8", "fp32"),
+}
+
+
+@pytest.mark.parametrize("cpu", sorted(CPUS))
+def test_recipe_and_default_kind_per_cpu(monkeypatch, cpu):
+    present, recipe, default = CPUS[cpu]
+    names = qflume._core.cpu_features().keys()
+    features = {name: name in present for name in names}
+    monkeypatch.setattr(qmodel._core, "cpu_features", lambda: dict(features))
+    assert qmodel.cpu_has_vnni() == bool(present & {"avx512_vnni", "avx_vnni", "asimddp"})
+    assert (qmodel.int8_kind(), qmodel.default_kind()) == (recipe, default)
+    assert qmodel._kind_of(True) == recipe and qmodel._kind_of(False) == "fp32"
+
+
+def test_cpu_features_read_the_cpu_itself():
+    """CPUID (what ONNX Runtime's kernels test), never more than /proc/cpuinfo lists."""
+    features = qflume._core.cpu_features()
+    assert set(features) == {"x86_64", "aarch64", "avx2", "avx512bw", "avx512_vnni", "avx_vnni",
+                             "asimddp"}  # fmt: skip
+    try:
+        flags = next(
+            set(line.split(":", 1)[1].split())
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith(("flags", "Features"))
+        )
+    except (OSError, StopIteration):
+        pytest.skip("no /proc/cpuinfo flags here")
+    for name, present in features.items():
+        if present and name not in ("x86_64", "aarch64"):
+            assert name in flags, name
+    if features["x86_64"]:
+        assert features["avx2"] == ("avx2" in flags)
+
+
+def test_model_info(tmp_path, cache, capsys):
+    src = tmp_path / "src"
+    make_tiny_bert(src)
+    qmodel.build(src, int8=True, quiet=True)
+    data = qmodel.info(src)
+    assert data["int8_path"] == qmodel.int8_path() and data["default_kind"] == qmodel.default_kind()
+    assert list(data["builds"]) == [qmodel.int8_kind()]
+    assert data["builds"][qmodel.int8_kind()]["built_on"] == qmodel.int8_path()
+    assert qmodel.main(["info", str(src), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == data
+    assert qmodel.main(["info", str(src)]) == 0
+    text = capsys.readouterr().out
+    assert f"int8 recipe    {qmodel.int8_kind()}" in text and f"built {qmodel.int8_kind()}" in text
+    assert qmodel.main(["info", str(tmp_path / "nope")]) == 0
+    assert "is not a folder" in capsys.readouterr().out
 
 
 def test_cpu_flag_probe_and_default_source():

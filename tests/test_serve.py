@@ -32,7 +32,7 @@ def _paragraphs(n: int, *, skip: int = 0) -> list[str]:
     else:  # the stdlib is always there
         import sysconfig
 
-        files = sorted(Path(sysconfig.get_paths()["stdlib"]).glob("*.py"))
+        files = sorted(Path(sysconfig.get_paths()["stdlib"]).rglob("*.py"))
     out: list[str] = []
     seen: set[str] = set()
     for f in files:

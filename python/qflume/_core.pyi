@@ -13,6 +13,10 @@ __version__: Final[str]
 def set_threads(n: int) -> None: ...
 def get_threads() -> int: ...
 
+# --- cpu -------------------------------------------------------------------
+
+def cpu_features() -> dict[str, bool]: ...
+
 # --- hash --------------------------------------------------------------------
 
 HASH_LEN: Final[int]

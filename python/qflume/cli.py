@@ -71,7 +71,9 @@ def _parser() -> argparse.ArgumentParser:
     _target_args(p)
     p.add_argument("--repair", action="store_true", help="fix what is found")
 
-    p = sub.add_parser("model", help="build ONNX models (qflume model build SRC [--int8])")
+    p = sub.add_parser(
+        "model", help="ONNX models: qflume model build SRC [--int8], qflume model info"
+    )
     p.add_argument("args", nargs=argparse.REMAINDER)
 
     p = sub.add_parser(

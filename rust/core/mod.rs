@@ -1,6 +1,7 @@
 //! Pure-Rust capabilities, one module each. Nothing here knows about Python.
 
 pub mod chunk;
+pub mod cpu;
 pub mod error;
 pub mod hash;
 pub mod pack;

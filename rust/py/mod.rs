@@ -4,6 +4,7 @@
 use pyo3::prelude::*;
 
 mod chunk;
+mod cpu;
 mod error;
 mod hash;
 mod pack;
@@ -19,6 +20,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     threads::register(m)?;
     hash::register(m)?;
     chunk::register(m)?;
+    cpu::register(m)?;
     scan::register(m)?;
     pack::register(m)?;
     sparse::register(m)?;
