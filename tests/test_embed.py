@@ -266,6 +266,10 @@ def test_model_fingerprint_equals_model_id_without_a_session(builds, fp32, int8,
         raise AssertionError("model_fingerprint must not create an InferenceSession")
 
     ids = {"fp32": fp32.model_id, "int8": int8.model_id}
+    other = qmodel.INT8_7BIT if qmodel.int8_kind() == qmodel.INT8 else qmodel.INT8
+    ids[other] = Embedder(builds[other]).model_id
+    ids[qmodel.int8_kind()] = int8.model_id
+    assert len(set(ids.values())) == 3  # each build its own model id
     small = Embedder(builds["int8"], max_tokens=64).model_id
     monkeypatch.setattr(onnxruntime, "InferenceSession", no_session)
     for kind, path in builds.items():
