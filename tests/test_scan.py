@@ -76,6 +76,7 @@ def test_skip_reasons_are_the_documented_stable_strings() -> None:
         "changed-during-scan",
         "symlink-loop",
         "not-a-file",
+        "hidden",
     }
 
 
@@ -93,7 +94,13 @@ def test_gitignore_and_ignore_files_are_honoured_outside_git(tmp_path: Path) -> 
     write(tmp_path, ".hidden/h.txt", "h")
     write(tmp_path, ".dot.txt", "d")
     write(tmp_path, ".git/config", "[core]\n")
-    assert keys(scan(tmp_path)) == ["a.txt", "keep.log", "sub/other.txt"]
+    entries = scan(tmp_path)
+    assert keys([e for e in entries if e.ok]) == ["a.txt", "keep.log", "sub/other.txt"]
+    # hidden entries are reported, a folder once (not walked); .git and the ignore files are not
+    hidden = [(e.key, e.skip) for e in entries if not e.ok]
+    assert hidden == [(".dot.txt", "hidden"), (".hidden", "hidden")]
+    assert "hidden folder, not walked" in next(e.detail for e in entries if e.key == ".hidden")
+    assert [e.key for e in scan(tmp_path, include=["*.md"])] == []  # not what was asked for
 
     everything = keys(scan(tmp_path, ignore_files=False, hidden=True))
     assert everything == [
@@ -111,6 +118,7 @@ def test_gitignore_and_ignore_files_are_honoured_outside_git(tmp_path: Path) -> 
         "sub/other.txt",
     ]  # .git is never walked
     assert ".hidden/h.txt" in keys(scan(tmp_path, hidden=True))
+    assert all(e.ok for e in scan(tmp_path, hidden=True))
     assert "debug.log" not in keys(scan(tmp_path, hidden=True))
 
 

@@ -3,8 +3,10 @@
 //!
 //! The walk is the `ignore` crate's parallel walker (the one ripgrep uses):
 //! `.gitignore`, `.ignore` and `.git/info/exclude` are honoured even outside a
-//! git repository, hidden entries and `.git` folders are left out. Each walker
-//! thread reads and hashes the files it meets, so reading overlaps listing.
+//! git repository. Hidden entries (names starting with `.`) are left out and
+//! reported as [`SkipReason::Hidden`] unless `hidden` is set; `.git` and the
+//! walk's own `.gitignore` / `.ignore` files are left out without a word. Each
+//! walker thread reads and hashes the files it meets, so reading overlaps listing.
 //!
 //! Every problem with one file becomes an entry with a [`SkipReason`]; only a
 //! root that cannot be opened, a bad glob or two files claiming the same key
@@ -45,10 +47,12 @@ pub enum SkipReason {
     SymlinkLoop,
     /// A FIFO, socket, device (or an unfollowed symbolic link).
     NotAFile,
+    /// A hidden file or folder (its name starts with `.`), left out unless `hidden` is set.
+    Hidden,
 }
 
 impl SkipReason {
-    pub const ALL: [SkipReason; 9] = [
+    pub const ALL: [SkipReason; 10] = [
         SkipReason::Binary,
         SkipReason::NotUtf8,
         SkipReason::TooLarge,
@@ -58,6 +62,7 @@ impl SkipReason {
         SkipReason::ChangedDuringScan,
         SkipReason::SymlinkLoop,
         SkipReason::NotAFile,
+        SkipReason::Hidden,
     ];
 
     /// Reasons decided by the bytes alone: with size and mtime unchanged they
@@ -77,6 +82,7 @@ impl SkipReason {
             SkipReason::ChangedDuringScan => "changed-during-scan",
             SkipReason::SymlinkLoop => "symlink-loop",
             SkipReason::NotAFile => "not-a-file",
+            SkipReason::Hidden => "hidden",
         }
     }
 }
@@ -152,7 +158,8 @@ pub struct ScanOptions {
     pub exclude: Vec<String>,
     pub max_file_size: u64,
     pub follow_links: bool,
-    /// Also walk hidden files and folders (`.git` folders are always left out).
+    /// Also walk hidden files and folders (`.git` folders are always left out); without it
+    /// each hidden entry the filters would keep is reported as [`SkipReason::Hidden`].
     pub hidden: bool,
     /// Honour `.gitignore`, `.ignore` and `.git/info/exclude`.
     pub ignore_files: bool,
@@ -331,7 +338,8 @@ fn walk(
     let mut wb = WalkBuilder::new(root);
     let ig = opts.ignore_files;
     wb.follow_links(opts.follow_links)
-        .hidden(!opts.hidden)
+        // Hidden entries are filtered below, so that they can be reported.
+        .hidden(false)
         .ignore(ig)
         .git_ignore(ig)
         .git_exclude(ig)
@@ -342,13 +350,40 @@ fn walk(
         .threads(threads.max(1));
     let f = Arc::clone(filters);
     let root_owned = root.to_path_buf();
+    let hidden = Arc::new(Mutex::new(Vec::new()));
+    let seen = Arc::clone(&hidden);
+    let report_hidden = !opts.hidden;
     wb.filter_entry(move |dent| {
         let is_dir = dent.file_type().is_some_and(|t| t.is_dir());
-        if is_dir && dent.file_name() == ".git" {
+        let name = dent.file_name();
+        if name == ".git" {
             return false;
         }
         let rel = dent.path().strip_prefix(&root_owned).unwrap_or(dent.path());
-        f.keep(rel, is_dir)
+        if !f.keep(rel, is_dir) {
+            return false;
+        }
+        if report_hidden && dent.depth() > 0 && name.as_encoded_bytes().starts_with(b".") {
+            let config = !is_dir && WALK_FILES.iter().any(|w| name == *w);
+            if !config && (!is_dir || f.keep_problem(rel, true)) {
+                let what = if is_dir {
+                    "hidden folder, not walked"
+                } else {
+                    "hidden file"
+                };
+                let e = ScanEntry::skipped(
+                    key_of(&root_owned, dent.path()),
+                    dent.path().to_path_buf(),
+                    SkipReason::Hidden,
+                    format!(
+                        "{what} (its name starts with '.'; scan with hidden=True to include it)"
+                    ),
+                );
+                seen.lock().unwrap_or_else(|p| p.into_inner()).push(e);
+            }
+            return false;
+        }
+        true
     });
     let results = Mutex::new(Vec::new());
     let mut builder = Builder {
@@ -359,13 +394,18 @@ fn walk(
         results: &results,
     };
     wb.build_parallel().visit(&mut builder);
-    results
+    let mut out: Vec<ScanEntry> = results
         .into_inner()
         .unwrap_or_else(|p| p.into_inner())
         .into_iter()
         .flatten()
-        .collect()
+        .collect();
+    out.append(&mut hidden.lock().unwrap_or_else(|p| p.into_inner()));
+    out
 }
+
+/// The walk's own configuration files: read by the walker, never reported as hidden.
+const WALK_FILES: [&str; 2] = [".gitignore", ".ignore"];
 
 struct Builder<'a> {
     root: &'a Path,
