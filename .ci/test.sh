@@ -49,5 +49,17 @@ step "ruff"
 step "mypy stubtest qflume._core"
 "$py" -m mypy.stubtest qflume._core --allowlist .ci/stubtest-allowlist.txt
 
+# A real Qdrant server for the tests marked qdrant_server (tests/conftest.py starts it on
+# loopback, free ports, a temporary storage folder, and stops it by its pid): ../shared/bin/qdrant
+# where it exists (CI), or the QDRANT_BIN / QDRANT_URL the caller gives. Without one they skip.
+if [ -z "${QDRANT_BIN:-}" ] && [ -z "${QDRANT_URL:-}" ] && [ -f ../shared/bin/qdrant ]; then
+  QDRANT_BIN=$(cd ../shared/bin && pwd)/qdrant
+  if [ ! -x "$QDRANT_BIN" ]; then  # a copy that lost its mode bits
+    mkdir -p target/qdrant-bin && cp "$QDRANT_BIN" target/qdrant-bin/qdrant
+    chmod +x target/qdrant-bin/qdrant && QDRANT_BIN=$root/target/qdrant-bin/qdrant
+  fi
+  export QDRANT_BIN
+fi
+
 step "pytest"
-"$py" -m pytest -q -p no:cacheprovider "$@"
+"$py" -m pytest -q -p no:cacheprovider -rs "$@"

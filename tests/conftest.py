@@ -1,7 +1,41 @@
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
+import pytest
+
 # Lets tests import small helper modules that live beside them.
 sys.path.insert(0, str(Path(__file__).parent))
+
+#: One real Qdrant server for the whole run, started here when QDRANT_BIN names a qdrant binary
+#: and QDRANT_URL names none (the test command sets QDRANT_BIN to ../shared/bin/qdrant when that
+#: file exists). Tests that need a server skip with a one-line reason when there is neither.
+_SERVER = None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    global _SERVER
+    binary = os.environ.get("QDRANT_BIN")
+    if binary and not os.environ.get("QDRANT_URL"):
+        from qflume.testing import QdrantServer
+
+        _SERVER = QdrantServer(binary).start()
+        os.environ["QDRANT_URL"] = _SERVER.url
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    global _SERVER
+    if _SERVER is not None:
+        _SERVER.close()  # stopped by its pid, whatever the tests did
+        os.environ.pop("QDRANT_URL", None)
+        _SERVER = None
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    if _SERVER is not None:
+        return f"real Qdrant server: {_SERVER.version()} (pid {_SERVER.pid}) at {_SERVER.url}"
+    if os.environ.get("QDRANT_URL"):
+        return f"real Qdrant server: QDRANT_URL={os.environ['QDRANT_URL']}"
+    return "real Qdrant server: none (set QDRANT_BIN or QDRANT_URL); its tests skip"

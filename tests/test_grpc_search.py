@@ -26,6 +26,7 @@ import qflume
 from qflume.pipeline import Pipeline
 from qflume.sinks import CollectionSpec, EdgeSink, GrpcSink, QueryRequest, ScoredPoint, SparseBatch
 from qflume.testing import QdrantGrpcServer
+from realserver import real_server
 
 DIM = 16
 N = 90
@@ -541,8 +542,7 @@ def test_pipeline_over_grpc_finds_a_verbatim_sentence_first(
 # --- a real Qdrant server -----------------------------------------------------------------------
 
 
-@pytest.mark.qdrant_server
-@pytest.mark.skipif(not os.environ.get("QDRANT_URL"), reason="QDRANT_URL is not set")
+@real_server
 def test_real_server_gives_the_same_hits(collection: str, sinks: tuple[GrpcSink, EdgeSink]) -> None:
     _, local = sinks
     url = os.environ["QDRANT_URL"]

@@ -21,6 +21,7 @@ from qdrant_client import grpc as qg
 import qflume
 from qflume.sinks import CollectionSpec, GrpcSink, PointBatch, SparseBatch
 from qflume.testing import QdrantGrpcServer
+from realserver import real_server
 
 FAST = {"retries": 2, "backoff": (0.01, 0.05), "timeout": 10.0}
 
@@ -346,8 +347,7 @@ def test_bad_url() -> None:
         GrpcSink("ftp://x:1", "c")
 
 
-@pytest.mark.qdrant_server
-@pytest.mark.skipif(not os.environ.get("QDRANT_URL"), reason="QDRANT_URL is not set")
+@real_server
 def test_real_server_round_trip(collection: str) -> None:
     from qdrant_client import QdrantClient
 

@@ -22,6 +22,7 @@ import pytest
 import qflume
 from qflume.exceptions import StateLockedError
 from qflume.pipeline import Pipeline
+from realserver import real_server
 
 DOCS = Path("/usr/share/doc/python3.11/html/_sources")
 
@@ -221,8 +222,7 @@ def test_sigkill_at_random_moments_converges_exactly(tmp_path: Path, embedder) -
     _sigkill_converges(tmp_path, embedder, server=None)
 
 
-@pytest.mark.qdrant_server
-@pytest.mark.skipif(not os.environ.get("QDRANT_URL"), reason="QDRANT_URL is not set")
+@real_server
 def test_sigkill_at_random_moments_converges_exactly_on_a_real_server(
     tmp_path: Path, embedder
 ) -> None:

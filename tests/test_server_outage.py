@@ -12,84 +12,27 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from qflume.pipeline import Pipeline
+from qflume.testing import QdrantServer
+from realserver import needs_binary
 
-pytestmark = [
-    pytest.mark.qdrant_server,
-    pytest.mark.skipif(not os.environ.get("QDRANT_BIN"), reason="QDRANT_BIN is not set"),
-]
+pytestmark = needs_binary
 
 DOCS = Path("/usr/share/doc/python3.11/html/_sources/library")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Server:
-    """A qdrant process on free ports over a storage folder that outlives restarts."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.http, self.grpc = _free_port(), _free_port()
-        self.url = f"http://127.0.0.1:{self.grpc}"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> Server:
-        env = dict(
-            os.environ,
-            QDRANT__SERVICE__HTTP_PORT=str(self.http),
-            QDRANT__SERVICE__GRPC_PORT=str(self.grpc),
-            QDRANT__STORAGE__STORAGE_PATH=str(self.root / "storage"),
-            QDRANT__STORAGE__SNAPSHOTS_PATH=str(self.root / "snapshots"),
-            QDRANT__TELEMETRY_DISABLED="true",
-        )
-        with open(self.root / "qdrant.log", "ab") as log:  # the process keeps its own copy
-            self.proc = subprocess.Popen(
-                [os.environ["QDRANT_BIN"]], cwd=self.root, env=env, stdout=log, stderr=log
-            )
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.http}/readyz", timeout=1):
-                    return self
-            except OSError:
-                time.sleep(0.2)
-        raise RuntimeError(f"qdrant did not start: see {self.root / 'qdrant.log'}")
-
-    def signal(self, sig: int) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(sig)
-        if sig == signal.SIGKILL:
-            self.proc.wait()
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGCONT)
-            self.proc.kill()
-            self.proc.wait()
-
-
 @pytest.fixture()
 def server(tmp_path: Path):
-    s = Server(tmp_path / "qdrant")
-    s.root.mkdir()
-    s.start()
-    yield s
-    s.stop()
+    with QdrantServer(os.environ["QDRANT_BIN"], tmp_path / "qdrant") as s:
+        yield s
 
 
 @pytest.fixture(scope="module")
@@ -102,14 +45,18 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def _ingest(server: Server, collection: str, state: Path, corpus: Path) -> subprocess.Popen[str]:
+def _ingest(
+    server: QdrantServer, collection: str, state: Path, corpus: Path
+) -> subprocess.Popen[str]:
     cmd = [sys.executable, "-m", "qflume", "ingest", str(corpus), "-c", collection,
            "--url", server.url, "--state-dir", str(state), "--sparse", "bm25", "--json",
            "--no-progress"]  # fmt: skip
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def _points(server: Server, collection: str, state: Path) -> dict[str, tuple[bytes, bytes, str]]:
+def _points(
+    server: QdrantServer, collection: str, state: Path
+) -> dict[str, tuple[bytes, bytes, str]]:
     with Pipeline(collection, url=server.url, state_dir=state, lock=False, progress=False) as p:
         out = {}
         for rec in p.sink.scroll(with_payload=True, with_vectors=True):
@@ -140,7 +87,7 @@ def _wait_for_upserts(state: Path, collection: str, proc: subprocess.Popen[str])
     raise AssertionError("the run acknowledged nothing before it ended")
 
 
-def _uninterrupted(server: Server, corpus: Path, tmp_path: Path) -> dict[str, tuple]:
+def _uninterrupted(server: QdrantServer, corpus: Path, tmp_path: Path) -> dict[str, tuple]:
     """The point set of a run nothing interrupts, in collection "ref"."""
     ref = _ingest(server, "ref", tmp_path / "s_ref", corpus)
     _, err = ref.communicate(timeout=600)
@@ -153,7 +100,7 @@ def test_killed_server_fails_the_run_clearly_and_the_rerun_converges(server, cor
     state = tmp_path / "s_out"
     run = _ingest(server, "out", state, corpus)
     _wait_for_upserts(state, "out", run)
-    server.signal(signal.SIGKILL)
+    server.kill()
     _, err = run.communicate(timeout=600)
     assert run.returncode != 0
     assert f"Qdrant at {server.url}" in err and "collection 'out'" in err, err
@@ -171,9 +118,23 @@ def test_frozen_server_is_waited_out(server, corpus, tmp_path):
     state = tmp_path / "s_frozen"
     run = _ingest(server, "frozen", state, corpus)
     _wait_for_upserts(state, "frozen", run)
-    server.signal(signal.SIGSTOP)  # accepts connections, answers nothing
+    server.freeze()  # accepts connections, answers nothing
     time.sleep(5)
-    server.signal(signal.SIGCONT)
+    server.thaw()
     _, err = run.communicate(timeout=600)
     assert run.returncode == 0, err
     assert _points(server, "frozen", state) == expected
+
+
+def test_restarted_server_is_ridden_through(server, corpus, tmp_path):
+    """Killed and back a moment later, while the run goes on: the sink's retries reconnect and the
+    run ends with exit 0 and the uninterrupted point set."""
+    expected = _uninterrupted(server, corpus, tmp_path)
+    state = tmp_path / "s_restart"
+    run = _ingest(server, "restart", state, corpus)
+    _wait_for_upserts(state, "restart", run)
+    server.kill()
+    server.start()  # same ports, same storage
+    _, err = run.communicate(timeout=600)
+    assert run.returncode == 0, err
+    assert _points(server, "restart", state) == expected

@@ -18,16 +18,24 @@ filter), Get, Count, Scroll, SetPayload, OverwritePayload, DeletePayload, ClearP
 CreateFieldIndex, DeleteFieldIndex, UpdateBatch, Search, SearchBatch, Query and QueryBatch (dense,
 sparse, by point id, prefetch with RRF/DBSF fusion, order_by, filters); Qdrant HealthCheck. Other
 methods answer UNIMPLEMENTED. Updates are applied before the reply (wait=false is acknowledged).
+
+`QdrantServer` runs a real Qdrant server binary on loopback (free ports, its own storage folder),
+with kill, freeze and restart, for tests against the production path.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
 import tempfile
 import threading
 import time
+import urllib.request
 import warnings
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -45,7 +53,7 @@ from qflume import _testing_convert as cv
 if TYPE_CHECKING:  # pragma: no cover
     from qdrant_client import QdrantClient
 
-__all__ = ["QdrantGrpcServer"]
+__all__ = ["QdrantGrpcServer", "QdrantServer"]
 
 _EDGE_CONFIG = "edge_config.json"
 
@@ -783,3 +791,167 @@ def _normalize(method: str) -> str:
     if method.startswith("/"):
         return _method_key(method)
     return method
+
+
+# --------------------------------------------------------------------------- a real server
+
+
+def _free_port(host: str) -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    """Linux: the server gets SIGKILL when the process that started it dies, however it dies."""
+    import ctypes
+    import signal
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+class QdrantServer:
+    """A real Qdrant server process (a ``qdrant`` binary) on loopback, for tests and benches.
+
+    It listens on 127.0.0.1 only, on free ports (``http_port`` for REST, ``grpc_port`` for gRPC:
+    ``url`` is the gRPC one, what qflume's ``--url`` takes), over its own storage folder (``root``,
+    a temporary folder removed by ``close()`` if None), with telemetry off. ``start()`` waits until
+    it answers ``/readyz``; the storage outlives ``kill()`` + ``start()``, so a restart finds what
+    the server had acknowledged. It is stopped by its pid, and on Linux it dies with the process
+    that started it even when that one is SIGKILLed::
+
+        with QdrantServer(os.environ["QDRANT_BIN"]) as server:
+            Pipeline("docs", url=server.url).ingest(["docs/"])
+            server.freeze(); ...; server.thaw()   # SIGSTOP / SIGCONT: a server that hangs
+            server.kill(); server.start()         # a crash and a restart
+    """
+
+    def __init__(
+        self,
+        binary: str | os.PathLike[str],
+        root: str | os.PathLike[str] | None = None,
+        *,
+        ready_timeout: float = 60.0,
+    ) -> None:
+        self.binary = Path(binary).resolve()
+        if not self.binary.is_file() or not os.access(self.binary, os.X_OK):
+            raise FileNotFoundError(f"no executable qdrant server at {self.binary}")
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        if root is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="qflume-qdrant-server-")
+            root = self._tmp.name
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.host = "127.0.0.1"
+        self.http_port = _free_port(self.host)
+        self.grpc_port = _free_port(self.host)
+        self.ready_timeout = ready_timeout
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        """The gRPC endpoint, as qflume's ``url=`` / ``--url`` takes it."""
+        return f"http://{self.host}:{self.grpc_port}"
+
+    @property
+    def http_url(self) -> str:
+        return f"http://{self.host}:{self.http_port}"
+
+    @property
+    def log(self) -> Path:
+        return self.root / "qdrant.log"
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None and self.proc.poll() is None else None
+
+    def version(self) -> str:
+        """``qdrant --version`` (e.g. ``qdrant 1.18.3``)."""
+        out = subprocess.run(
+            [str(self.binary), "--version"], capture_output=True, text=True, timeout=30, check=False
+        )
+        return out.stdout.strip() or out.stderr.strip()
+
+    def start(self) -> QdrantServer:
+        """Start the process (again, on the same ports and storage) and wait until it is ready."""
+        if self.pid is not None:
+            return self
+        env = dict(
+            os.environ,
+            QDRANT__SERVICE__HOST=self.host,
+            QDRANT__SERVICE__HTTP_PORT=str(self.http_port),
+            QDRANT__SERVICE__GRPC_PORT=str(self.grpc_port),
+            QDRANT__STORAGE__STORAGE_PATH=str(self.root / "storage"),
+            QDRANT__STORAGE__SNAPSHOTS_PATH=str(self.root / "snapshots"),
+            QDRANT__TELEMETRY_DISABLED="true",
+        )
+        with open(self.log, "ab") as log:  # the process keeps its own copy of the descriptor
+            self.proc = subprocess.Popen(
+                [str(self.binary)],
+                cwd=self.root,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+            )
+        deadline = time.monotonic() + self.ready_timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                break
+            try:
+                with urllib.request.urlopen(f"{self.http_url}/readyz", timeout=1):
+                    return self
+            except OSError:
+                time.sleep(0.1)
+        tail = self.log.read_text(encoding="utf-8", errors="replace")[-2000:]
+        self.stop()
+        raise RuntimeError(f"qdrant at {self.binary} did not become ready; its log ends:\n{tail}")
+
+    def freeze(self) -> None:
+        """SIGSTOP: the server keeps its connections open and answers nothing."""
+        self._signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        self._signal(signal.SIGCONT)
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash; ``start()`` brings it back over the same storage."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)
+            self.proc.kill()
+            self.proc.wait()
+
+    def stop(self) -> None:
+        """SIGTERM by pid, then SIGKILL after 10 s."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGCONT)
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+    def close(self) -> None:
+        self.stop()
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+    def _signal(self, sig: int) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            raise RuntimeError("the qdrant server is not running")
+        self.proc.send_signal(sig)
+
+    def __enter__(self) -> QdrantServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"QdrantServer({str(self.binary)!r}, url={self.url!r}, pid={self.pid})"
