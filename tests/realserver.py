@@ -28,3 +28,23 @@ def real_server(fn):  # type: ignore[no-untyped-def]
     for mark in reversed(needs_url):
         fn = mark(fn)
     return fn
+
+
+def drop_collection(url: str, name: str) -> None:
+    """Deletes collection ``name`` on the server at ``url`` (gRPC), if it exists."""
+    import urllib.parse
+
+    from qdrant_client import QdrantClient
+
+    client = QdrantClient(
+        url=url,
+        api_key=os.environ.get("QDRANT_API_KEY"),
+        prefer_grpc=True,
+        grpc_port=urllib.parse.urlsplit(url).port or 6334,
+        check_compatibility=False,  # the version check speaks REST
+    )
+    try:
+        if client.collection_exists(name):
+            client.delete_collection(name)
+    finally:
+        client.close()

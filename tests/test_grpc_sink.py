@@ -21,7 +21,7 @@ from qdrant_client import grpc as qg
 import qflume
 from qflume.sinks import CollectionSpec, GrpcSink, PointBatch, SparseBatch
 from qflume.testing import QdrantGrpcServer
-from realserver import real_server
+from realserver import drop_collection, real_server
 
 FAST = {"retries": 2, "backoff": (0.01, 0.05), "timeout": 10.0}
 
@@ -370,3 +370,30 @@ def test_real_server_round_trip(collection: str) -> None:
         finally:
             client.delete_collection(collection)
             client.close()
+
+
+@real_server
+def test_real_server_returns_payload_doubles_within_one_ulp(collection: str) -> None:
+    """What users meet on Qdrant itself (README): payload doubles can come back 1 ulp off
+    (-1.4000000000000001 as -1.4), never more; integers and strings come back exactly.
+    test_pack pins that qflume sends them bit-exact."""
+    rng = np.random.default_rng(3)
+    values = [float(x) for x in rng.normal(0, 10, 1000)] + [-1.4000000000000001, 0.1 + 0.2]
+    ints = [int(x) for x in rng.integers(-(2**62), 2**62, len(values))]
+    ids = make_ids(len(values))
+    payloads = [{"v": v, "i": i, "s": repr(v)} for v, i in zip(values, ints, strict=True)]
+    url = os.environ["QDRANT_URL"]
+    with GrpcSink(url, collection, api_key=os.environ.get("QDRANT_API_KEY")) as sink:
+        try:
+            sink.ensure_collection(CollectionSpec(dim=4))
+            sink.upsert(ids, rng.normal(size=(len(values), 4)).astype(np.float32), payloads)
+            sink.flush()
+            back = {str(r.id): r.payload for r in sink.scroll(with_payload=True)}
+        finally:
+            drop_collection(url, collection)
+    got = [back[u] for u in uuids(ids)]
+    assert [g["i"] for g in got] == ints and [g["s"] for g in got] == [p["s"] for p in payloads]
+    returned = np.array([g["v"] for g in got])
+    ulps = np.abs(returned.view(np.int64) - np.array(values).view(np.int64))
+    assert ulps.max() <= 1
+    print(f"{int((ulps > 0).sum())} of {len(values)} doubles came back 1 ulp off")
