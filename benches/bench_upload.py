@@ -4,13 +4,18 @@ Targets, side by side in one run:
 - a Qdrant Edge shard in process: qflume's EdgeSink.upsert_batch vs the raw qdrant-edge-py loop
   (Point objects from numpy rows + payload dicts, one update per batch);
 - qflume's test server (QdrantGrpcServer, Qdrant Edge behind Qdrant's gRPC API on loopback):
-  qdrant-client's upload_points vs qflume's GrpcSink (when present), same batch size.
+  qdrant-client's upload_points vs qflume's GrpcSink (when present), same batch size;
+- a real Qdrant server over loopback gRPC (QDRANT_BIN: a qdrant binary this bench starts, or
+  QDRANT_URL): qflume's GrpcSink vs qdrant-client's upload_points and upload_collection, the same
+  points and batch size (skipped without one).
 
 Texts are ~1 KB slices of the Python documentation (Debian's python3.11-doc), falling back to the
 standard library sources. Vectors are random: this measures the upload path, not a model.
 
     .venv/bin/python -m pytest benches/bench_upload.py --benchmark-only -q
     QFLUME_BENCH_POINTS=20000 .venv/bin/python -m pytest benches/bench_upload.py --benchmark-only
+    QDRANT_BIN=../shared/bin/qdrant QFLUME_BENCH_POINTS=20000 \
+        .venv/bin/python -m pytest benches/bench_upload.py --benchmark-only -k real -s
 
 Points/s = N / mean seconds (printed in `extra_info` and at the end of the run).
 """
@@ -32,7 +37,7 @@ from qdrant_client import models as m  # noqa: E402
 
 from qflume.sinks import CollectionSpec, EdgeSink, PointBatch  # noqa: E402
 from qflume.sinks.edge import ids_to_strings  # noqa: E402
-from qflume.testing import QdrantGrpcServer  # noqa: E402
+from qflume.testing import QdrantGrpcServer, QdrantServer  # noqa: E402
 
 N = int(os.environ.get("QFLUME_BENCH_POINTS", "100000"))
 DIM = 384
@@ -221,3 +226,87 @@ def test_server_qflume_grpcsink(benchmark: Any, corpus: Corpus, server: QdrantGr
         iterations=1,
     )
     _report(benchmark, "qflume test server on loopback gRPC (qflume GrpcSink)")
+
+
+# --------------------------------------------------------------------------- a real server
+
+
+@pytest.fixture(scope="module")
+def real_url() -> Iterator[str]:
+    if os.environ.get("QDRANT_URL"):
+        yield os.environ["QDRANT_URL"]
+        return
+    if not os.environ.get("QDRANT_BIN"):
+        pytest.skip("no real Qdrant server: set QDRANT_BIN to a qdrant binary, or QDRANT_URL")
+    with QdrantServer(os.environ["QDRANT_BIN"]) as s:
+        yield s.url
+
+
+def _real_client(url: str) -> Any:
+    import urllib.parse
+
+    return qdrant_client.QdrantClient(
+        url=url,
+        api_key=os.environ.get("QDRANT_API_KEY"),
+        prefer_grpc=True,
+        grpc_port=urllib.parse.urlsplit(url).port or 6334,
+        check_compatibility=False,  # the version check speaks REST
+        timeout=600,
+    )
+
+
+REAL_PATHS = ["qflume GrpcSink", "qdrant-client upload_collection", "qdrant-client upload_points"]
+
+
+@pytest.mark.parametrize("path", REAL_PATHS)
+def test_real_server_upload(benchmark: Any, corpus: Corpus, real_url: str, path: str) -> None:
+    from qflume.sinks import GrpcSink
+
+    client = _real_client(real_url)
+
+    def fresh() -> tuple[tuple[str], dict[str, Any]]:
+        name = f"bench_real_{next(_counter)}"
+        if path != "qflume GrpcSink":  # GrpcSink creates its own, with the same parameters
+            client.create_collection(
+                name, vectors_config=m.VectorParams(size=DIM, distance=m.Distance.COSINE)
+            )
+        return (name,), {}
+
+    def run(name: str) -> None:
+        if path == "qflume GrpcSink":
+            with GrpcSink(real_url, name, api_key=os.environ.get("QDRANT_API_KEY")) as sink:
+                sink.ensure_collection(CollectionSpec(dim=DIM))
+                for lo in range(0, corpus.n, BATCH):
+                    sink.upsert_batch(corpus.batch(lo, min(corpus.n, lo + BATCH)))
+                sink.flush()
+        elif path == "qdrant-client upload_collection":
+            client.upload_collection(
+                name,
+                vectors=corpus.dense,
+                payload=(corpus.payload(i) for i in range(corpus.n)),
+                ids=corpus.id_strings,
+                batch_size=BATCH,
+                parallel=1,
+                wait=True,
+            )
+        else:
+            client.upload_points(
+                name,
+                (
+                    m.PointStruct(
+                        id=corpus.id_strings[i],
+                        vector=corpus.dense[i].tolist(),
+                        payload=corpus.payload(i),
+                    )
+                    for i in range(corpus.n)
+                ),
+                batch_size=BATCH,
+                parallel=1,
+                wait=True,
+            )
+        assert client.count(name, exact=True).count == corpus.n
+        client.delete_collection(name)
+
+    benchmark.pedantic(run, setup=fresh, rounds=3, iterations=1)
+    client.close()
+    _report(benchmark, f"a real Qdrant server on loopback gRPC ({path})")
