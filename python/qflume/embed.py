@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from qflume._validate import text_problem
 from qflume.exceptions import InvalidInputError, ModelError, TokenizerError
 
 __all__ = ["Embedder", "model_fingerprint"]
@@ -310,6 +311,9 @@ class Embedder:
         for i, t in enumerate(texts):
             if not isinstance(t, str):
                 raise InvalidInputError(f"text {i} is {type(t).__name__}, not str")
+            bad = text_problem(t, f"text {i}")
+            if bad:
+                raise InvalidInputError(bad)
         n = len(self._sessions)
         with self._lock:  # one embed at a time per Embedder: ORT already uses every core
             if self._pool is None:  # first use, or used again after close()

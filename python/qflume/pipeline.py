@@ -29,6 +29,7 @@ import numpy.typing as npt
 
 from qflume import metrics
 from qflume._core import content_hash, point_id
+from qflume._validate import metadata_problem, printable, text_problem
 from qflume.exceptions import InvalidInputError, QflumeError
 from qflume.progress import Progress
 from qflume.sinks.base import CollectionSpec, PointBatch, Sink, SparseBatch
@@ -505,7 +506,7 @@ class Pipeline:
                 seen_keys.add(e.key)
                 if e.skip is not None:
                     report.documents_skipped += 1
-                    report.skipped.append({"key": e.key, "reason": e.skip})
+                    report.skipped.append({"key": printable(e.key), "reason": e.skip})
                     self._progress.advance(documents=1)
                     continue
                 if e.unchanged:
@@ -624,6 +625,10 @@ class Pipeline:
             skip(f"#{i}", f"record #{i} has no usable 'id' (a str or int)")
             return None
         key = str(rid)
+        bad = text_problem(key, f"record #{i}: id '{printable(key)}'")
+        if bad:
+            skip(f"#{i}", bad)
+            return None
         text = rec.get("text")
         if not isinstance(text, str):
             skip(key, f"record {key!r} has no 'text' string")
@@ -635,10 +640,14 @@ class Pipeline:
         if not isinstance(meta, Mapping):
             skip(key, f"record {key!r}: 'metadata' must be an object")
             return None
+        bad = metadata_problem(meta)
+        if bad:
+            skip(key, f"record {key!r}: {bad}")
+            return None
         meta = {**meta, "source": key}
         try:
-            meta_json = json.dumps(meta, sort_keys=True, ensure_ascii=False)
-        except (TypeError, ValueError) as e:
+            meta_json = json.dumps(meta, sort_keys=True, ensure_ascii=False, allow_nan=False)
+        except (TypeError, ValueError, RecursionError) as e:
             skip(key, f"record {key!r}: metadata is not JSON: {e}")
             return None
         try:

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from qflume import metrics
+from qflume._validate import printable, text_problem
 from qflume.exceptions import InvalidInputError
 from qflume.sinks.base import FUSIONS, QueryRequest
 
@@ -115,6 +116,9 @@ def search(
     for i, q in enumerate(queries):
         if not isinstance(q, str) or not q.strip():
             raise InvalidInputError(f"query #{i} is empty or not a string")
+        bad = text_problem(q, f"query #{i} '{printable(q)}'")
+        if bad:
+            raise InvalidInputError(bad)
     if not queries:
         return []
     t0 = time.perf_counter()

@@ -49,10 +49,12 @@ pub enum SkipReason {
     NotAFile,
     /// A hidden file or folder (its name starts with `.`), left out unless `hidden` is set.
     Hidden,
+    /// A path that is not valid UTF-8: it cannot be a document key, a payload or a state row.
+    BadFilename,
 }
 
 impl SkipReason {
-    pub const ALL: [SkipReason; 10] = [
+    pub const ALL: [SkipReason; 11] = [
         SkipReason::Binary,
         SkipReason::NotUtf8,
         SkipReason::TooLarge,
@@ -63,6 +65,7 @@ impl SkipReason {
         SkipReason::SymlinkLoop,
         SkipReason::NotAFile,
         SkipReason::Hidden,
+        SkipReason::BadFilename,
     ];
 
     /// Reasons decided by the bytes alone: with size and mtime unchanged they
@@ -83,6 +86,7 @@ impl SkipReason {
             SkipReason::SymlinkLoop => "symlink-loop",
             SkipReason::NotAFile => "not-a-file",
             SkipReason::Hidden => "hidden",
+            SkipReason::BadFilename => "bad-filename",
         }
     }
 }
@@ -216,7 +220,7 @@ pub fn scan(roots: &[PathBuf], opts: &ScanOptions, known: &KnownMap) -> CoreResu
                 .file_name()
                 .map(OsStr::to_os_string)
                 .unwrap_or_else(|| root.as_os_str().to_os_string());
-            let entry = scan_file(&root, key, opts, known, &mut buf);
+            let entry = scan_or_refuse(&root, key, opts, known, &mut buf);
             all.push((entry, depth));
         }
     }
@@ -298,6 +302,25 @@ impl Filters {
             None => true,
         }
     }
+}
+
+/// [`scan_file`], unless the key is not valid UTF-8: then a [`SkipReason::BadFilename`] entry
+/// that names the bytes (the file is never opened).
+fn scan_or_refuse(
+    path: &Path,
+    key: OsString,
+    opts: &ScanOptions,
+    known: &KnownMap,
+    buf: &mut Vec<u8>,
+) -> ScanEntry {
+    if key.to_str().is_some() {
+        return scan_file(path, key, opts, known, buf);
+    }
+    let detail = format!(
+        "file name is not valid UTF-8: {}",
+        key.as_encoded_bytes().escape_ascii()
+    );
+    ScanEntry::skipped(key, path.to_path_buf(), SkipReason::BadFilename, detail)
 }
 
 /// `/`-separated key of `path` under `root`.
@@ -485,7 +508,7 @@ impl Visitor<'_> {
             ));
             return;
         }
-        let entry = scan_file(dent.path(), key, self.opts, self.known, &mut self.buf);
+        let entry = scan_or_refuse(dent.path(), key, self.opts, self.known, &mut self.buf);
         self.out.push(entry);
     }
 

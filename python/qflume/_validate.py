@@ -1,0 +1,94 @@
+"""Checks on what users hand in (record ids, texts, metadata, file keys), so that one bad item is
+refused where it enters with a reason that names it, and never reaches the packer, the state or
+the store.
+
+Limits (documented in the README's Guarantees):
+
+- metadata nests at most :data:`MAX_DEPTH` levels (objects and arrays): deeper payloads make Qdrant
+  and Qdrant Edge refuse to read the store back (serde's recursion limit);
+- numbers are finite (no NaN or infinity: JSON has none), integers fit in 64 bits signed;
+- every string and key is valid Unicode (no lone surrogates): it must encode as UTF-8.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from numbers import Integral, Real
+from typing import Any
+
+import numpy as np
+
+__all__ = ["MAX_DEPTH", "metadata_problem", "printable", "text_problem"]
+
+#: Deepest nesting of objects/arrays accepted in metadata (the metadata object itself is level 1).
+MAX_DEPTH = 32
+_I64 = (-(2**63), 2**63 - 1)
+
+
+def printable(s: str) -> str:
+    """``s`` as text that always encodes: undecodable file-name bytes (surrogate escapes) and lone
+    surrogates become ``\\xNN`` / ``\\udNNN`` escapes."""
+    try:
+        s.encode("utf-8")
+        return s
+    except UnicodeEncodeError:
+        pass
+    try:
+        return s.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:
+        return s.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def text_problem(s: str, what: str) -> str | None:
+    """Why ``s`` cannot be stored (a lone surrogate), naming ``what``; None when it can."""
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError as e:
+        return f"{what} is not valid Unicode (lone surrogate {s[e.start]!r} at {e.start})"
+    return None
+
+
+def metadata_problem(meta: Mapping[str, Any], where: str = "metadata") -> str | None:
+    """The first reason ``meta`` cannot be a payload, naming the path to the bad value
+    (``metadata.a.b[3]``), or None. Walks iteratively: any depth is checked without recursion."""
+    stack: list[tuple[Any, str, int]] = [(meta, where, 1)]
+    while stack:
+        value, path, depth = stack.pop()
+        if value is None or isinstance(value, (bool, np.bool_)):
+            continue
+        if isinstance(value, str):
+            problem = text_problem(value, path)
+            if problem:
+                return problem
+            continue
+        if isinstance(value, Integral):
+            if not _I64[0] <= int(value) <= _I64[1]:
+                return f"{path}: integer {int(value)} does not fit in 64 bits"
+            continue
+        if isinstance(value, Real):
+            if not math.isfinite(float(value)):
+                return f"{path}: {float(value)} is not a finite number (JSON has no NaN/infinity)"
+            continue
+        if isinstance(value, Mapping):
+            if depth > MAX_DEPTH:
+                return f"{_short(path)}: nested deeper than {MAX_DEPTH} levels"
+            for k, v in value.items():
+                if not isinstance(k, str):
+                    return f"{path}: key {k!r} is {type(k).__name__}, not str"
+                problem = text_problem(k, f"{path}: key '{printable(k)}'")
+                if problem:
+                    return problem
+                stack.append((v, f"{path}.{printable(k)}", depth + 1))
+            continue
+        if isinstance(value, (list, tuple)):
+            if depth > MAX_DEPTH:
+                return f"{_short(path)}: nested deeper than {MAX_DEPTH} levels"
+            stack.extend((v, f"{path}[{i}]", depth + 1) for i, v in enumerate(value))
+            continue
+        return f"{path}: {type(value).__name__} is not a JSON value"
+    return None
+
+
+def _short(path: str, keep: int = 60) -> str:
+    return path if len(path) <= keep else f"{path[: keep // 2]}...{path[-keep // 2 :]}"

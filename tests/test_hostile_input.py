@@ -1,0 +1,189 @@
+"""Bad input is refused where it enters, with a reason that names it; its neighbours are ingested and
+the store keeps working (status, search) afterwards.
+
+Each case here failed on the code before this test: deep metadata bricked the embedded store, NaN
+or a lone surrogate failed the whole run, a file name that is not UTF-8 aborted the scan's run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import qflume
+from qflume import _validate
+from qflume.pipeline import Pipeline
+
+
+@pytest.fixture(scope="module")
+def embedder():
+    return qflume.Embedder()
+
+
+def _nested(depth: int) -> dict[str, Any]:
+    value: dict[str, Any] = {"leaf": 1}
+    for _ in range(depth - 1):
+        value = {"x": value}
+    return value
+
+
+def _nested_list(depth: int) -> list[Any]:
+    value: list[Any] = [1]
+    for _ in range(depth - 1):
+        value = [value]
+    return value
+
+
+BAD_RECORDS = {  # id: (record, words of the reason)
+    "deep": ({"text": "deep metadata", "metadata": _nested(130)}, "nested deeper than 32"),
+    "deep-list": ({"text": "deep list", "metadata": {"l": _nested_list(40)}}, "nested deeper"),
+    "nan": ({"text": "not a number", "metadata": {"v": [1.0, math.nan]}}, "metadata.v[1]: nan"),
+    "inf": ({"text": "infinite", "metadata": {"v": {"w": -math.inf}}}, "metadata.v.w: -inf"),
+    "key": ({"text": "bad key", "metadata": {"k\udc80": 1}}, "not valid Unicode"),
+    "value": ({"text": "bad value", "metadata": {"k": "v\ud800"}}, "metadata.k is not valid"),
+    "text": ({"text": "lone \ud801 surrogate"}, "not-utf8"),
+    "big": ({"text": "big integer", "metadata": {"n": 2**64}}, "does not fit in 64 bits"),
+    "object": ({"text": "an object", "metadata": {"o": object()}}, "is not a JSON value"),
+}
+
+
+def _records() -> list[dict[str, Any]]:
+    recs: list[dict[str, Any]] = [{"id": "good-1", "text": "The first good record."}]
+    recs += [{"id": rid, **rec} for rid, (rec, _) in BAD_RECORDS.items()]
+    recs.append({"id": "surrogate \ud800 id", "text": "a record whose id cannot be stored"})
+    recs.append({"id": "good-2", "text": "The second good record.", "metadata": _nested(32)})
+    return recs
+
+
+def test_bad_records_are_skipped_by_name_and_neighbours_ingested(tmp_path: Path, embedder) -> None:
+    store = tmp_path / "store"
+    with Pipeline("r", store=store, embedder=embedder, progress=False) as p:
+        report = p.ingest_records(_records())
+        reasons = {s["key"]: s["reason"] for s in report.skipped}
+        assert report.documents_new == 2, reasons
+        for rid, (_, words) in BAD_RECORDS.items():
+            assert words in reasons[rid], (rid, reasons[rid])
+        (surrogate,) = [k for k in reasons if k not in BAD_RECORDS]
+        assert surrogate.startswith("#") and "not valid Unicode" in reasons[surrogate]
+        json.dumps(report.as_dict())  # the report itself always encodes
+        assert p.status()["documents"] == 2
+    # a new process opens the store, searches and verifies it: nothing was bricked
+    with Pipeline("r", store=store, embedder=embedder, progress=False) as p:
+        (hits,) = p.search(["the first good record"], limit=2)
+        assert {h.source for h in hits} == {"good-1", "good-2"}
+        assert p.verify()["missing"] == 0
+
+
+def test_lone_surrogates_in_queries_and_texts_are_refused_by_name(embedder, tmp_path) -> None:
+    with pytest.raises(qflume.InvalidInputError, match=r"text 1 is not valid Unicode"):
+        embedder.embed(["fine", "bad \ud800"])
+    with Pipeline("r", store=tmp_path / "s", embedder=embedder, progress=False) as p:
+        p.ingest_records([{"id": "a", "text": "something"}])
+        with pytest.raises(qflume.InvalidInputError, match=r"query #1 .* not valid Unicode"):
+            p.search(["ok", "bad \udcff query"])
+
+
+def test_records_file_with_nan_and_surrogates_through_the_cli(tmp_path: Path) -> None:
+    lines = [
+        '{"id": "a", "text": "alpha text"}',
+        '{"id": "b", "text": "beta text", "metadata": {"x": NaN}}',
+        '{"id": "c\\ud800", "text": "gamma text"}',
+        '{"id": "d", "text": "delta text"}',
+    ]
+    src = tmp_path / "recs.jsonl"
+    src.write_text("\n".join(lines) + "\n")
+    store = tmp_path / "store"
+    cmd = [sys.executable, "-m", "qflume"]
+    res = subprocess.run(
+        [*cmd, "ingest", str(src), "--records", "-c", "r", "--store", str(store), "--json"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert res.returncode == 0, res.stderr
+    rep = json.loads(res.stdout)
+    assert rep["documents_new"] == 2 and rep["documents_skipped"] == 2
+    assert "Traceback" not in res.stderr
+    res = subprocess.run(
+        [*cmd, "search", "alpha", "-c", "r", "--store", str(store), "--json"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert res.returncode == 0 and "alpha text" in res.stdout, res.stderr
+
+
+def test_a_file_name_that_is_not_utf8_is_a_named_skip(tmp_path: Path) -> None:
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "good.txt").write_text("A good file with real text in it.\n")
+    bad = os.fsencode(docs) + b"/bad\xff\xfe.txt"
+    with open(bad, "w") as f:
+        f.write("A file whose name is not UTF-8.\n")
+    (entry,) = [e for e in qflume.scan([docs]) if not e.ok]
+    assert entry.skip == "bad-filename" and "bad\\xff\\xfe.txt" in (entry.detail or "")
+    store = tmp_path / "store"
+    cmd = [sys.executable, "-m", "qflume", "ingest", str(docs), "-c", "f", "--store", str(store)]
+    res = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    assert res.returncode == 0, res.stderr
+    assert "skipped bad\\xff\\xfe.txt: bad-filename" in res.stdout + res.stderr
+    res = subprocess.run([*cmd, "--json"], capture_output=True, text=True, check=False)
+    rep = json.loads(res.stdout)
+    assert rep["documents_unchanged"] == 1 and rep["skipped"] == [
+        {"key": "bad\\xff\\xfe.txt", "reason": "bad-filename"}
+    ]
+
+
+def test_validation_limits() -> None:
+    assert _validate.metadata_problem(_nested(_validate.MAX_DEPTH)) is None
+    assert "nested deeper" in (_validate.metadata_problem(_nested(_validate.MAX_DEPTH + 1)) or "")
+    assert _validate.metadata_problem({"n": 2**63 - 1, "m": -(2**63), "f": 1e308}) is None
+    assert _validate.printable("a\udcffb") == "a\\xffb"
+    assert _validate.printable("a\ud800b") == "a\\ud800b"
+    # the walk is iterative: far past Python's recursion limit it still answers
+    assert "nested deeper" in (_validate.metadata_problem(_nested(100_000)) or "")
+
+
+# --------------------------------------------------------------------------- property
+
+
+_surrogate_text = st.text(
+    st.characters(codec=None, categories=["Lu", "Ll", "Nd", "Zs", "Cs", "So"]), max_size=12
+)
+_leaf = st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats() | _surrogate_text
+_json = st.recursive(
+    _leaf,
+    lambda kids: st.lists(kids, max_size=3) | st.dictionaries(_surrogate_text, kids, max_size=3),
+    max_leaves=40,
+)
+_record = st.fixed_dictionaries(
+    {"id": _surrogate_text | st.integers(), "text": _surrogate_text},
+    optional={"metadata": st.dictionaries(_surrogate_text, _json, max_size=4) | _json},
+)
+
+
+@settings(
+    max_examples=12,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(records=st.lists(_record, min_size=1, max_size=8))
+def test_any_records_are_ingested_or_skipped_with_a_reason(tmp_path_factory, embedder, records):
+    store = tmp_path_factory.mktemp("prop")
+    with Pipeline("p", store=store, embedder=embedder, progress=False) as p:
+        report = p.ingest_records(records)
+        json.dumps(report.as_dict())
+        handled = report.documents_new + report.documents_changed + report.documents_unchanged
+        assert handled + report.documents_skipped == len(records)
+        assert all(s["reason"] for s in report.skipped)
+        p.status()
+        p.search(["anything"], limit=1)
