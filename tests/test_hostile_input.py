@@ -187,3 +187,85 @@ def test_any_records_are_ingested_or_skipped_with_a_reason(tmp_path_factory, emb
         assert all(s["reason"] for s in report.skipped)
         p.status()
         p.search(["anything"], limit=1)
+
+
+# --------------------------------------------------------------------------- concurrent use
+
+
+def _docs(root: Path, n: int) -> None:
+    from test_pipeline import _real_texts
+
+    root.mkdir()
+    for name, text in _real_texts(n):
+        (root / name).write_text(text, encoding="utf-8")
+
+
+def _point_set(store: Path, embedder) -> dict[str, tuple[bytes, str]]:
+    from test_pipeline import _points
+
+    return _points(store, embedder)
+
+
+def test_readers_during_an_ingest_never_harm_it(tmp_path: Path, embedder) -> None:
+    """One ingest writes the embedded store while status and search loop on it: each reader
+    answers or refuses at once with "store busy: ingest pid N"; the writer ends with exit 0 and
+    exactly the point set of an undisturbed run."""
+    import time
+
+    docs = tmp_path / "docs"
+    _docs(docs, 10)
+    cmd = [sys.executable, "-m", "qflume"]
+    ref = tmp_path / "ref"
+    base = ["-c", "docs", "--sparse", "bm25"]
+    subprocess.run([*cmd, "ingest", str(docs), *base, "--store", str(ref)], check=True,
+                   capture_output=True)  # fmt: skip
+    store = tmp_path / "store"
+    writer = subprocess.Popen(
+        [*cmd, "ingest", str(docs), *base, "--store", str(store), "--no-progress"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    answered = refused = 0
+    deadline = time.monotonic() + 120
+    readers = [["status", "-c", "docs"], ["search", "some query", "-c", "docs"]]
+    while writer.poll() is None and time.monotonic() < deadline:
+        for reader in readers:
+            res = subprocess.run(
+                [*cmd, *reader, "--store", str(store)],
+                capture_output=True,
+                text=True,
+                timeout=120,
+                check=False,
+            )
+            assert "Traceback" not in res.stderr, res.stderr
+            if res.returncode == 0:
+                answered += 1
+            else:
+                assert res.returncode == 1 and "store busy: ingest pid" in res.stderr, res.stderr
+                assert f"pid {writer.pid}" in res.stderr
+                refused += 1
+    _, err = writer.communicate(timeout=300)
+    assert writer.returncode == 0, err
+    assert refused > 0, "no reader ran while the writer did: the test proved nothing"
+    assert _point_set(store, embedder) == _point_set(ref, embedder)
+    # once the writer is done, readers answer again
+    res = subprocess.run([*cmd, "status", "-c", "docs", "--store", str(store)],
+                         capture_output=True, text=True, check=False)  # fmt: skip
+    assert res.returncode == 0, res.stderr
+
+
+def test_readers_share_and_a_second_writer_is_refused(tmp_path: Path) -> None:
+    from qflume.state import State
+
+    path = tmp_path / "c.state.sqlite"
+    reader = State(path, lock="shared")
+    State(path, lock="shared").close()  # readers share
+    reader.close()
+    writer = State(path)
+    with pytest.raises(qflume.StoreBusyError, match=rf"store busy: ingest pid {os.getpid()}"):
+        State(path, lock="shared")
+    with pytest.raises(qflume.StateLockedError, match=rf"holds this state \(pid {os.getpid()}\)"):
+        State(path)
+    writer.close()
+    State(path, lock="shared").close()  # the writer left no pid behind

@@ -19,6 +19,7 @@ from qflume.exceptions import (
     SinkError,
     StateError,
     StateLockedError,
+    StoreBusyError,
     TokenizerError,
 )
 
@@ -65,6 +66,7 @@ __all__ = [
     "Splade",
     "StateError",
     "StateLockedError",
+    "StoreBusyError",
     "TokenizerError",
     "__version__",
     "chunk_file",

@@ -12,6 +12,7 @@ __all__ = [
     "SinkError",
     "StateError",
     "StateLockedError",
+    "StoreBusyError",
     "TokenizerError",
 ]
 
@@ -54,3 +55,7 @@ class StateError(QflumeError, RuntimeError):
 
 class StateLockedError(StateError):
     """Another run holds the lock on the same state."""
+
+
+class StoreBusyError(StateLockedError):
+    """A reader of an embedded store refused at once: an ingest is writing it."""

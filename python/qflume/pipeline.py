@@ -227,7 +227,11 @@ class Pipeline:
         self._chunker: Any = None
         self._cache: Any = None
         self._fingerprint: str | None = None
-        self.state = State(self.state_path, lock=lock)
+        # Readers of an embedded store take the shared lock: only one process may open its shard,
+        # so a reader refuses at once while an ingest writes it (and never harms that writer).
+        self.state = State(
+            self.state_path, lock="shared" if not lock and self.store is not None else lock
+        )
         self._stop = threading.Event()
         self._abort = threading.Event()
 

@@ -25,9 +25,11 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from qflume.exceptions import StateError, StateLockedError
+from qflume.exceptions import StateError, StateLockedError, StoreBusyError
 
 SCHEMA_VERSION = 1
+#: How long a writer waits for readers (search, status) of an embedded store to finish.
+READER_WAIT_S = 30.0
 HASH_LEN = 16
 
 _SCHEMA = """
@@ -109,16 +111,30 @@ class StateStats:
 
 
 class State:
-    """The SQLite state of one target. Opening it takes the run lock unless `lock=False`."""
+    """The SQLite state of one target. Opening it takes the run lock unless `lock=False`.
 
-    def __init__(self, path: str | os.PathLike[str], *, lock: bool = True, readonly: bool = False):
+    ``lock=True``: the writer's lock (exclusive; its pid is written in the lock file). A second
+    writer is refused at once; readers holding the shared lock are waited for up to
+    :data:`READER_WAIT_S`. ``lock="shared"``: a reader's lock, for an embedded store whose shard
+    only one process may open: refused at once, naming the writer's pid, while a writer runs.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        lock: bool | str = True,
+        readonly: bool = False,
+    ):
         self.path = Path(path)
         self._lock_fd: int | None = None
         # One connection serves the pipeline's threads: transactions and reads take turns.
         self._mutex = threading.RLock()
         if not readonly:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-        if lock:
+        if lock == "shared":
+            self._take_shared_lock()
+        elif lock:
             self._take_lock()
         try:
             if readonly:
@@ -138,28 +154,73 @@ class State:
 
     # -- locking ---------------------------------------------------------------
 
-    def _take_lock(self) -> None:
+    def _lock_file(self) -> int:
         lock_path = self.path.with_name(self.path.name + ".lock")
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        return os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+
+    @staticmethod
+    def _writer_pid(fd: int) -> int | None:
+        """The pid the writer wrote into the lock file, if that process is alive."""
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = ""
-            with contextlib.suppress(OSError):
-                holder = os.pread(fd, 64, 0).decode(errors="replace").strip()
-            os.close(fd)
-            who = f" (pid {holder})" if holder else ""
-            raise StateLockedError(
-                f"{self.path}: another qflume run holds this state{who}; "
-                "wait for it to finish or stop it first"
-            ) from None
+            pid = int(os.pread(fd, 32, 0).decode(errors="replace").strip() or 0)
+        except (OSError, ValueError):
+            return None
+        if pid <= 0:
+            return None
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None
+        except PermissionError:
+            return pid
+        return pid
+
+    def _take_lock(self) -> None:
+        fd = self._lock_file()
+        deadline = time.monotonic() + READER_WAIT_S
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                writer = self._writer_pid(fd)
+                if writer is None and time.monotonic() < deadline:
+                    time.sleep(0.05)  # readers (search, status): they finish in moments
+                    continue
+                os.close(fd)
+                who = (
+                    f"another qflume run holds this state (pid {writer})"
+                    if writer is not None
+                    else f"readers (search, status) kept it busy for {READER_WAIT_S:.0f} s"
+                )
+                raise StateLockedError(
+                    f"{self.path}: {who}; wait for it to finish or stop it first"
+                ) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, str(os.getpid()).encode(), 0)
+        self._lock_fd = fd
+        self._writer = True
+
+    def _take_shared_lock(self) -> None:
+        fd = self._lock_file()
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            writer = self._writer_pid(fd)
+            os.close(fd)
+            who = f"ingest pid {writer}" if writer is not None else "an ingest"
+            raise StoreBusyError(
+                f"store busy: {who} is writing {self.path.name.split('.state.')[0]!r} in "
+                f"{self.path.parent}; search it through that run's `qflume serve`, use a Qdrant "
+                "server (--url) to search while ingesting, or try again when it ends"
+            ) from None
         self._lock_fd = fd
 
     def _release_lock(self) -> None:
         if self._lock_fd is not None:
             with contextlib.suppress(OSError):
+                if getattr(self, "_writer", False):
+                    os.ftruncate(self._lock_fd, 0)  # no pid left behind for readers to name
                 fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
                 os.close(self._lock_fd)
             self._lock_fd = None
