@@ -269,3 +269,29 @@ def test_readers_share_and_a_second_writer_is_refused(tmp_path: Path) -> None:
         State(path)
     writer.close()
     State(path, lock="shared").close()  # the writer left no pid behind
+
+
+def test_the_same_key_under_two_roots_is_refused_naming_both(tmp_path: Path, embedder) -> None:
+    a, b = tmp_path / "A", tmp_path / "B"
+    for root, word in ((a, "Alpha"), (b, "Beta")):
+        root.mkdir()
+        (root / "README.md").write_text(f"{word} readme: the text of the {word} project.\n")
+    (b / "other.md").write_text("Another document that only B has.\n")
+    with Pipeline("t", store=tmp_path / "s", embedder=embedder, progress=False) as p:
+        p.ingest([a])
+        report = p.ingest([b])
+        (skip,) = report.skipped
+        assert skip["key"] == "README.md" and skip["reason"].startswith("key-conflict")
+        assert str(a) in skip["reason"] and str(b) in skip["reason"]
+        assert report.documents_new == 1 and report.points_deleted == 0
+        (hits,) = p.search(["Alpha readme"], limit=3)
+        assert any("Alpha" in h.page_content for h in hits)  # A's points are kept
+        # a record with a file's key is refused the same way
+        rec = p.ingest_records([{"id": "other.md", "text": "a record"}])
+        assert rec.skipped[0]["reason"].startswith("key-conflict")
+        # the folder moved away: the same key under the new root is the document moved
+        a.rename(tmp_path / "A-moved")
+        moved = p.ingest([b])
+        assert moved.documents_changed == 1 and not moved.skipped
+        (hits,) = p.search(["Beta readme"], limit=1)
+        assert "Beta" in hits[0].page_content

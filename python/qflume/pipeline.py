@@ -140,6 +140,22 @@ class _Batch:
     sparse: dict[str, SparseBatch] | None = None
 
 
+def _still_there(root: str, key: str) -> bool:
+    """Whether the document ``key`` of ``root`` still exists there (records always do): when it
+    does not, the same key under another root is the document moved, not a second one."""
+    return root == RECORDS_ROOT or os.path.lexists(os.path.join(root, key))
+
+
+def _conflict(key: str, had: str, new: str | None) -> str:
+    where = "the records" if had == RECORDS_ROOT else had
+    now = "records" if new is None else new
+    return (
+        f"key-conflict: {key!r} is already in this collection from {where}; {now} has a document "
+        "with the same key (keys are paths relative to the folder given). Ingest both from their "
+        "common parent folder, or into another collection"
+    )
+
+
 def _empty_batch() -> _Batch:
     z = np.zeros(0, np.int64)
     h = np.zeros((0, HASH_LEN), np.uint8)
@@ -547,6 +563,11 @@ class Pipeline:
         touched: list[tuple[str, int, int]] = []
         for e in entries:
             p = prev.get(e.key)
+            if p is not None and p.root != root and _still_there(p.root, e.key):
+                report.documents_skipped += 1
+                report.skipped.append({"key": e.key, "reason": _conflict(e.key, p.root, root)})
+                self._progress.advance(documents=1)
+                continue
             meta = {"source": e.key}
             meta_json = json.dumps(meta, sort_keys=True, ensure_ascii=False)
             if p is not None and p.content_hash == e.hash and not p.pending:
@@ -574,6 +595,11 @@ class Pipeline:
             prev = self.state.get_many([d.key for d in pending])
             for d in pending:
                 p = prev.get(d.key)
+                if p is not None and p.root != RECORDS_ROOT:
+                    report.documents_skipped += 1
+                    report.skipped.append({"key": d.key, "reason": _conflict(d.key, p.root, None)})
+                    self._progress.advance(documents=1)
+                    continue
                 d.prev = p
                 if (
                     p is not None
