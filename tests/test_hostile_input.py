@@ -295,3 +295,37 @@ def test_the_same_key_under_two_roots_is_refused_naming_both(tmp_path: Path, emb
         assert moved.documents_changed == 1 and not moved.skipped
         (hits,) = p.search(["Beta readme"], limit=1)
         assert "Beta" in hits[0].page_content
+
+
+def test_verify_repair_really_repairs_a_collection_whose_files_were_lost(tmp_path: Path) -> None:
+    import shutil
+
+    docs = tmp_path / "docs"
+    _docs(docs, 4)
+    store = tmp_path / "store"
+    cmd = [sys.executable, "-m", "qflume"]
+    target = ["-c", "docs", "--store", str(store)]
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*cmd, *args, *target, "--json"], capture_output=True, text=True,
+                              check=False)  # fmt: skip
+
+    first = json.loads(run("ingest", str(docs)).stdout)
+    assert first["points_upserted"] > 0
+    shutil.rmtree(store / "docs")  # the collection's files are gone, the state is not
+    res = run("verify", "--repair")
+    rep = json.loads(res.stdout)
+    assert res.returncode == 0 and rep["repaired"] and rep["missing"] == first["points_upserted"]
+    assert len(rep["documents_to_rebuild"]) == 4
+    after = json.loads(run("verify").stdout)
+    assert not after["ok"] and after["documents_pending"] == 4  # not complete until ingested
+    again = json.loads(run("ingest", str(docs)).stdout)
+    assert again["points_upserted"] == first["points_upserted"]  # every point back
+    assert again["chunks_embedded"] == 0  # from the embedding cache
+    final = json.loads(run("verify").stdout)
+    assert (
+        final["ok"]
+        and final["missing"] == 0
+        and final["points_expected"] == first["points_upserted"]
+    )
+    assert json.loads(run("ingest", str(docs)).stdout)["points_upserted"] == 0

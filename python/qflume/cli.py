@@ -218,6 +218,13 @@ def cmd_verify(args: argparse.Namespace) -> int:
     with _pipeline(args) as pipe:
         rep = pipe.verify(repair=args.repair)
     human = ", ".join(f"{k}={v}" for k, v in rep.items() if k != "documents_to_rebuild")
+    if rep.get("documents_to_rebuild"):
+        n = len(rep["documents_to_rebuild"])
+        human += (
+            f"\nrun the same ingest again: it rebuilds the {n} documents whose points were lost"
+        )
+    elif rep.get("documents_pending"):
+        human += "\nsome documents have writes pending: run the same ingest again to finish them"
     _print(rep, args.json, human)
     return 0 if rep["ok"] or rep["repaired"] else 1
 

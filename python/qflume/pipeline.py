@@ -423,26 +423,26 @@ class Pipeline:
             if meta.get("source") != key or meta.get("content_hash") != h.hex():
                 stale.append(pid)
         missing = [pid for pid in expected if pid not in seen]
+        # documents whose writes are pending (a run stopped, or a repair): the next ingest
+        # finishes them; until then the collection is not known to be complete
+        pending = self.state.stats().pending_documents
         report: dict[str, Any] = {
             "points_expected": len(expected),
             "missing": len(missing),
             "orphans": len(orphans),
             "stale": len(stale),
-            "ok": not (missing or orphans or stale),
+            "documents_pending": pending,
+            "ok": not (missing or orphans or stale or pending),
             "repaired": False,
         }
-        if repair and not report["ok"]:
+        if repair and (missing or orphans or stale):
             if orphans:
                 self.sink.delete(orphans)
-            # Missing or stale points: forget those documents' content hash so the next
-            # ingest rebuilds them (cache hits make it cheap).
+            # Missing or stale points: the next ingest re-sends every chunk of those documents
+            # (cache hits make it cheap) and deletes what they no longer have.
             broken = {expected[p][0] for p in missing + stale}
             if broken:
-                with self.state.transaction() as db:
-                    db.executemany(
-                        "UPDATE documents SET content_hash=NULL, size=-1 WHERE key=?",
-                        [(k,) for k in sorted(broken)],
-                    )
+                self.state.forget_chunks(sorted(broken))
             self.sink.flush()
             report["repaired"] = True
             report["documents_to_rebuild"] = sorted(broken)

@@ -400,6 +400,17 @@ class State:
                 [(size, mtime, key) for key, size, mtime in rows],
             )
 
+    def forget_chunks(self, keys: Sequence[str]) -> None:
+        """Make the next ingest rebuild ``keys`` whole: their committed chunks become pending
+        (may be in the collection: re-sent if still in the document, deleted if not) and their
+        content hash is forgotten, so even an unchanged file is read and chunked again."""
+        with self.transaction() as db:
+            db.executemany(
+                "UPDATE documents SET content_hash=NULL, size=-1, pending=CAST(pending || chunks AS BLOB), "
+                "chunks=x'', offsets=x'' WHERE key=?",
+                [(k,) for k in keys],
+            )
+
     def close(self) -> None:
         with contextlib.suppress(Exception):
             self.db.close()
