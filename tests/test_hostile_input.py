@@ -329,3 +329,38 @@ def test_verify_repair_really_repairs_a_collection_whose_files_were_lost(tmp_pat
         and final["points_expected"] == first["points_upserted"]
     )
     assert json.loads(run("ingest", str(docs)).stdout)["points_upserted"] == 0
+
+
+def test_a_damaged_state_is_named_and_rebuilt_from_the_collection(tmp_path: Path) -> None:
+    docs = tmp_path / "docs"
+    _docs(docs, 4)
+    store = tmp_path / "store"
+    cmd = [sys.executable, "-m", "qflume"]
+    target = ["-c", "docs", "--store", str(store)]
+
+    def run(*args: str, json_out: bool = True) -> subprocess.CompletedProcess[str]:
+        extra = ["--json"] if json_out else []
+        return subprocess.run([*cmd, *args, *target, *extra], capture_output=True, text=True,
+                              check=False)  # fmt: skip
+
+    first = json.loads(run("ingest", str(docs)).stdout)
+    state = store / "docs.state.sqlite"
+    for junk in (b"garbage, not SQLite", state.read_bytes()[:3000]):  # garbage, then truncated
+        for extra in ("-wal", "-shm"):
+            state.with_name(state.name + extra).unlink(missing_ok=True)
+        state.write_bytes(junk)
+        for command in (["status"], ["search", "a query"], ["ingest", str(docs)], ["verify"]):
+            res = run(*command, json_out=False)
+            assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr
+            assert "state database is damaged" in res.stderr and "verify --repair" in res.stderr
+        res = run("verify", "--repair")
+        assert res.returncode == 0, res.stderr
+        rep = json.loads(res.stdout)
+        assert rep["state_rebuilt"]["documents"] == 4 and rep["missing"] == 0
+        assert Path(rep["state_rebuilt"]["damaged_file"]).exists()
+        assert rep["points_expected"] == first["points_upserted"]
+        again = json.loads(run("ingest", str(docs)).stdout)
+        assert again["chunks_embedded"] == 0  # nothing embedded again: the cache has it all
+        final = json.loads(run("verify").stdout)
+        assert final["ok"] and final["documents_recovered"] == 0
+        assert final["points_expected"] == first["points_upserted"]

@@ -215,13 +215,25 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    with _pipeline(args) as pipe:
+    with _pipeline(args, recover_state=args.repair) as pipe:
         rep = pipe.verify(repair=args.repair)
     human = ", ".join(f"{k}={v}" for k, v in rep.items() if k != "documents_to_rebuild")
-    if rep.get("documents_to_rebuild"):
+    if rep.get("state_rebuilt"):
+        rb = rep["state_rebuilt"]
+        human += (
+            f"\nthe damaged state was moved to {rb['damaged_file']} and {rb['documents']} "
+            "documents were rebuilt from the collection: run the same ingest again to finish"
+        )
+    elif rep.get("documents_to_rebuild"):
         n = len(rep["documents_to_rebuild"])
         human += (
             f"\nrun the same ingest again: it rebuilds the {n} documents whose points were lost"
+        )
+    elif rep.get("documents_recovered"):
+        human += (
+            f"\n{rep['documents_recovered']} documents rebuilt from the collection were not seen "
+            "by an ingest since: ingest their folders again (what is gone from them is deleted "
+            "then), or delete them by source"
         )
     elif rep.get("documents_pending"):
         human += "\nsome documents have writes pending: run the same ingest again to finish them"

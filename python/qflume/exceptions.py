@@ -10,6 +10,7 @@ __all__ = [
     "QflumeIOError",
     "ShapeError",
     "SinkError",
+    "StateCorruptError",
     "StateError",
     "StateLockedError",
     "StoreBusyError",
@@ -55,6 +56,10 @@ class StateError(QflumeError, RuntimeError):
 
 class StateLockedError(StateError):
     """Another run holds the lock on the same state."""
+
+
+class StateCorruptError(StateError):
+    """The state database is damaged; the message says how to rebuild it."""
 
 
 class StoreBusyError(StateLockedError):

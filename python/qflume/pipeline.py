@@ -30,12 +30,15 @@ import numpy.typing as npt
 from qflume import metrics
 from qflume._core import content_hash, point_id
 from qflume._validate import metadata_problem, printable, text_problem
-from qflume.exceptions import InvalidInputError, QflumeError
+from qflume.exceptions import InvalidInputError, QflumeError, StateCorruptError
 from qflume.progress import Progress
 from qflume.sinks.base import CollectionSpec, PointBatch, Sink, SparseBatch
 from qflume.state import HASH_LEN, DocState, DocUpdate, State
 
 RECORDS_ROOT = "<records>"
+#: The root of documents rebuilt from the collection after a damaged state: the next ingest of
+#: their folder (or records) takes them over.
+RECOVERED_ROOT = "<recovered>"
 
 #: Default chunk size, in the embedding model's own tokens. Measured on the Python docs with
 #: all-MiniLM-L6-v2 (tests/test_search_quality.py): a verbatim sentence finds its own chunk first
@@ -143,6 +146,8 @@ class _Batch:
 def _still_there(root: str, key: str) -> bool:
     """Whether the document ``key`` of ``root`` still exists there (records always do): when it
     does not, the same key under another root is the document moved, not a second one."""
+    if root == RECOVERED_ROOT:
+        return False
     return root == RECORDS_ROOT or os.path.lexists(os.path.join(root, key))
 
 
@@ -199,6 +204,7 @@ class Pipeline:
         embedder: Any = None,
         sink: Sink | None = None,
         lock: bool = True,
+        recover_state: bool = False,
     ) -> None:
         if not collection or "/" in collection or collection.startswith("."):
             raise InvalidInputError(
@@ -245,9 +251,17 @@ class Pipeline:
         self._fingerprint: str | None = None
         # Readers of an embedded store take the shared lock: only one process may open its shard,
         # so a reader refuses at once while an ingest writes it (and never harms that writer).
-        self.state = State(
-            self.state_path, lock="shared" if not lock and self.store is not None else lock
-        )
+        mode = "shared" if not lock and self.store is not None else lock
+        #: Where a damaged state was moved when ``recover_state`` opened a fresh one; the next
+        #: ``verify(repair=True)`` rebuilds the state from the collection.
+        self.recovered_from: Path | None = None
+        try:
+            self.state = State(self.state_path, lock=mode)
+        except StateCorruptError:
+            if not recover_state:
+                raise
+            self.recovered_from = State.set_aside(self.state_path)
+            self.state = State(self.state_path, lock=mode)
         self._stop = threading.Event()
         self._abort = threading.Event()
 
@@ -404,7 +418,12 @@ class Pipeline:
         return out
 
     def verify(self, *, repair: bool = False) -> dict[str, Any]:
-        """Reconcile the state with the collection: missing, orphan and stale points."""
+        """Reconcile the state with the collection: missing, orphan and stale points. With
+        ``repair`` after a damaged state was set aside (``recover_state``), the state is first
+        rebuilt from the collection's payloads."""
+        rebuilt = None
+        if repair and self.recovered_from is not None:
+            rebuilt = self._rebuild_state()
         expected: dict[str, tuple[str, bytes]] = {}
         for doc in self.state.iter_all():
             for h in _split_hashes(doc.chunks):
@@ -425,16 +444,26 @@ class Pipeline:
         missing = [pid for pid in expected if pid not in seen]
         # documents whose writes are pending (a run stopped, or a repair): the next ingest
         # finishes them; until then the collection is not known to be complete
-        pending = self.state.stats().pending_documents
+        stats = self.state.stats()
+        pending = stats.pending_documents
         report: dict[str, Any] = {
             "points_expected": len(expected),
             "missing": len(missing),
             "orphans": len(orphans),
             "stale": len(stale),
             "documents_pending": pending,
+            # rebuilt from the collection after a damaged state and not seen by an ingest since
+            "documents_recovered": stats.by_root.get(RECOVERED_ROOT, 0),
             "ok": not (missing or orphans or stale or pending),
             "repaired": False,
         }
+        if rebuilt is not None:
+            report["state_rebuilt"] = {
+                "documents": rebuilt,
+                "damaged_file": str(self.recovered_from),
+            }
+            report["repaired"] = True
+            self.recovered_from = None
         if repair and (missing or orphans or stale):
             if orphans:
                 self.sink.delete(orphans)
@@ -447,6 +476,46 @@ class Pipeline:
             report["repaired"] = True
             report["documents_to_rebuild"] = sorted(broken)
         return report
+
+    def _rebuild_state(self) -> int:
+        """Document rows rebuilt from the points' payloads (source, content_hash, chunk_index,
+        start, end). Contents and settings are unknown, so the next ingest re-reads each
+        document and re-sends its points (embeddings come from the cache): nothing is lost, and
+        what the documents no longer have is deleted then."""
+        per_chunk = ("chunk_index", "start", "end", "content_hash")  # the rest is the doc's
+        chunks: dict[str, dict[bytes, tuple[int, int, int]]] = {}
+        metas: dict[str, str] = {}
+        for rec in self.sink.scroll(with_payload=True):
+            meta = (rec.payload or {}).get("metadata") or {}
+            key, h = meta.get("source"), meta.get("content_hash")
+            if not isinstance(key, str) or not isinstance(h, str) or len(h) != 2 * HASH_LEN:
+                continue  # not a qflume point: verify reports it as an orphan
+            try:
+                row = (int(meta["chunk_index"]), int(meta["start"]), int(meta["end"]))
+                digest = bytes.fromhex(h)
+            except (KeyError, TypeError, ValueError):
+                continue
+            chunks.setdefault(key, {})[digest] = row
+            if key not in metas:
+                doc_meta = {k: v for k, v in meta.items() if k not in per_chunk}
+                metas[key] = json.dumps(doc_meta, sort_keys=True, ensure_ascii=False)
+        docs = []
+        for key in sorted(chunks):
+            order = sorted(chunks[key].items(), key=lambda kv: kv[1])
+            docs.append(
+                DocUpdate(
+                    key=key,
+                    root=RECOVERED_ROOT,
+                    content_hash=None,
+                    size=-1,
+                    mtime_ns=0,
+                    meta_json=metas[key],
+                    fingerprint="",  # unknown: the next ingest re-sends every point
+                    chunks=b"".join(h for h, _ in order),
+                    offsets=np.asarray([r for _, r in order], np.int64).reshape(-1, 3).tobytes(),
+                )
+            )
+        return self.state.restore(docs)
 
     def search(
         self,
@@ -595,7 +664,7 @@ class Pipeline:
             prev = self.state.get_many([d.key for d in pending])
             for d in pending:
                 p = prev.get(d.key)
-                if p is not None and p.root != RECORDS_ROOT:
+                if p is not None and p.root not in (RECORDS_ROOT, RECOVERED_ROOT):
                     report.documents_skipped += 1
                     report.skipped.append({"key": d.key, "reason": _conflict(d.key, p.root, None)})
                     self._progress.advance(documents=1)

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from qflume.exceptions import StateError, StateLockedError, StoreBusyError
+from qflume.exceptions import StateCorruptError, StateError, StateLockedError, StoreBusyError
 
 SCHEMA_VERSION = 1
 #: How long a writer waits for readers (search, status) of an embedded store to finish.
@@ -150,7 +150,13 @@ class State:
                 self._check_version()
         except sqlite3.DatabaseError as e:
             self._release_lock()
-            raise StateError(f"{self.path}: cannot open the state database: {e}") from e
+            with contextlib.suppress(Exception):
+                self.db.close()
+            raise StateCorruptError(
+                f"{self.path}: the state database is damaged ({e}). `qflume verify --repair` "
+                "with the same target rebuilds it from the collection (the damaged file is kept "
+                "beside it); or remove it to ingest from scratch"
+            ) from e
 
     # -- locking ---------------------------------------------------------------
 
@@ -410,6 +416,34 @@ class State:
                 "chunks=x'', offsets=x'' WHERE key=?",
                 [(k,) for k in keys],
             )
+
+    @staticmethod
+    def set_aside(path: str | os.PathLike[str]) -> Path:
+        """Renames a damaged state file (and its -wal / -shm) to ``<name>.corrupt-<time>``."""
+        path = Path(path)
+        aside = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}")
+        for suffix in ("", "-wal", "-shm"):
+            src = path.with_name(path.name + suffix)
+            if src.exists():
+                os.replace(src, aside.with_name(aside.name + suffix))
+        return aside
+
+    def restore(self, docs: Iterable[DocUpdate]) -> int:
+        """Writes rebuilt document rows (from the collection, after a damaged state was set
+        aside); returns how many."""
+        rows = [
+            (d.key, d.root, d.content_hash, d.size, d.mtime_ns, d.meta_json, d.fingerprint,
+             d.chunks, d.offsets, time.time())
+            for d in docs
+        ]  # fmt: skip
+        with self.transaction() as db:
+            db.executemany(
+                "INSERT OR REPLACE INTO documents (key, root, content_hash, size, mtime_ns, "
+                "meta_json, fingerprint, chunks, offsets, pending, updated_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, x'', ?)",
+                rows,
+            )
+        return len(rows)
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
