@@ -364,3 +364,17 @@ def test_a_damaged_state_is_named_and_rebuilt_from_the_collection(tmp_path: Path
         final = json.loads(run("verify").stdout)
         assert final["ok"] and final["documents_recovered"] == 0
         assert final["points_expected"] == first["points_upserted"]
+
+
+@pytest.mark.parametrize("blocked", ["fastapi", "uvicorn"])
+def test_serve_without_the_extra_says_so_in_one_line(blocked: str) -> None:
+    code = (
+        f"import sys; sys.modules[{blocked!r}] = None; from qflume.cli import main; "
+        "sys.exit(main(['serve', '--collection', 'c']))"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert res.returncode == 2
+    assert res.stderr.strip().splitlines() == [
+        f"qflume serve: needs the serve extra ({blocked} is not installed): "
+        "pip install 'qflume[serve]'"
+    ]

@@ -249,8 +249,18 @@ def _delegate(argv: list[str]) -> int | None:
         from qflume.model import main as model_main
 
         return int(model_main(argv[1:]) or 0)
-    from qflume.serve import main as serve_main
+    try:
+        import uvicorn  # noqa: F401  (the server, checked before anything starts)
 
+        from qflume.serve import main as serve_main
+    except ImportError as e:
+        missing = getattr(e, "name", None) or "fastapi"
+        print(
+            f"qflume serve: needs the serve extra ({missing} is not installed): "
+            "pip install 'qflume[serve]'",
+            file=sys.stderr,
+        )
+        return 2
     return int(serve_main(argv[1:]) or 0)
 
 
