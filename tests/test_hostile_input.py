@@ -378,3 +378,64 @@ def test_serve_without_the_extra_says_so_in_one_line(blocked: str) -> None:
         f"qflume serve: needs the serve extra ({blocked} is not installed): "
         "pip install 'qflume[serve]'"
     ]
+
+
+# --------------------------------------------------------------------------- Rust panics
+
+
+def _deep_payload_shard(path: Path):
+    """A Qdrant Edge shard holding a payload nested past serde's recursion limit, written
+    through Qdrant Edge directly (qflume refuses to write one): reading it panics in Rust."""
+    import qdrant_edge as qe
+
+    shard = qe.EdgeShard.create(
+        str(path), qe.EdgeConfig(vectors=qe.EdgeVectorParams(size=4, distance=qe.Distance.Cosine))
+    )
+    deep: dict[str, Any] = {"k": 1}
+    for _ in range(130):
+        deep = {"x": deep}
+    point = qe.Point("00000000-0000-0000-0000-000000000001", [1.0, 0.0, 0.0, 0.0], deep)
+    shard.update(qe.UpdateOperation.upsert_points([point]))
+    return shard
+
+
+def test_a_rust_panic_in_qdrant_edge_becomes_a_qflume_error(tmp_path: Path) -> None:
+    import numpy as np
+
+    from qflume.sinks import CollectionSpec, EdgeSink
+    from qflume.sinks.edge import _PanicGuard
+
+    with EdgeSink(tmp_path, "c", spec=CollectionSpec(dim=4)) as sink:
+        with pytest.raises(qflume.InvalidInputError, match=r"payload of point 1\..*deeper than"):
+            ids = np.arange(32, dtype=np.uint8).reshape(2, 16)
+            sink.upsert(ids, np.ones((2, 4), np.float32), [{"k": 1}, _nested(40)])
+        assert sink.count() == 0  # nothing of that call was written
+    guarded = _PanicGuard(_deep_payload_shard(tmp_path / "raw"), tmp_path / "raw")
+    import qdrant_edge as qe
+
+    flt = qe.Filter(must=[qe.FieldCondition(key="k", match=qe.MatchValue(value=1))])
+    with pytest.raises(qflume.RustPanicError, match=r"Qdrant Edge panicked in count\(\)"):
+        guarded.count(qe.CountRequest(exact=True, filter=flt))
+
+
+def test_the_job_worker_survives_a_step_that_panics(tmp_path: Path) -> None:
+    from qflume.jobs import JobQueue, StepResult
+
+    class PanicException(BaseException):  # PyO3's class is named so; it is a BaseException
+        pass
+
+    def boom(job: Any, payload: Any) -> StepResult:
+        if payload == "panic":
+            raise PanicException("called `Option::unwrap()` on a `None` value")
+        return StepResult(items_done=1, result={"ok": payload}, finished=True)
+
+    q = JobQueue(tmp_path / "jobs.sqlite", {"step": boom})
+    q.start()
+    try:
+        bad = q.submit("step", "panic", items=1)
+        good = q.submit("step", "fine", items=1)
+        assert bad.future.result(timeout=30).status == "failed"
+        assert bad.error.startswith("RustPanicError: called `Option::unwrap()`")
+        assert good.future.result(timeout=30).status == "done"  # the worker lived on
+    finally:
+        q.close()

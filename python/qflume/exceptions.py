@@ -8,6 +8,7 @@ __all__ = [
     "ModelError",
     "QflumeError",
     "QflumeIOError",
+    "RustPanicError",
     "ShapeError",
     "SinkError",
     "StateCorruptError",
@@ -15,6 +16,7 @@ __all__ = [
     "StateLockedError",
     "StoreBusyError",
     "TokenizerError",
+    "is_rust_panic",
 ]
 
 
@@ -64,3 +66,14 @@ class StateCorruptError(StateError):
 
 class StoreBusyError(StateLockedError):
     """A reader of an embedded store refused at once: an ingest is writing it."""
+
+
+class RustPanicError(QflumeError, RuntimeError):
+    """Rust code (qflume's core or Qdrant Edge) panicked: a bug, reported with the call it was in,
+    as an ordinary exception instead of PyO3's PanicException (a BaseException that would end a
+    worker thread)."""
+
+
+def is_rust_panic(e: BaseException) -> bool:
+    """Whether ``e`` is PyO3's PanicException (each Rust extension has its own class)."""
+    return type(e).__name__ == "PanicException"

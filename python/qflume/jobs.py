@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from qflume._sqlite import open_wal
-from qflume.exceptions import QflumeError, StateError
+from qflume.exceptions import QflumeError, StateError, is_rust_panic
 
 __all__ = ["BULK", "NORMAL", "URGENT", "Job", "JobQueue", "QueueClosedError", "StepResult"]
 
@@ -429,9 +429,12 @@ class JobQueue:
         try:
             payload = self._payload(job)
             step = self.runners[job.kind](job, payload)
-        except Exception as e:
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as e:  # a Rust PanicException is a BaseException: the worker lives on
             job.status = FAILED
-            job.error = f"{type(e).__name__}: {e}"
+            kind = "RustPanicError" if is_rust_panic(e) else type(e).__name__
+            job.error = f"{kind}: {e}"
             log.warning("qflume: job %s (%s) failed: %s", job.id, job.kind, job.error)
             self._finish(job)
             return

@@ -17,7 +17,15 @@ import numpy as np
 import numpy.typing as npt
 import qdrant_edge as qe
 
-from qflume.exceptions import InvalidInputError, QflumeIOError, ShapeError, SinkError
+from qflume._validate import metadata_problem
+from qflume.exceptions import (
+    InvalidInputError,
+    QflumeIOError,
+    RustPanicError,
+    ShapeError,
+    SinkError,
+    is_rust_panic,
+)
 from qflume.sinks.base import (
     CollectionSpec,
     Ids,
@@ -229,13 +237,13 @@ class EdgeSink(Sink):
         self.root = Path(path)
         self.path = self.root / collection
         self.optimize_threshold = optimize_threshold
-        self._shard: qe.EdgeShard | None = None
+        self._shard: Any = None  # a _PanicGuard over qe.EdgeShard
         self._spec: CollectionSpec | None = None
         self._written = 0  # points written since the last optimization
         self._closed = False
         if (self.path / _EDGE_CONFIG).exists():
             try:
-                self._shard = qe.EdgeShard.load(str(self.path))
+                self._shard = _PanicGuard(qe.EdgeShard.load(str(self.path)), self.path)
             except Exception as e:
                 raise SinkError(f"cannot open the Qdrant Edge shard at {self.path}: {e}") from e
             self._spec = self._stored_spec()
@@ -304,7 +312,7 @@ class EdgeSink(Sink):
             )
             try:
                 self.path.mkdir(parents=True, exist_ok=True)
-                self._shard = qe.EdgeShard.create(str(self.path), config)
+                self._shard = _PanicGuard(qe.EdgeShard.create(str(self.path), config), self.path)
             except OSError as e:
                 raise QflumeIOError(
                     f"cannot create the Qdrant Edge shard at {self.path}: {e}"
@@ -350,7 +358,7 @@ class EdgeSink(Sink):
         if self._closed:
             raise SinkError(f"EdgeSink({self.path}) is closed")
 
-    def _need_shard(self) -> qe.EdgeShard:
+    def _need_shard(self) -> Any:
         self._check_open()
         if self._shard is None:
             raise SinkError(
@@ -434,6 +442,7 @@ class EdgeSink(Sink):
         if len(payloads) != len(sids):
             raise ShapeError(f"payloads: {len(payloads)} payloads for {len(sids)} ids")
         arr = self._check_dense(dense, len(sids))
+        _check_payloads(payloads)
         self._write(sids, arr, sparse, lambda i: dict(payloads[i]))
 
     def upsert_batch(self, batch: PointBatch) -> None:
@@ -444,6 +453,7 @@ class EdgeSink(Sink):
             if len(batch.payloads) != len(sids):
                 raise ShapeError(f"payloads: {len(batch.payloads)} payloads for {len(sids)} ids")
             payloads = batch.payloads
+            _check_payloads(payloads)
             self._write(sids, arr, batch.sparse, lambda i: dict(payloads[i]))
             return
         if batch.texts is None or batch.doc_metadata is None or batch.doc_index is None:
@@ -662,3 +672,39 @@ class EdgeSink(Sink):
 
     def __repr__(self) -> str:
         return f"EdgeSink({str(self.root)!r}, {self.collection!r})"
+
+
+def _check_payloads(payloads: Sequence[Mapping[str, Any]]) -> None:
+    """Refuses, naming the point, a payload Qdrant Edge would store but never read back
+    (nesting past serde's recursion limit bricks the shard) or that JSON cannot hold."""
+    for i, payload in enumerate(payloads):
+        problem = metadata_problem(payload, where=f"payload of point {i}")
+        if problem:
+            raise InvalidInputError(problem)
+
+
+class _PanicGuard:
+    """A Qdrant Edge shard whose calls turn a Rust panic into :class:`RustPanicError` naming the
+    call and the shard: a PanicException is a BaseException, which no ``except Exception``
+    (a job worker, a request handler) would catch."""
+
+    def __init__(self, shard: Any, path: Path) -> None:
+        self._inner = shard
+        self._where = path
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._inner, name)
+        if not callable(attr):
+            return attr
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return attr(*args, **kwargs)
+            except BaseException as e:
+                if is_rust_panic(e):
+                    raise RustPanicError(
+                        f"Qdrant Edge panicked in {name}() on the shard at {self._where}: {e}"
+                    ) from None
+                raise
+
+        return call
