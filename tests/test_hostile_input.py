@@ -139,7 +139,11 @@ def test_a_file_name_that_is_not_utf8_is_a_named_skip(tmp_path: Path) -> None:
     res = subprocess.run([*cmd, "--json"], capture_output=True, text=True, check=False)
     rep = json.loads(res.stdout)
     assert rep["documents_unchanged"] == 1 and rep["skipped"] == [
-        {"key": "bad\\xff\\xfe.txt", "reason": "bad-filename"}
+        {
+            "key": "bad\\xff\\xfe.txt",
+            "reason": "bad-filename",
+            "detail": "file name is not valid UTF-8: bad\\xff\\xfe.txt",
+        }
     ]
 
 
@@ -439,3 +443,47 @@ def test_the_job_worker_survives_a_step_that_panics(tmp_path: Path) -> None:
         assert good.future.result(timeout=30).status == "done"  # the worker lived on
     finally:
         q.close()
+
+
+# --------------------------------------------------------------------------- output and URLs
+
+
+def test_names_with_control_characters_are_escaped_and_skip_details_kept(tmp_path: Path) -> None:
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "good.txt").write_text("Some ordinary text.\n")
+    fake = "evil\ningested: 99 documents seen\x1b[2K.txt"
+    (docs / fake).write_bytes(b"abcde\x00binary")
+    cmd = [sys.executable, "-m", "qflume", "ingest", str(docs), "-c", "o",
+           "--store", str(tmp_path / "s")]  # fmt: skip
+    res = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    assert res.returncode == 0, res.stderr
+    lines = res.stdout.splitlines()
+    assert not any(line.startswith("ingested: 99") for line in lines), res.stdout
+    assert "\x1b" not in res.stdout
+    (skip_line,) = [line for line in lines if line.startswith("  skipped ")]
+    assert "evil\\ningested: 99 documents seen\\x1b[2K.txt: binary" in skip_line
+    assert "NUL byte at offset 5" in skip_line  # the detail is kept
+    rep = json.loads(subprocess.run([*cmd, "--json"], capture_output=True, text=True).stdout)
+    (skip,) = rep["skipped"]
+    assert skip["key"] == fake and "offset 5" in skip["detail"]
+
+
+def test_credentials_in_the_url_are_refused_and_never_shown(tmp_path: Path) -> None:
+    url = "http://admin:s3cret-key@127.0.0.1:6334"
+    with pytest.raises(qflume.InvalidInputError, match="carries credentials") as err:
+        Pipeline("c", url=url, state_dir=tmp_path / "st")
+    assert "s3cret" not in str(err.value) and "admin" not in str(err.value)
+    from qflume.sinks import GrpcSink
+
+    with pytest.raises(qflume.InvalidInputError, match=r"'http://\*\*\*@127\.0\.0\.1:6334'"):
+        GrpcSink(url, "c")
+    res = subprocess.run(
+        [sys.executable, "-m", "qflume", "status", "-c", "c", "--url", url],
+        capture_output=True, text=True, cwd=tmp_path, check=False,
+    )  # fmt: skip
+    assert res.returncode == 1 and "carries credentials" in res.stderr
+    assert "s3cret" not in res.stderr + res.stdout
+    assert not any("s3cret" in str(p) for p in tmp_path.rglob("*"))  # no folder named after it
+    with pytest.raises(qflume.InvalidInputError, match="(?i)port out of range"):
+        GrpcSink("http://127.0.0.1:99999", "c")

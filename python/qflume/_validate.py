@@ -19,7 +19,15 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["MAX_DEPTH", "metadata_problem", "printable", "text_problem"]
+__all__ = [
+    "MAX_DEPTH",
+    "display",
+    "metadata_problem",
+    "printable",
+    "redact_url",
+    "text_problem",
+    "url_problem",
+]
 
 #: Deepest nesting of objects/arrays accepted in metadata (the metadata object itself is level 1).
 MAX_DEPTH = 32
@@ -92,3 +100,43 @@ def metadata_problem(meta: Mapping[str, Any], where: str = "metadata") -> str | 
 
 def _short(path: str, keep: int = 60) -> str:
     return path if len(path) <= keep else f"{path[: keep // 2]}...{path[-keep // 2 :]}"
+
+
+def redact_url(url: str) -> str:
+    """``url`` with any user:password replaced by ``***``: what may be printed or logged."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    try:
+        parts = urlsplit(url if "://" in url else f"//{url}")
+    except ValueError:
+        return "<unparseable URL>"
+    if "@" not in parts.netloc:
+        return url
+    netloc = "***@" + parts.netloc.rsplit("@", 1)[1]
+    return urlunsplit(parts._replace(netloc=netloc)).removeprefix("//")
+
+
+def url_problem(url: str) -> str | None:
+    """Why a Qdrant URL is refused (credentials in it), in words that never show them."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url if "://" in url else f"//{url}")
+    except ValueError as e:
+        return f"Qdrant URL {redact_url(url)!r} cannot be parsed: {e}"
+    if "@" in parts.netloc:
+        return (
+            f"Qdrant URL {redact_url(url)!r} carries credentials: they would end up in logs and "
+            "folder names. Give the API key with --api-key / api_key= or QDRANT_API_KEY instead"
+        )
+    return None
+
+
+_CONTROL = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F)}
+_CONTROL.update({0x0A: "\\n", 0x0D: "\\r", 0x09: "\\t"})
+
+
+def display(s: str) -> str:
+    """``s`` safe to print on a terminal: control characters (newlines, ANSI escapes) and
+    undecodable bytes written as escapes, so a file name cannot fake output lines."""
+    return printable(s).translate(_CONTROL)

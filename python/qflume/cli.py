@@ -10,6 +10,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from qflume._validate import display
 from qflume.exceptions import InvalidInputError, QflumeError
 
 
@@ -164,7 +165,8 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     )
     if d["skipped"] and not args.json:
         for s in d["skipped"][:20]:
-            human += f"\n  skipped {s['key']}: {s['reason']}"
+            detail = f" ({display(s['detail'])})" if s.get("detail") else ""
+            human += f"\n  skipped {display(s['key'])}: {display(s['reason'])}{detail}"
         if len(d["skipped"]) > 20:
             human += f"\n  ... and {len(d['skipped']) - 20} more (see --json)"
     if report.interrupted:
@@ -185,10 +187,12 @@ def cmd_search(args: argparse.Namespace) -> int:
     out = {"results": [[h.as_dict() for h in hits] for hits in results]}
     lines = []
     for q, hits in zip(args.queries, results, strict=True):
-        lines.append(f"== {q}")
+        lines.append(f"== {display(q)}")
         for h in hits:
             snippet = " ".join(h.page_content.split())[:160]
-            lines.append(f"  {h.score:.4f}  {h.source} [{h.start}:{h.end}]  {snippet}")
+            lines.append(
+                f"  {h.score:.4f}  {display(h.source)} [{h.start}:{h.end}]  {display(snippet)}"
+            )
     _print(out, args.json, "\n".join(lines))
     return 0
 

@@ -29,7 +29,7 @@ import numpy.typing as npt
 
 from qflume import metrics
 from qflume._core import content_hash, point_id
-from qflume._validate import metadata_problem, printable, text_problem
+from qflume._validate import metadata_problem, printable, text_problem, url_problem
 from qflume.exceptions import InvalidInputError, QflumeError, StateCorruptError
 from qflume.progress import Progress
 from qflume.sinks.base import CollectionSpec, PointBatch, Sink, SparseBatch
@@ -216,6 +216,8 @@ class Pipeline:
             raise InvalidInputError("give chunk_chars or chunk_tokens, not both")
         if store is not None and url is not None:
             raise InvalidInputError("give store (embedded Qdrant Edge) or url (a server), not both")
+        if url is not None and (problem := url_problem(url)):
+            raise InvalidInputError(problem)
         self.collection = collection
         self.url = url
         self.api_key = api_key
@@ -595,7 +597,10 @@ class Pipeline:
                 seen_keys.add(e.key)
                 if e.skip is not None:
                     report.documents_skipped += 1
-                    report.skipped.append({"key": printable(e.key), "reason": e.skip})
+                    skip = {"key": printable(e.key), "reason": e.skip}
+                    if e.detail:
+                        skip["detail"] = printable(e.detail)
+                    report.skipped.append(skip)
                     self._progress.advance(documents=1)
                     continue
                 if e.unchanged:

@@ -39,6 +39,7 @@ import numpy.typing as npt
 from qdrant_client import grpc as qg
 
 from qflume import _core
+from qflume._validate import url_problem
 from qflume.exceptions import InvalidInputError, ShapeError, SinkError
 from qflume.sinks._common import (
     SparseArrays,
@@ -84,6 +85,9 @@ _HARD_LIMIT = 32 * 1024 * 1024
 
 def _parse_url(url: str) -> tuple[str, bool]:
     """(host:port target, https?) of a Qdrant gRPC URL such as http://localhost:6334."""
+    problem = url_problem(url)
+    if problem:
+        raise InvalidInputError(problem)
     parts = urlsplit(url if "://" in url else f"//{url}")
     if parts.scheme not in ("", "http", "https", "grpc", "grpcs"):
         raise InvalidInputError(f"Qdrant URL {url!r}: scheme must be http or https")
@@ -92,7 +96,10 @@ def _parse_url(url: str) -> tuple[str, bool]:
     host = parts.hostname
     if ":" in host:  # IPv6 literal
         host = f"[{host}]"
-    port = parts.port or DEFAULT_PORT
+    try:
+        port = parts.port or DEFAULT_PORT
+    except ValueError as e:
+        raise InvalidInputError(f"Qdrant URL {url!r}: {e}") from None
     return f"{host}:{port}", parts.scheme in ("https", "grpcs")
 
 
