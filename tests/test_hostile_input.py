@@ -485,5 +485,5 @@ def test_credentials_in_the_url_are_refused_and_never_shown(tmp_path: Path) -> N
     assert res.returncode == 1 and "carries credentials" in res.stderr
     assert "s3cret" not in res.stderr + res.stdout
     assert not any("s3cret" in str(p) for p in tmp_path.rglob("*"))  # no folder named after it
-    with pytest.raises(qflume.InvalidInputError, match="(?i)port out of range"):
+    with pytest.raises(qflume.InvalidInputError, match=r"(?i)port out of range"):
         GrpcSink("http://127.0.0.1:99999", "c")

@@ -216,7 +216,7 @@ def test_bad_input_gets_4xx_naming_the_item(served: Server) -> None:
     r = c.post("/batch/delete", json={"filter": {}})
     assert r.status_code == 422 and "filter" in r.json()["error"]
 
-    # Callbacks only to loopback (or configured hosts); nothing is sent to check this.
+    # Callbacks only to the configured host:port pairs; nothing is sent to check this.
     body = {"records": [{"id": "cb", "text": "x"}], "callback_url": "http://192.0.2.7/hook"}
     r = c.post("/batch/store", json=body)
     assert r.status_code == 422 and "192.0.2.7" in r.json()["error"]
@@ -337,7 +337,8 @@ def test_shutdown_persists_queued_jobs_and_restart_resumes_them(
     texts = _paragraphs(48, skip=140)
     gate = _Gate(embedder)
     try:
-        srv = _start(tmp_path, gate, slice_records=4)
+        hook_target = f"127.0.0.1:{hook.server_address[1]}"
+        srv = _start(tmp_path, gate, slice_records=4, callback_hosts=(hook_target,))
         gate.open.clear()  # from here on the first model call waits until the server is stopping
         c = srv.client
         first = c.post("/batch/store", json={"records": _records(texts[:40], "a")}).json()
@@ -421,3 +422,69 @@ def test_metrics_health_openapi(served: Server) -> None:
     assert {"StoreRequest", "Record", "SearchRequest", "JobModel"} <= set(schemas)
     body = paths["/batch/store"]["post"]["requestBody"]["content"]["application/json"]
     assert body["schema"]["$ref"] == "#/components/schemas/StoreRequest"
+
+
+def test_bearer_token_on_every_route_but_health(tmp_path: Path, embedder: Any) -> None:
+    srv = _start(tmp_path, embedder, token="s3cret-token")
+    try:
+        c = srv.client
+        body = {"queries": ["anything"], "limit": 1}
+        for method, path, kw in (
+            ("post", "/batch/search", {"json": body}),
+            ("post", "/batch/store", {"json": {"records": [{"id": "a", "text": "x"}]}}),
+            ("post", "/batch/delete", {"json": {"ids": ["a"]}}),
+            ("get", "/jobs/nope", {}),
+            ("get", "/metrics", {}),
+            ("get", "/docs", {}),
+            ("get", "/openapi.json", {}),
+        ):
+            for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cret-token"}):
+                r = getattr(c, method)(path, headers=headers, **kw)
+                assert r.status_code == 401, (path, headers, r.status_code)
+                assert r.headers["www-authenticate"] == "Bearer" and "token" in r.json()["error"]
+        assert c.get("/health").status_code in (200, 503)  # probes need no token
+        ok = {"Authorization": "Bearer s3cret-token"}
+        assert c.post("/batch/search", json=body, headers=ok).status_code == 200
+        assert c.get("/jobs/nope", headers=ok).status_code == 404
+    finally:
+        srv.stop()
+
+
+def test_a_public_host_needs_a_token_and_callbacks_need_the_allow_list(
+    tmp_path: Path, embedder: Any
+) -> None:
+    from qflume.serve import _parser, config_from_args
+
+    args = _parser().parse_args(["-c", "docs", "--host", "0.0.0.0"])
+    args.token = None
+    with pytest.raises(qflume.InvalidInputError, match=r"--host 0\.0\.0\.0 .* --token"):
+        config_from_args(args)
+    args.token = "t"
+    assert config_from_args(args).token == "t"
+    loop = _parser().parse_args(["-c", "docs", "--callback-host", "127.0.0.1:9"])
+    loop.token = None
+    assert config_from_args(loop).callback_hosts == ("127.0.0.1:9",)
+    with pytest.raises(qflume.InvalidInputError, match="HOST:PORT"):
+        config_from_args(_parser().parse_args(["-c", "d", "--callback-host", "example.org"]))
+
+    srv = _start(tmp_path, embedder, callback_hosts=("127.0.0.1:9",))
+    try:
+        rec = {"records": [{"id": "cb", "text": "x"}]}
+        # Qdrant's own REST port on loopback is not a callback target by default
+        r = srv.client.post("/batch/store", json={**rec, "callback_url": "http://127.0.0.1:6333/x"})
+        assert r.status_code == 422 and "127.0.0.1:6333 is not an allowed" in r.json()["error"]
+        url = "http://user:hunter2@127.0.0.1:9/hook"
+        r = srv.client.post("/batch/store", json={**rec, "callback_url": url})
+        assert r.status_code == 202, r.text
+        doc = srv.wait_job(r.json()["id"])
+        assert doc["callback"]["url"] == "http://***@127.0.0.1:9/hook"
+        deadline = time.monotonic() + 60
+        while srv.client.get(f"/jobs/{doc['id']}").json()["callback"]["state"] == "pending":
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        shown = srv.client.get(f"/jobs/{doc['id']}").text
+        assert "hunter2" not in shown and "user:" not in shown
+        r = srv.client.post("/batch/store", json={**rec, "callback_url": "http://u:p@10.1.2.3:9/"})
+        assert r.status_code == 422 and "hunter2" not in r.text and "u:p" not in r.text
+    finally:
+        srv.stop()

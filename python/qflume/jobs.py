@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from qflume._sqlite import open_wal
+from qflume._validate import redact_url
 from qflume.exceptions import QflumeError, StateError, is_rust_panic
 
 __all__ = ["BULK", "NORMAL", "URGENT", "Job", "JobQueue", "QueueClosedError", "StepResult"]
@@ -111,7 +112,10 @@ class Job:
             "error": self.error,
             "callback": None
             if self.callback_url is None
-            else {"url": self.callback_url, **(self.callback or {"state": "pending"})},
+            else {
+                **(self.callback or {"state": "pending"}),
+                "url": redact_url(self.callback_url),
+            },
             "created_at": self.created,
             "started_at": self.started,
             "finished_at": self.finished,
@@ -477,7 +481,7 @@ class JobQueue:
                 try:
                     self.deliver(job.callback_url, job.as_dict())
                 except Exception as e:
-                    cb["error"] = f"{type(e).__name__}: {e}"
+                    cb["error"] = _scrub(f"{type(e).__name__}: {e}", job.callback_url)
                     if self._cb_stop:
                         break  # shutting down: leave it pending, the next start redelivers
                     if attempt + 1 < self.callback_attempts:
@@ -490,6 +494,17 @@ class JobQueue:
                     break
             job.callback = cb
             self._exec("UPDATE jobs SET callback=? WHERE id=?", (_dumps(cb), job.id))
+
+
+def _scrub(text: str, url: str) -> str:
+    """``text`` with the user:password of ``url`` (if any) taken out."""
+    from urllib.parse import urlsplit
+
+    with contextlib.suppress(ValueError):
+        netloc = urlsplit(url).netloc
+        if "@" in netloc:
+            text = text.replace(netloc.rsplit("@", 1)[0] + "@", "***@")
+    return text
 
 
 def _dumps(obj: Any) -> str | None:

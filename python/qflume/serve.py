@@ -36,6 +36,7 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
+from qflume._validate import redact_url
 from qflume.exceptions import InvalidInputError, QflumeError, SinkError
 from qflume.jobs import (
     BULK,
@@ -95,7 +96,8 @@ class ServeConfig:
     urgent_items: int = 1000  # updates/deletes up to this many items go first
     wait_timeout: float = 300.0  # ?wait=true gives up (202) after this
     drain: float = 0.0  # at shutdown, keep running jobs this long before persisting the rest
-    callback_hosts: tuple[str, ...] = ()  # callback URL hosts allowed besides loopback
+    callback_hosts: tuple[str, ...] = ()  # host:port pairs callback URLs may point to
+    token: str | None = None  # bearer token every route but /health requires
     max_concurrent_searches: int = 8
     jobs_path: str | None = None  # default: beside the state, <collection>.jobs.sqlite
     pipeline_options: dict[str, Any] = field(default_factory=dict)
@@ -478,20 +480,26 @@ class Service:
     # -- requests ----------------------------------------------------------------------------
 
     def check_callback(self, url: str | None) -> None:
+        """Callbacks go only to the ``host:port`` pairs the service was started with
+        (``--callback-host``): a callback is a POST this process makes, and without the list any
+        local service (Qdrant's own REST port, ...) would be a target."""
         if url is None:
             return
-        parts = urlsplit(url)
+        shown = redact_url(url)
+        try:
+            parts = urlsplit(url)
+            port = parts.port or (443 if parts.scheme == "https" else 80)
+        except ValueError as e:
+            raise ApiError(422, f"callback_url {shown!r} is not a URL: {e}") from None
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ApiError(422, f"callback_url {url!r} must be an http(s) URL with a host")
+            raise ApiError(422, f"callback_url {shown!r} must be an http(s) URL with a host")
         host = parts.hostname
-        allowed = host in self.config.callback_hosts or host == "localhost"
-        with contextlib.suppress(ValueError):
-            allowed = allowed or ipaddress.ip_address(host).is_loopback
-        if not allowed:
+        target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        if target not in self.config.callback_hosts:
             raise ApiError(
                 422,
-                f"callback_url host {host!r} is not allowed: use a loopback address or start "
-                "qflume serve with --callback-host " + host,
+                f"callback_url {shown!r}: {target} is not an allowed callback target; start "
+                f"qflume serve with --callback-host {target} to allow it",
             )
 
     def _check_items(self, what: str, n: int) -> None:
@@ -664,9 +672,21 @@ class _Guard:
     """ASGI middleware: the request body size limit (413 before the app sees the body) and
     per-route request metrics (latency, count, 5xx errors) in qflume.metrics."""
 
-    def __init__(self, app: FastAPI, max_body_bytes: int) -> None:
+    def __init__(self, app: FastAPI, max_body_bytes: int, token: str | None = None) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self._token = None if token is None else f"Bearer {token}".encode()
+
+    def _authorized(self, scope: Scope) -> bool:
+        if self._token is None or scope.get("path") == "/health":
+            return True
+        import hmac
+
+        given = b""
+        for name, value in scope.get("headers") or []:
+            if name.lower() == b"authorization":
+                given = value
+        return hmac.compare_digest(given, self._token)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -674,6 +694,12 @@ class _Guard:
             return
         t0 = time.perf_counter()
         status = 500
+        if not self._authorized(scope):
+            status = 401
+            refusal = _error(401, "missing or wrong bearer token (Authorization: Bearer <token>)")
+            refusal.headers["WWW-Authenticate"] = "Bearer"
+            await refusal(scope, receive, send)
+            return
 
         async def send_wrapper(message: Message) -> None:
             nonlocal status
@@ -934,7 +960,9 @@ def create_app(service: Service, *, manage: bool = True) -> FastAPI:
 
 def asgi(service: Service, *, manage: bool = True) -> _Guard:
     """What to run: the FastAPI app (``.app``) behind the body size limit and request metrics."""
-    return _Guard(create_app(service, manage=manage), service.config.max_body_bytes)
+    return _Guard(
+        create_app(service, manage=manage), service.config.max_body_bytes, service.config.token
+    )
 
 
 def _version() -> str:
@@ -979,6 +1007,12 @@ def _parser() -> argparse.ArgumentParser:
         help="at shutdown, keep running jobs up to this many seconds; the rest is persisted",
     )
     ap.add_argument(
+        "--token",
+        default=os.environ.get("QFLUME_TOKEN"),
+        help="bearer token every route but /health requires (default $QFLUME_TOKEN); "
+        "required to listen on a non-loopback --host",
+    )
+    ap.add_argument(
         "--callback-host",
         action="append",
         default=[],
@@ -988,10 +1022,32 @@ def _parser() -> argparse.ArgumentParser:
     return ap
 
 
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _callback_target(value: str) -> str:
+    """``--callback-host HOST:PORT`` as the service compares it."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise InvalidInputError(f"--callback-host {value!r}: give HOST:PORT, e.g. 10.0.0.5:8080")
+    return f"{host.lower()}:{int(port)}"
+
+
 def config_from_args(args: argparse.Namespace) -> ServeConfig:
     for name in ("max_body_bytes", "max_items", "max_queries", "slice_records", "port"):
         if getattr(args, name) < (0 if name == "port" else 1):
             raise InvalidInputError(f"--{name.replace('_', '-')} must be positive")
+    if not _is_loopback(args.host) and not args.token:
+        raise InvalidInputError(
+            f"--host {args.host} would let anyone on the network store, search and delete: "
+            "give a --token (or QFLUME_TOKEN) too, or listen on 127.0.0.1"
+        )
     return ServeConfig(
         collection=args.collection,
         store=args.store,
@@ -1009,7 +1065,8 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
         max_queries=args.max_queries,
         slice_records=args.slice_records,
         drain=args.drain,
-        callback_hosts=tuple(args.callback_host),
+        callback_hosts=tuple(_callback_target(h) for h in args.callback_host),
+        token=args.token or None,
     )
 
 
