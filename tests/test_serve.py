@@ -438,7 +438,11 @@ def test_bearer_token_on_every_route_but_health(tmp_path: Path, embedder: Any) -
             ("get", "/docs", {}),
             ("get", "/openapi.json", {}),
         ):
-            for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cret-token"}):
+            for headers in (
+                {},
+                {"Authorization": "Bearer wrong"},
+                {"Authorization": "s3cret-token"},
+            ):
                 r = getattr(c, method)(path, headers=headers, **kw)
                 assert r.status_code == 401, (path, headers, r.status_code)
                 assert r.headers["www-authenticate"] == "Bearer" and "token" in r.json()["error"]
