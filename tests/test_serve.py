@@ -492,3 +492,29 @@ def test_a_public_host_needs_a_token_and_callbacks_need_the_allow_list(
         assert r.status_code == 422 and "hunter2" not in r.text and "u:p" not in r.text
     finally:
         srv.stop()
+
+
+def test_deep_json_is_a_400_and_duplicate_ids_a_422(served: Server) -> None:
+    c = served.client
+    deep = "[" * 5000 + "]" * 5000
+    for path in ("/batch/store", "/batch/search", "/batch/update", "/batch/delete"):
+        r = c.post(path, content=b'{"records": ' + deep.encode() + b"}")
+        assert r.status_code == 400 and "nested too deeply" in r.json()["error"], (path, r.text)
+    recs = [{"id": "a", "text": "one"}, {"id": "b", "text": "two"}, {"id": "a", "text": "three"}]
+    r = c.post("/batch/store", json={"records": recs})
+    assert r.status_code == 422
+    assert "records[2].id: id 'a' repeats records[0].id" in r.json()["error"]
+    # a record whose metadata nests past the limit is a named skip; its neighbours are stored
+    nested: Any = 1
+    for _ in range(40):
+        nested = {"x": nested}
+    recs = [{"id": "n1", "text": "fine one"}, {"id": "n2", "text": "deep", "metadata": nested},
+            {"id": "n3", "text": "fine three", "metadata": {"v": "ok"}}]  # fmt: skip
+    r = c.post("/batch/store?wait=true", json={"records": recs})
+    assert r.status_code == 200, r.text
+    result = r.json()["result"]
+    assert result["documents_new"] == 2
+    assert [s["key"] for s in result["skipped"]] == ["n2"]
+    assert "nested deeper than 32" in result["skipped"][0]["reason"]
+    r = c.post("/batch/search", json={"queries": ["fine three"], "limit": 1})
+    assert r.status_code == 200

@@ -36,7 +36,7 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
-from qflume._validate import redact_url
+from qflume._validate import printable, redact_url
 from qflume.exceptions import InvalidInputError, QflumeError, SinkError
 from qflume.jobs import (
     BULK,
@@ -324,12 +324,16 @@ def _parse(body: bytes, model: type[BaseModel]) -> tuple[Any, BaseModel]:
         obj = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ApiError(400, f"request body is not valid JSON: {e}") from None
+    except RecursionError:
+        raise ApiError(400, "request body is nested too deeply to read") from None
     if not isinstance(obj, dict):
         raise ApiError(422, f"request body must be a JSON object, not {type(obj).__name__}")
     try:
         return obj, model.model_validate(obj)
     except ValidationError as e:
         raise _validation_error(e) from None
+    except RecursionError:
+        raise ApiError(400, "request body is nested too deeply to read") from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -515,7 +519,13 @@ class Service:
         assert isinstance(req, StoreRequest)
         self._check_items("records", len(req.records))
         bad = []
+        first: dict[str, int] = {}
         for i, r in enumerate(req.records):
+            key = str(r.id)
+            if key in first:  # slices would otherwise decide which copy wins
+                msg = f"id {printable(key)!r} repeats records[{first[key]}].id"
+                bad.append({"loc": f"records[{i}].id", "msg": msg, "type": "duplicate"})
+            first.setdefault(key, i)
             if isinstance(r.id, str) and not r.id.strip():
                 bad.append({"loc": f"records[{i}].id", "msg": "id is empty", "type": "empty"})
             if not r.text.strip():
