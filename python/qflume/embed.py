@@ -350,9 +350,14 @@ class Embedder:
         return self.embed([text])[0]
 
     def count_tokens(self, texts: Sequence[str]) -> np.ndarray:
-        """Tokens per text after truncation (int64 array), as the model sees them."""
-        encs = self._tokenizer.encode_batch(list(texts))
-        return np.fromiter((len(e.ids) for e in encs), np.int64, len(encs))
+        """Tokens per text after truncation (int64 array), as the model sees them. Encoded a
+        window at a time: a tokenizer Encoding costs ~100 bytes per token, so a whole corpus's
+        encodings at once would cost far more than its text."""
+        out = np.empty(len(texts), np.int64)
+        for lo in range(0, len(texts), WINDOW):
+            encs = self._tokenizer.encode_batch(list(texts[lo : lo + WINDOW]))
+            out[lo : lo + len(encs)] = [len(e.ids) for e in encs]
+        return out
 
     def close(self) -> None:
         """Stop the tokenizer and worker threads (the sessions are freed with the object); a
