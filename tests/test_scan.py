@@ -77,6 +77,7 @@ def test_skip_reasons_are_the_documented_stable_strings() -> None:
         "symlink-loop",
         "not-a-file",
         "hidden",
+        "bad-filename",
     }
 
 
