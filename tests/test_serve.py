@@ -518,3 +518,28 @@ def test_deep_json_is_a_400_and_duplicate_ids_a_422(served: Server) -> None:
     assert "nested deeper than 32" in result["skipped"][0]["reason"]
     r = c.post("/batch/search", json={"queries": ["fine three"], "limit": 1})
     assert r.status_code == 200
+
+
+def test_nan_and_lone_surrogates_in_a_store_request_skip_only_their_records(
+    served: Server,
+) -> None:
+    body = (
+        b'{"records": ['
+        b'{"id": "s1", "text": "a fine record about lighthouses"},'
+        b'{"id": "s2\\ud800", "text": "surrogate id"},'
+        b'{"id": "s3", "text": "nan metadata", "metadata": {"x": NaN}},'
+        b'{"id": "s4", "text": "surrogate key", "metadata": {"k\\udc80": 1}},'
+        b'{"id": "s5", "text": "surrogate \\ud801 text"},'
+        b'{"id": "s6", "text": "another fine record about harbours"}'
+        b"]}"
+    )
+    r = served.client.post("/batch/store?wait=true", content=body)
+    assert r.status_code == 200, r.text
+    result = r.json()["result"]
+    assert result["documents_new"] == 2 and result["documents_skipped"] == 4, result
+    r = served.client.post(
+        "/batch/search", content=b'{"queries": ["lighthouses", "bad \\udcff query"]}'
+    )
+    assert r.status_code == 422 and "query #1" in r.json()["error"], r.text
+    r = served.client.post("/batch/search", json={"queries": ["harbours"], "limit": 1})
+    assert r.json()["results"][0][0]["source"] == "s6"

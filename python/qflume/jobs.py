@@ -334,7 +334,7 @@ class JobQueue:
                     priority,
                     QUEUED,
                     items,
-                    json.dumps(payload, ensure_ascii=False),
+                    _dumps(payload),
                     callback_url,
                     job.created,
                 ),
@@ -508,4 +508,6 @@ def _scrub(text: str, url: str) -> str:
 
 
 def _dumps(obj: Any) -> str | None:
-    return None if obj is None else json.dumps(obj, ensure_ascii=False)
+    # ASCII JSON: a lone surrogate from a request ("\\ud800") is stored as its escape and read
+    # back as it came, where UTF-8 text could not hold it; the record is then refused by name.
+    return None if obj is None else json.dumps(obj, ensure_ascii=True)
