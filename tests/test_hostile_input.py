@@ -487,3 +487,39 @@ def test_credentials_in_the_url_are_refused_and_never_shown(tmp_path: Path) -> N
     assert not any("s3cret" in str(p) for p in tmp_path.rglob("*"))  # no folder named after it
     with pytest.raises(qflume.InvalidInputError, match=r"(?i)port out of range"):
         GrpcSink("http://127.0.0.1:99999", "c")
+
+
+# --------------------------------------------------------------------------- one large document
+
+
+def test_a_large_document_is_sent_in_slices_with_the_same_result(tmp_path: Path, embedder) -> None:
+    """A document of many chunks travels in slices of batch_chunks (bounded memory in flight);
+    the point set equals one sent whole, and an edit that drops chunks still deletes them."""
+    from qflume.testing import QdrantGrpcServer
+    from test_pipeline import _real_texts
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    text = "\n\n".join(t for _, t in _real_texts(4))
+    (docs / "long.txt").write_text(text)
+
+    def run(server: QdrantGrpcServer, name: str, **kw: Any) -> dict[str, Any]:
+        with Pipeline(name, url=server.url, state_dir=tmp_path / name, embedder=embedder,
+                      progress=False, **kw) as p:  # fmt: skip
+            p.ingest([docs])
+            return {str(r.id): (r.payload, list(np.round(r.vector, 5))) for r in
+                    p.sink.scroll(with_payload=True, with_vectors=True)}  # fmt: skip
+
+    import numpy as np
+
+    with QdrantGrpcServer() as server:
+        whole = run(server, "whole", batch_chunks=10_000)
+        before = server.calls["Points/Upsert"]
+        sliced = run(server, "sliced", batch_chunks=4)
+        assert server.calls["Points/Upsert"] - before >= len(sliced) // 4 > 1
+        assert sliced == whole
+        (docs / "long.txt").write_text(text[: len(text) // 3])  # drops two thirds of the chunks
+        assert run(server, "sliced", batch_chunks=4) == run(server, "whole", batch_chunks=10_000)
+        with Pipeline("sliced", url=server.url, state_dir=tmp_path / "sliced", embedder=embedder,
+                      progress=False) as p:  # fmt: skip
+            assert p.verify()["ok"]

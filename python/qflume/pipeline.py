@@ -141,6 +141,33 @@ class _Batch:
     deleted: list[tuple[str, list[str]]] = field(default_factory=list)  # (key, point ids)
     dense: npt.NDArray[np.float32] | None = None
     sparse: dict[str, SparseBatch] | None = None
+    #: False for all but the last slice of a batch cut into slices (a large document): only the
+    #: last deletes lost chunks, updates moved offsets and commits the plans.
+    final: bool = True
+    first: bool = True
+
+    def slices(self, rows: int) -> Iterator[_Batch]:
+        """This batch as consecutive slices of at most ``rows`` chunks, so that one large
+        document never holds all its texts, vectors and packed requests in flight at once."""
+        n = len(self.texts)
+        if n <= rows:
+            yield self
+            return
+        for lo in range(0, n, rows):
+            hi = min(n, lo + rows)
+            yield _Batch(
+                plans=self.plans,
+                texts=self.texts[lo:hi],
+                hashes=self.hashes[lo:hi],
+                ids=self.ids[lo:hi],
+                doc_index=self.doc_index[lo:hi],
+                chunk_index=self.chunk_index[lo:hi],
+                start=self.start[lo:hi],
+                end=self.end[lo:hi],
+                deleted=self.deleted if hi == n else [],
+                final=hi == n,
+                first=lo == 0,
+            )
 
 
 def _still_there(root: str, key: str) -> bool:
@@ -931,14 +958,14 @@ class Pipeline:
                 docs.append(item)
                 text_chars += item.size
             if text_chars >= budget or len(deleted) >= 1024:
-                batch = make(t)
-                yield batch  # time blocked on a full queue is not counted as busy
+                # time blocked on a full queue is not counted as busy
+                yield from make(t).slices(self.batch_chunks)
                 t = time.perf_counter()
                 docs, deleted, text_chars = [], [], 0
             if self._abort.is_set():
                 return
         if docs or deleted:
-            yield make(t)
+            yield from make(t).slices(self.batch_chunks)
 
     def _dry(
         self,
@@ -958,9 +985,10 @@ class Pipeline:
                 if todo:
                     report.tokens_embedded += int(np.sum(self.embedder.count_tokens(todo)))
             report.points_upserted += n
-            report.points_deleted += sum(len(p.lost_ids) for p in batch.plans)
-            report.points_deleted += sum(len(ids) for _, ids in batch.deleted)
-            report.payload_updates += sum(len(p.moved) for p in batch.plans)
+            if batch.final:  # the plans of a sliced batch count once
+                report.points_deleted += sum(len(p.lost_ids) for p in batch.plans)
+                report.points_deleted += sum(len(ids) for _, ids in batch.deleted)
+                report.payload_updates += sum(len(p.moved) for p in batch.plans)
 
     def _stream(
         self,
@@ -1087,9 +1115,11 @@ class Pipeline:
             if not ensured and (len(batch.texts) or batch.plans):
                 sink.ensure_collection(self.collection_spec())
                 ensured = True
-            # Write-ahead: what may land in the collection is recorded before it is sent.
-            ahead = {p.doc.key: (p.doc.root, p.upsert_hashes) for p in batch.plans}
-            self.state.write_ahead({k: v for k, v in ahead.items() if v[1]})
+            # Write-ahead: what may land in the collection is recorded before it is sent (once
+            # per batch: with its first slice).
+            if batch.first:
+                ahead = {p.doc.key: (p.doc.root, p.upsert_hashes) for p in batch.plans}
+                self.state.write_ahead({k: v for k, v in ahead.items() if v[1]})
             n = len(batch.texts)
             if n:
                 doc_meta = [p.doc.meta for p in batch.plans]
@@ -1108,18 +1138,20 @@ class Pipeline:
                     )
                 )
                 report.points_upserted += n
-            lost = [pid for p in batch.plans for pid in p.lost_ids]
-            for _, ids in batch.deleted:
-                lost.extend(ids)
-            if lost:
-                sink.delete(lost)
-                report.points_deleted += len(lost)
-            for p in batch.plans:
-                for pid, fields in p.moved:
-                    sink.set_payload(fields, [pid], key="metadata")
-                    report.payload_updates += 1
-            group_updates.extend(p.update for p in batch.plans)
-            group_deleted.extend(k for k, _ in batch.deleted)
+            lost: list[str] = []
+            if batch.final:  # after every slice of these documents' new chunks was sent
+                lost = [pid for p in batch.plans for pid in p.lost_ids]
+                for _, ids in batch.deleted:
+                    lost.extend(ids)
+                if lost:
+                    sink.delete(lost)
+                    report.points_deleted += len(lost)
+                for p in batch.plans:
+                    for pid, fields in p.moved:
+                        sink.set_payload(fields, [pid], key="metadata")
+                        report.payload_updates += 1
+                group_updates.extend(p.update for p in batch.plans)
+                group_deleted.extend(k for k, _ in batch.deleted)
             group_points += n + len(lost)
             self._progress.advance(chunks=n)
             _record(report, "write", time.perf_counter() - t, n)
