@@ -301,18 +301,22 @@ def test_the_same_key_under_two_roots_is_refused_naming_both(tmp_path: Path, emb
         assert "Beta" in hits[0].page_content
 
 
+def _cli(store: Path, *args: str, json_out: bool = True) -> subprocess.CompletedProcess[str]:
+    """``qflume ARGS -c docs --store STORE [--json]`` in a child process."""
+    cmd = [sys.executable, "-m", "qflume", *args, "-c", "docs", "--store", str(store)]
+    extra = ["--json"] if json_out else []
+    return subprocess.run([*cmd, *extra], capture_output=True, text=True, check=False)
+
+
 def test_verify_repair_really_repairs_a_collection_whose_files_were_lost(tmp_path: Path) -> None:
     import shutil
 
     docs = tmp_path / "docs"
     _docs(docs, 4)
     store = tmp_path / "store"
-    cmd = [sys.executable, "-m", "qflume"]
-    target = ["-c", "docs", "--store", str(store)]
 
     def run(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([*cmd, *args, *target, "--json"], capture_output=True, text=True,
-                              check=False)  # fmt: skip
+        return _cli(store, *args)
 
     first = json.loads(run("ingest", str(docs)).stdout)
     assert first["points_upserted"] > 0
@@ -339,13 +343,9 @@ def test_a_damaged_state_is_named_and_rebuilt_from_the_collection(tmp_path: Path
     docs = tmp_path / "docs"
     _docs(docs, 4)
     store = tmp_path / "store"
-    cmd = [sys.executable, "-m", "qflume"]
-    target = ["-c", "docs", "--store", str(store)]
 
     def run(*args: str, json_out: bool = True) -> subprocess.CompletedProcess[str]:
-        extra = ["--json"] if json_out else []
-        return subprocess.run([*cmd, *args, *target, *extra], capture_output=True, text=True,
-                              check=False)  # fmt: skip
+        return _cli(store, *args, json_out=json_out)
 
     first = json.loads(run("ingest", str(docs)).stdout)
     state = store / "docs.state.sqlite"
