@@ -293,6 +293,14 @@ def test_the_same_key_under_two_roots_is_refused_naming_both(tmp_path: Path, emb
         # a record with a file's key is refused the same way
         rec = p.ingest_records([{"id": "other.md", "text": "a record"}])
         assert rec.skipped[0]["reason"].startswith("key-conflict")
+        # files given as roots collide the same way
+        one = p.ingest([b / "other.md"])
+        assert one.documents_unchanged == 1
+        c = tmp_path / "C"
+        c.mkdir()
+        (c / "other.md").write_text("A different file with the same name.\n")
+        clash = p.ingest([c / "other.md"])
+        assert clash.skipped[0]["reason"].startswith("key-conflict"), clash.skipped
         # the folder moved away: the same key under the new root is the document moved
         a.rename(tmp_path / "A-moved")
         moved = p.ingest([b])

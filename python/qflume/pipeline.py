@@ -170,12 +170,19 @@ class _Batch:
             )
 
 
-def _still_there(root: str, key: str) -> bool:
-    """Whether the document ``key`` of ``root`` still exists there (records always do): when it
-    does not, the same key under another root is the document moved, not a second one."""
+def _still_there(root: str, key: str, path: str | None = None) -> bool:
+    """Whether another document ``key`` of ``root`` still exists there (records always do) than
+    the file at ``path``: when it does not, the same key under another root is the document
+    moved (or the same file named through another root), not a second one."""
     if root == RECOVERED_ROOT:
         return False
-    return root == RECORDS_ROOT or os.path.lexists(os.path.join(root, key))
+    if root == RECORDS_ROOT:
+        return True
+    # a folder root holds the key below it; a file given as the root is the document itself
+    old = os.path.join(root, key) if os.path.isdir(root) else root
+    if not os.path.lexists(old):
+        return False
+    return path is None or os.path.realpath(old) != os.path.realpath(path)
 
 
 def _conflict(key: str, had: str, new: str | None) -> str:
@@ -664,7 +671,7 @@ class Pipeline:
         touched: list[tuple[str, int, int]] = []
         for e in entries:
             p = prev.get(e.key)
-            if p is not None and p.root != root and _still_there(p.root, e.key):
+            if p is not None and p.root != root and _still_there(p.root, e.key, e.path):
                 report.documents_skipped += 1
                 report.skipped.append({"key": e.key, "reason": _conflict(e.key, p.root, root)})
                 self._progress.advance(documents=1)
