@@ -61,5 +61,12 @@ if [ -z "${QDRANT_BIN:-}" ] && [ -z "${QDRANT_URL:-}" ] && [ -f ../shared/bin/qd
   export QDRANT_BIN
 fi
 
-step "pytest"
-"$py" -m pytest -q -p no:cacheprovider -rs "$@"
+if [ $# -eq 0 ] && { [ -n "${QDRANT_BIN:-}" ] || [ -n "${QDRANT_URL:-}" ]; }; then
+  step "pytest: the tests against a real Qdrant server, by name"
+  "$py" -m pytest -v -p no:cacheprovider -m qdrant_server
+  step "pytest: everything else"
+  "$py" -m pytest -q -p no:cacheprovider -rs -m "not qdrant_server"
+else
+  step "pytest"
+  "$py" -m pytest -q -p no:cacheprovider -rs "$@"
+fi

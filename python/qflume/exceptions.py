@@ -16,7 +16,6 @@ __all__ = [
     "StateLockedError",
     "StoreBusyError",
     "TokenizerError",
-    "is_rust_panic",
 ]
 
 
