@@ -36,14 +36,14 @@ def private_cache(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def builds(tmp_path_factory):
-    """all-MiniLM-L6-v2 built into a private cache (a few seconds each): fp32, int8 with the
-    recipe this CPU gets (``int8``), and both int8 recipes by name."""
+    """all-MiniLM-L6-v2 built into a private cache (a few seconds each): fp32, both int8
+    recipes (``full``, ``r7``), and ``int8``: the one of the two this CPU gets."""
     root = tmp_path_factory.mktemp("models")
     src = qmodel.default_source()
     out = {"fp32": qmodel.build(src, out=root / "fp32", quiet=True)}
-    for kind in (qmodel.INT8, qmodel.INT8_7BIT):
-        out[kind] = qmodel.build(src, int8=kind, out=root / kind, quiet=True)
-    out["int8"] = out[qmodel.int8_kind()]
+    for key, kind in (("full", qmodel.INT8), ("r7", qmodel.INT8_7BIT)):
+        out[key] = qmodel.build(src, int8=kind, out=root / kind, quiet=True)
+    out["int8"] = out["full" if qmodel.int8_kind() == qmodel.INT8 else "r7"]
     return out
 
 
@@ -93,7 +93,7 @@ def test_7bit_recipe_holds_the_margin(builds):
     saturate (test_7bit_weights_cannot_saturate), so it computes the same here as there;
     test_cpu_emulation.py runs it on an emulated AVX2-only CPU."""
     what = f"int8 recipe {qmodel.INT8_7BIT!r} run on {qmodel.int8_path()}"
-    _assert_int8_margin(Embedder(builds[qmodel.INT8_7BIT]), what)
+    _assert_int8_margin(Embedder(builds["r7"]), what)
 
 
 def test_7bit_weights_cannot_saturate(builds):
@@ -110,13 +110,13 @@ def test_7bit_weights_cannot_saturate(builds):
             if t.data_type == onnx.TensorProto.INT8 and len(t.dims) == 2
         ]
 
-    r7 = int8_weights(builds[qmodel.INT8_7BIT])
-    full = int8_weights(builds[qmodel.INT8])
+    r7 = int8_weights(builds["r7"])
+    full = int8_weights(builds["full"])
     assert len(r7) == len(full) == 6 * 6 - 3  # every MatMul but the three kept fp32
     assert max(int(np.abs(w.astype(np.int32)).max()) for w in r7) <= 64
     assert 2 * 255 * 64 <= 32767 < 2 * 255 * 127
     assert max(int(np.abs(w.astype(np.int32)).max()) for w in full) == 127
-    meta = json.loads((builds[qmodel.INT8_7BIT] / "qflume_build.json").read_text())
+    meta = json.loads((builds["r7"] / "qflume_build.json").read_text())
     assert meta["kind"] == "int8-r7" and meta["weight_bits"] == 7
 
 
@@ -266,10 +266,8 @@ def test_model_fingerprint_equals_model_id_without_a_session(builds, fp32, int8,
         raise AssertionError("model_fingerprint must not create an InferenceSession")
 
     ids = {"fp32": fp32.model_id, "int8": int8.model_id}
-    other = qmodel.INT8_7BIT if qmodel.int8_kind() == qmodel.INT8 else qmodel.INT8
-    ids[other] = Embedder(builds[other]).model_id
-    ids[qmodel.int8_kind()] = int8.model_id
-    assert len(set(ids.values())) == 3  # each build its own model id
+    ids.update({k: Embedder(builds[k]).model_id for k in ("full", "r7")})
+    assert len({ids["fp32"], ids["full"], ids["r7"]}) == 3  # each build its own model id
     small = Embedder(builds["int8"], max_tokens=64).model_id
     monkeypatch.setattr(onnxruntime, "InferenceSession", no_session)
     for kind, path in builds.items():
