@@ -11,7 +11,6 @@ import os
 import shutil
 import subprocess
 import sys
-import urllib.parse
 import uuid
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ import pytest
 import qflume
 from qflume.exceptions import StateLockedError
 from qflume.pipeline import Pipeline
-from realserver import real_server
+from realserver import drop_collection, real_server
 
 DOCS = Path("/usr/share/doc/python3.11/html/_sources")
 
@@ -227,24 +226,13 @@ def test_sigkill_at_random_moments_converges_exactly_on_a_real_server(
     tmp_path: Path, embedder
 ) -> None:
     """The same against a real Qdrant server (QDRANT_URL, gRPC), in two fresh collections."""
-    from qdrant_client import QdrantClient
-
     url = os.environ["QDRANT_URL"]
     names = [f"qflume_test_{uuid.uuid4().hex[:12]}" for _ in range(2)]
     try:
         _sigkill_converges(tmp_path, embedder, server=(url, names))
     finally:
-        client = QdrantClient(
-            url=url,
-            api_key=os.environ.get("QDRANT_API_KEY"),
-            prefer_grpc=True,
-            grpc_port=urllib.parse.urlsplit(url).port or 6334,
-            check_compatibility=False,
-        )
         for name in names:
-            if client.collection_exists(name):
-                client.delete_collection(name)
-        client.close()
+            drop_collection(url, name)
 
 
 def _sigkill_converges(tmp_path: Path, embedder, server: tuple[str, list[str]] | None) -> None:

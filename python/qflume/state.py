@@ -128,6 +128,7 @@ class State:
     ):
         self.path = Path(path)
         self._lock_fd: int | None = None
+        self._writer = False  # holds the exclusive lock (and wrote its pid into the lock file)
         # One connection serves the pipeline's threads: transactions and reads take turns.
         self._mutex = threading.RLock()
         if not readonly:
@@ -225,7 +226,7 @@ class State:
     def _release_lock(self) -> None:
         if self._lock_fd is not None:
             with contextlib.suppress(OSError):
-                if getattr(self, "_writer", False):
+                if self._writer:
                     os.ftruncate(self._lock_fd, 0)  # no pid left behind for readers to name
                 fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
                 os.close(self._lock_fd)
