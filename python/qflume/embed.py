@@ -292,8 +292,16 @@ class Embedder:
         self._pool: ThreadPoolExecutor | None = None  # tokenizes the next window
         self._workers: ThreadPoolExecutor | None = None  # one per session when there are several
         self._lock = threading.Lock()
+        self._counted = threading.local()  # tokens fed to the model, per calling thread
 
     # ------------------------------------------------------------------ public
+
+    @property
+    def tokens_embedded(self) -> int:
+        """Tokens the calls made from this thread have fed to the model (after truncation,
+        special tokens included: what :meth:`count_tokens` counts). Per thread, so a caller
+        sharing the Embedder measures its own calls exactly: the difference around a call."""
+        return int(getattr(self._counted, "tokens", 0))
 
     @property
     def model_path(self) -> Path:
@@ -320,7 +328,9 @@ class Embedder:
                 self._pool = ThreadPoolExecutor(1, thread_name_prefix="qflume-tokenize")
                 if n > 1:
                     self._workers = ThreadPoolExecutor(n, thread_name_prefix="qflume-embed")
+            tokens = 0
             for batches in self._windows(texts, self._pool):
+                tokens += sum(int(mask.sum()) for _, _, mask in batches)
                 if self._workers is None:
                     for rows, ids, mask in batches:
                         out[rows] = self._run(self._session, ids, mask)
@@ -341,6 +351,7 @@ class Embedder:
 
                 for _ in self._workers.map(work, range(n)):
                     pass
+            self._counted.tokens = self.tokens_embedded + tokens
         return out
 
     def embed_query(self, text: str) -> np.ndarray:

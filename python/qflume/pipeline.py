@@ -1088,7 +1088,11 @@ class Pipeline:
         miss = np.flatnonzero(~found)
         report.cache_hits += n - len(miss)
         if len(miss):
+            # Tokens the model saw, counted by the Embedder itself (per thread: exact when it is
+            # shared); an embedder without the counter leaves tokens_embedded at 0.
+            before = int(getattr(emb, "tokens_embedded", 0))
             new = emb.embed([batch.texts[i] for i in miss])
+            report.tokens_embedded += int(getattr(emb, "tokens_embedded", 0)) - before
             dense[miss] = new
             self.cache.put_many(emb.model_id, batch.hashes[miss], new)
             report.chunks_embedded += len(miss)
