@@ -48,6 +48,44 @@ def test_unknown_kind_is_a_type_error() -> None:
         _core._raise_core_error("nope", "x")
 
 
+@pytest.mark.parametrize("where", ["here", "detached", "parallel"])
+def test_a_panic_in_the_core_is_a_qflume_error_not_a_base_exception(where: str) -> None:
+    """A bug that panics in the Rust core (with the GIL held, released, or in a worker thread of
+    the pool) reaches Python as RustPanicError, which `except Exception` catches, and the module
+    keeps working after it; without the guards it is PyO3's PanicException, a BaseException."""
+    import subprocess
+    import sys
+
+    try:
+        _core._panic_for_test(where)
+    except Exception as e:
+        err: BaseException = e
+    except BaseException as e:  # PanicException
+        pytest.fail(f"a panic reached Python as {type(e).__name__}, a BaseException: {e}")
+    else:
+        pytest.fail("no exception")
+    assert type(err) is qflume.RustPanicError and isinstance(err, qflume.QflumeError)
+    assert "internal error in qflume's Rust core at rust/py/threads.rs:" in str(err)
+    assert "deliberate panic for a test" in str(err)
+    assert len(qflume.Chunker(20).chunk("still works after it. yes it does.")) == 2
+    # The panic is reported by the exception, not also printed raw to stderr.
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            f"from qflume import _core\ntry: _core._panic_for_test({where!r})\n"
+            "except Exception as e: print(type(e).__name__)",
+        ],  # fmt: skip
+        capture_output=True,
+        text=True,
+        env={
+            k: v for k, v in __import__("os").environ.items() if k != "RUST_BACKTRACE"
+        },  # fmt: skip
+    )
+    assert run.stdout.strip() == "RustPanicError"
+    assert "panicked" not in run.stderr
+
+
 def test_exception_tree() -> None:
     assert issubclass(qflume.DecodeError, qflume.InvalidInputError)
     assert issubclass(qflume.ShapeError, qflume.InvalidInputError)

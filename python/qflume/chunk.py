@@ -152,9 +152,21 @@ class Chunker:
         Yields ``(offsets, texts)`` batches; offsets are str offsets into the whole
         file and ``texts[i]`` is the chunk at ``offsets[i]``.
         """
+        batches = self.chunk_file_hashed(path, block_size=block_size)
+        return ((offsets, texts) for offsets, texts, _, _ in batches)
+
+    def chunk_file_hashed(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        key: str | None = None,
+        block_size: int = 1 << 20,
+    ) -> Iterator[tuple[Offsets, list[str], npt.NDArray[np.uint8], npt.NDArray[np.uint8]]]:
+        """``chunk_file`` with each batch's content hashes ``(n, 16)`` and, given the document
+        ``key``, point ids ``(n, 16)`` (as ``chunk_batch`` gives them; ``(0, 16)`` without a key)."""
         if not isinstance(block_size, int) or block_size < 1:
             raise _invalid(f"block_size must be a positive int, got {block_size!r}")
-        return self._inner.chunk_file(os.fspath(path), block_size=block_size)
+        return iter(self._inner.chunk_file(os.fspath(path), block_size=block_size, key=key))
 
 
 def chunk_file(

@@ -1316,12 +1316,18 @@ pub struct FileChunker<R: Read> {
     byte_base: u64,
     eof: bool,
     done: bool,
+    started: bool,
+    /// The document key point ids are derived from, when wanted.
+    key: Option<Vec<u8>>,
 }
 
-/// A batch of chunks from a stream: char offsets into the whole stream and texts.
+/// A batch of chunks from a stream: char offsets into the whole stream, texts, content
+/// hashes and (with a key) point ids.
 pub struct StreamBatch {
     pub offsets: Vec<[i64; 2]>,
     pub texts: Vec<String>,
+    pub hashes: Vec<[u8; HASH_LEN]>,
+    pub ids: Vec<[u8; HASH_LEN]>,
 }
 
 impl<R: Read> FileChunker<R> {
@@ -1338,7 +1344,15 @@ impl<R: Read> FileChunker<R> {
             byte_base: 0,
             eof: false,
             done: false,
+            started: false,
+            key: None,
         }
+    }
+
+    /// Derive point ids of document `key` for every chunk (`StreamBatch::ids`).
+    pub fn with_key(mut self, key: &[u8]) -> Self {
+        self.key = Some(key.to_vec());
+        self
     }
 
     fn fill(&mut self, want: usize) -> CoreResult<()> {
@@ -1376,6 +1390,14 @@ impl<R: Read> FileChunker<R> {
             // until a whole window fits (bounded by the chunk size).
             let want = self.buf.len() + self.block;
             self.fill(want)?;
+            if !self.started {
+                // A leading byte order mark is not text (as `read_text` drops it).
+                self.started = true;
+                if self.buf.starts_with(&[0xEF, 0xBB, 0xBF]) {
+                    self.buf.drain(..3);
+                    self.byte_base = 3;
+                }
+            }
             let (valid, tail_ok) = match std::str::from_utf8(&self.buf) {
                 Ok(_) => (self.buf.len(), true),
                 Err(e) => (e.valid_up_to(), e.error_len().is_none() && !self.eof),
@@ -1399,6 +1421,12 @@ impl<R: Read> FileChunker<R> {
                 .iter()
                 .map(|&(s, e)| text[s..e].to_string())
                 .collect();
+            let hashes: Vec<[u8; HASH_LEN]> =
+                texts.iter().map(|t| content_hash(t.as_bytes())).collect();
+            let ids = match &self.key {
+                Some(k) => hashes.iter().map(|h| point_id(k, h)).collect(),
+                None => Vec::new(),
+            };
             if last {
                 self.done = true;
             } else {
@@ -1413,7 +1441,12 @@ impl<R: Read> FileChunker<R> {
             if offsets.is_empty() {
                 continue;
             }
-            return Ok(Some(StreamBatch { offsets, texts }));
+            return Ok(Some(StreamBatch {
+                offsets,
+                texts,
+                hashes,
+                ids,
+            }));
         }
     }
 }

@@ -5,7 +5,7 @@ use crate::core::chunk::{
 };
 use crate::core::hash::HASH_LEN;
 use crate::core::CoreError;
-use crate::py::threads::detach_parallel;
+use crate::py::threads::{detach, detach_parallel, guarded};
 use crate::py::CoreErrorExt;
 use numpy::ndarray::Array2;
 use numpy::{IntoPyArray, PyArray1, PyArray2};
@@ -22,6 +22,13 @@ use std::sync::{Arc, Mutex};
 const GIL_MINSIZE: usize = 2048;
 
 type Offsets<'py> = Bound<'py, PyArray2<i64>>;
+/// (offsets, texts, hashes, ids) of one block of a streamed file.
+type FileBatch<'py> = (
+    Offsets<'py>,
+    Bound<'py, PyList>,
+    Bound<'py, PyArray2<u8>>,
+    Bound<'py, PyArray2<u8>>,
+);
 
 fn offsets_array(py: Python<'_>, offs: Vec<[i64; 2]>) -> Offsets<'_> {
     let n = offs.len();
@@ -112,9 +119,9 @@ impl PyChunker {
     fn chunk<'py>(&self, py: Python<'py>, text: PyBackedStr) -> PyResult<Offsets<'py>> {
         let t: &str = &text;
         let offs = if t.len() < GIL_MINSIZE {
-            self.inner.chunk_chars(t)
+            guarded(py, || self.inner.chunk_chars(t))?
         } else {
-            py.detach(|| self.inner.chunk_chars(t))
+            detach(py, || self.inner.chunk_chars(t))?
         }
         .py_err(py)?;
         Ok(offsets_array(py, offs))
@@ -136,7 +143,7 @@ impl PyChunker {
                 .collect()
         };
         let res = if total < GIL_MINSIZE {
-            work()
+            guarded(py, work)?
         } else {
             detach_parallel(py, work)?
         };
@@ -178,7 +185,7 @@ impl PyChunker {
             Ok(ChunkBatch::from_docs(docs))
         };
         let res = if total < GIL_MINSIZE {
-            work()
+            guarded(py, work)?
         } else {
             detach_parallel(py, work)?
         };
@@ -191,15 +198,20 @@ impl PyChunker {
         ))
     }
 
-    /// Chunks a UTF-8 file block by block in bounded memory.
-    #[pyo3(signature = (path, *, block_size = 1 << 20))]
+    /// Chunks a UTF-8 file block by block in bounded memory; with `key`, also the
+    /// chunks' point ids in that document.
+    #[pyo3(signature = (path, *, block_size = 1 << 20, key = None))]
     fn chunk_file(
         &self,
         py: Python<'_>,
         path: PathBuf,
         block_size: usize,
+        key: Option<&str>,
     ) -> PyResult<ChunkFileIter> {
-        let reader = open_file(&path, block_size).py_err(py)?;
+        let mut reader = open_file(&path, block_size).py_err(py)?;
+        if let Some(k) = key {
+            reader = reader.with_key(k.as_bytes());
+        }
         Ok(ChunkFileIter {
             chunker: self.inner.clone(),
             reader: Mutex::new(reader),
@@ -227,8 +239,9 @@ fn with_index(py: Python<'_>, i: usize, e: CoreError) -> PyErr {
     Err::<(), _>(e).py_err(py).unwrap_err()
 }
 
-/// Iterator over (offsets, texts) batches of a file; each `__next__` reads and
-/// chunks one block with the GIL released.
+/// Iterator over (offsets, texts, hashes, ids) batches of a file; each `__next__`
+/// reads, chunks and hashes one block with the GIL released (ids are (0, 16)
+/// without a key).
 #[pyclass(frozen, name = "ChunkFileIter", module = "qflume._core")]
 pub struct ChunkFileIter {
     chunker: Arc<Chunker>,
@@ -241,16 +254,13 @@ impl ChunkFileIter {
         slf
     }
 
-    fn __next__<'py>(
-        &self,
-        py: Python<'py>,
-    ) -> PyResult<Option<(Offsets<'py>, Bound<'py, PyList>)>> {
+    fn __next__<'py>(&self, py: Python<'py>) -> PyResult<Option<FileBatch<'py>>> {
         let chunker = &self.chunker;
         let reader = &self.reader;
-        let next = py.detach(|| match reader.try_lock() {
+        let next = detach(py, || match reader.try_lock() {
             Ok(mut r) => Ok(r.next_batch(chunker)),
             Err(_) => Err(()),
-        });
+        })?;
         let batch = next
             .map_err(|_| {
                 PyRuntimeError::new_err("chunk_file iterator is already in use by another thread")
@@ -260,7 +270,14 @@ impl ChunkFileIter {
             None => Ok(None),
             Some(b) => {
                 let texts = PyList::new(py, b.texts)?;
-                Ok(Some((offsets_array(py, b.offsets), texts)))
+                let hashes: Vec<u8> = b.hashes.into_iter().flatten().collect();
+                let ids: Vec<u8> = b.ids.into_iter().flatten().collect();
+                Ok(Some((
+                    offsets_array(py, b.offsets),
+                    texts,
+                    flat_array(py, hashes, HASH_LEN),
+                    flat_array(py, ids, HASH_LEN),
+                )))
             }
         }
     }

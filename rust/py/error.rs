@@ -28,6 +28,7 @@ exc!(io_error, "QflumeIOError");
 exc!(decode_error, "DecodeError");
 exc!(tokenizer_error, "TokenizerError");
 exc!(shape_error, "ShapeError");
+exc!(rust_panic, "RustPanicError");
 
 fn make(ty: PyResult<&Bound<'_, PyType>>, msg: String) -> PyErr {
     match ty {

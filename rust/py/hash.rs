@@ -1,6 +1,7 @@
 //! Content hashes and point ids for Python.
 
 use crate::core::hash::{content_hash, point_id as core_point_id, uuid_string, HASH_LEN};
+use crate::py::threads::detach;
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyByteArray, PyBytes, PyMemoryView, PyString};
@@ -9,11 +10,11 @@ use pyo3::types::{PyByteArray, PyBytes, PyMemoryView, PyString};
 /// costs more than the work.
 const GIL_MINSIZE: usize = 2048;
 
-fn hash_slice(py: Python<'_>, data: &[u8]) -> [u8; HASH_LEN] {
+fn hash_slice(py: Python<'_>, data: &[u8]) -> PyResult<[u8; HASH_LEN]> {
     if data.len() < GIL_MINSIZE {
-        content_hash(data)
+        Ok(content_hash(data))
     } else {
-        py.detach(|| content_hash(data))
+        detach(py, || content_hash(data))
     }
 }
 
@@ -26,13 +27,13 @@ fn content_hash_of<'py>(
     // abi3 for 3.10 has no buffer protocol: bytes are borrowed, other
     // bytes-like objects are copied once through bytes().
     let digest = if let Ok(s) = data.cast::<PyString>() {
-        hash_slice(py, s.to_str()?.as_bytes())
+        hash_slice(py, s.to_str()?.as_bytes())?
     } else if let Ok(b) = data.cast::<PyBytes>() {
-        hash_slice(py, b.as_bytes())
+        hash_slice(py, b.as_bytes())?
     } else if data.is_instance_of::<PyByteArray>() || data.is_instance_of::<PyMemoryView>() {
         let copied = py.get_type::<PyBytes>().call1((data,))?;
         let b = copied.cast::<PyBytes>()?;
-        hash_slice(py, b.as_bytes())
+        hash_slice(py, b.as_bytes())?
     } else {
         return Err(PyTypeError::new_err(format!(
             "content_hash expects str, bytes, bytearray or memoryview, not {}",

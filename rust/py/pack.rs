@@ -3,7 +3,7 @@
 //! columnar form), and the encoding runs detached in qflume's pool.
 
 use super::error::shape_error;
-use super::threads::detach_parallel;
+use super::threads::{detach_parallel, guarded};
 use super::CoreErrorExt;
 use crate::core::hash::HASH_LEN;
 use crate::core::pack::{
@@ -528,7 +528,8 @@ fn pack_delete<'py>(
         HARD_LIMIT_BYTES,
     )?;
     let a = ids_array(ids)?;
-    let msgs = core_pack_delete(slice2(&a, "ids")?, &opts).py_err(py)?;
+    let ids = slice2(&a, "ids")?;
+    let msgs = guarded(py, || core_pack_delete(ids, &opts))?.py_err(py)?;
     to_list(py, msgs)
 }
 
@@ -559,7 +560,7 @@ fn pack_delete_by_values<'py>(
         max_points,
         HARD_LIMIT_BYTES,
     )?;
-    let msgs = pack_delete_by_field(key, &values, &opts).py_err(py)?;
+    let msgs = guarded(py, || pack_delete_by_field(key, &values, &opts))?.py_err(py)?;
     to_list(py, msgs)
 }
 
@@ -592,7 +593,8 @@ fn pack_set_payload<'py>(
     )?;
     let fields = mapping_fields(payload, &|| "payload".to_string())?;
     let a = ids_array(ids)?;
-    let msgs = core_set_payload(&fields, slice2(&a, "ids")?, key, &opts).py_err(py)?;
+    let ids = slice2(&a, "ids")?;
+    let msgs = guarded(py, || core_set_payload(&fields, ids, key, &opts))?.py_err(py)?;
     to_list(py, msgs)
 }
 

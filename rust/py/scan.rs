@@ -1,7 +1,7 @@
 //! `scan`, `FileEntry` and `read_text` for Python.
 
 use super::error::CoreErrorExt;
-use super::threads::detach_parallel;
+use super::threads::{detach, detach_parallel};
 use crate::core::hash::HASH_LEN;
 use crate::core::scan::{self as core_scan, Known, KnownMap, ScanEntry, ScanOptions, SkipReason};
 use crate::core::CoreError;
@@ -299,7 +299,7 @@ fn scan<'py>(
 /// Reads `path` as UTF-8 text the way scan accepts it (a leading BOM dropped).
 #[pyfunction]
 fn read_text<'py>(py: Python<'py>, path: PathBuf) -> PyResult<Bound<'py, PyString>> {
-    let text = py.detach(|| core_scan::read_text(&path)).py_err(py)?;
+    let text = detach(py, || core_scan::read_text(&path))?.py_err(py)?;
     Ok(PyString::new(py, &text))
 }
 

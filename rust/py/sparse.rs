@@ -2,7 +2,7 @@
 
 use crate::core::sparse::{splade_pool as core_splade_pool, token_id, Bm25, Csr};
 use crate::py::error::CoreErrorExt;
-use crate::py::threads::detach_parallel;
+use crate::py::threads::{detach_parallel, guarded};
 use numpy::{IntoPyArray, PyArray1, PyReadonlyArray2, PyReadonlyArray3, PyUntypedArrayMethods};
 use pyo3::prelude::*;
 use pyo3::pybacked::PyBackedStr;
@@ -48,7 +48,7 @@ impl PyBm25 {
         };
         // Small batches run here, serially: releasing the GIL costs more than the work.
         let csr = if bytes < GIL_MINSIZE {
-            work(1)
+            guarded(py, || work(1))?
         } else {
             detach_parallel(py, || work(self.threads))?
         };

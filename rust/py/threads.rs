@@ -1,12 +1,69 @@
 //! One private Rayon pool for all parallel work, sized by `set_threads`, and the
-//! helper that releases the GIL around it. The pool is rebuilt in a forked
+//! helpers that release the GIL around it. The pool is rebuilt in a forked
 //! child (a parent's worker threads do not survive fork).
+//!
+//! The helpers also stop a panic of the core (a bug) at the binding: it becomes
+//! `qflume.RustPanicError`, an ordinary exception, instead of PyO3's
+//! PanicException, a BaseException that ends the caller's thread.
 
 #![allow(dead_code)] // used by the parallel capabilities as they land
 
+use crate::py::error::rust_panic;
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, Mutex};
+
+/// Where the last panic happened (file:line), kept by the hook for the error message.
+static LAST_PANIC: Mutex<Option<String>> = Mutex::new(None);
+
+/// Panics of this module are reported by the exception they become, not printed
+/// (set RUST_BACKTRACE to see them printed as well).
+fn install_panic_hook() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if let Some(loc) = info.location() {
+            *LAST_PANIC.lock().unwrap_or_else(|p| p.into_inner()) =
+                Some(format!("{}:{}", loc.file(), loc.line()));
+        }
+        if std::env::var_os("RUST_BACKTRACE").is_some() {
+            default(info);
+        }
+    }));
+}
+
+fn panic_error(py: Python<'_>, payload: Box<dyn std::any::Any + Send>) -> PyErr {
+    let what = payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".to_string());
+    let at = LAST_PANIC
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take()
+        .map(|l| format!(" at {l}"))
+        .unwrap_or_default();
+    let msg = format!(
+        "internal error in qflume's Rust core{at}: {what} (a bug: please report it with the \
+         input that caused it; nothing was written by this call)"
+    );
+    match rust_panic(py) {
+        Ok(ty) => PyErr::from_type(ty.clone(), msg),
+        Err(e) => e,
+    }
+}
+
+/// Runs `f` here (the GIL held): a panic becomes `RustPanicError`.
+pub(crate) fn guarded<T>(py: Python<'_>, f: impl FnOnce() -> T) -> PyResult<T> {
+    catch_unwind(AssertUnwindSafe(f)).map_err(|p| panic_error(py, p))
+}
+
+/// Runs `f` with the GIL released: a panic becomes `RustPanicError`.
+pub(crate) fn detach<T: Send>(py: Python<'_>, f: impl FnOnce() -> T + Send) -> PyResult<T> {
+    py.detach(|| catch_unwind(AssertUnwindSafe(f)))
+        .map_err(|p| panic_error(py, p))
+}
 
 struct Pool {
     pid: u32,
@@ -48,13 +105,36 @@ pub(crate) fn pool() -> PyResult<Arc<rayon::ThreadPool>> {
     Ok(pool)
 }
 
-/// Runs `f` with the GIL released inside qflume's pool.
+/// Runs `f` with the GIL released inside qflume's pool: a panic (also one in a
+/// worker thread) becomes `RustPanicError`.
 pub(crate) fn detach_parallel<T: Send>(
     py: Python<'_>,
     f: impl FnOnce() -> T + Send,
 ) -> PyResult<T> {
     let pool = pool()?;
-    Ok(py.detach(|| pool.install(f)))
+    detach(py, || pool.install(f))
+}
+
+/// Panics on purpose, here or with the GIL released or in a worker thread
+/// (`where_` = "here", "detached" or "parallel"): for the tests of the guards.
+#[pyfunction]
+fn _panic_for_test(py: Python<'_>, where_: &str) -> PyResult<()> {
+    let boom = || -> () { panic!("deliberate panic for a test") };
+    match where_ {
+        "here" => guarded(py, boom),
+        "detached" => detach(py, boom),
+        "parallel" => detach_parallel(py, || {
+            use rayon::prelude::*;
+            (0..4).into_par_iter().for_each(|i| {
+                if i == 3 {
+                    boom()
+                }
+            })
+        }),
+        other => Err(pyo3::exceptions::PyValueError::new_err(format!(
+            "where_ must be here, detached or parallel, not {other:?}"
+        ))),
+    }
 }
 
 /// Sets how many threads qflume's parallel work uses (0 = all cores).
@@ -73,6 +153,8 @@ fn get_threads() -> usize {
 }
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    install_panic_hook();
+    m.add_function(wrap_pyfunction!(_panic_for_test, m)?)?;
     m.add_function(wrap_pyfunction!(set_threads, m)?)?;
     m.add_function(wrap_pyfunction!(get_threads, m)?)?;
     Ok(())
