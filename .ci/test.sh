@@ -14,6 +14,8 @@ command -v python3 >/dev/null || need_apt+=(python3 python3-venv)
 # Real text for the tests (the Python docs), and an emulated CPU without VNNI for the int8 tests.
 [ -d /usr/share/doc/python3.11/html/_sources ] || need_apt+=(python3.11-doc)
 if [ "$(uname -m)" = x86_64 ]; then command -v qemu-x86_64 >/dev/null || need_apt+=(qemu-user); fi
+# Headless Chromium for the status page test (tests/test_status_page.py).
+command -v chromium >/dev/null || need_apt+=(chromium)
 if [ ${#need_apt[@]} -gt 0 ]; then
   step "apt-get install ${need_apt[*]}"
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}"

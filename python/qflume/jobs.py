@@ -368,6 +368,27 @@ class JobQueue:
     def running(self) -> Job | None:
         return self._current
 
+    def overview(self, *, active: int = 50, finished: int = 5) -> dict[str, Any]:
+        """What the status page lists: up to `active` unfinished jobs in the order they run (the
+        one in its step first), how many are unfinished in all, and the last `finished` ones."""
+        with self._cond:
+            current = self._current
+            waiting = heapq.nsmallest(active, self._heap)
+            total = len(self._heap) + (current is not None)
+            jobs = [current] if current is not None else []
+            jobs += [self._jobs[jid] for _, _, jid in waiting]
+        with self._db_lock:
+            rows = self._db.execute(
+                f"SELECT {_JOB_COLUMNS} FROM jobs WHERE status IN (?, ?)"
+                " ORDER BY finished DESC LIMIT ?",
+                (DONE, FAILED, max(0, finished)),
+            ).fetchall()
+        return {
+            "active": jobs[: max(0, active)],
+            "active_total": total,
+            "finished": [_job_from_row(r) for r in rows],
+        }
+
     def stop(self, *, drain: float = 0.0, timeout: float | None = None) -> int:
         """Stop the worker: keep running jobs for up to `drain` seconds, then stop after the step in
         progress. Jobs not finished stay queued in the file (resumed by the next start). Returns

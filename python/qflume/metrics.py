@@ -177,6 +177,12 @@ class Metrics:
         with self._lock:
             self._gauges[(name, _labels(labels))] = float(value)
 
+    def items_total(self, op: str, **labels: Any) -> int:
+        """Items recorded so far for `op` over its series that carry `labels` (cumulative)."""
+        want = set(_labels(labels))
+        with self._lock:
+            return sum(s.items for (o, lk), s in self._ops.items() if o == op and want <= set(lk))
+
     def reset(self) -> None:
         with self._lock:
             self._ops.clear()

@@ -7,6 +7,8 @@
     GET  /jobs/{id}      queued | running | done | failed, the result report, the error
     GET  /health         problems and a score (503 when a fatal problem is found)
     GET  /metrics        Prometheus text (?format=json for JSON)
+    GET  /               the status page (HTML + a script; its data comes from GET /status)
+    GET  /status         what the status page shows: collection, jobs, throughput, health, skips
     GET  /openapi.json   the OpenAPI document
 
 Writes run on one worker thread (the pipeline holds the state lock and runs one ingest at a time)
@@ -423,12 +425,16 @@ class Service:
             if self._own_pipeline:
                 pipeline.close()
             raise
+        from qflume.status_page import Monitor
+
+        self.monitor = Monitor()  # throughput samples and recent skips, for the status page
         self._closed = False
 
     # -- lifecycle -------------------------------------------------------------------------
 
     def start(self) -> None:
         self.jobs.start()
+        self.monitor.start()
 
     def close(self, *, drain: float | None = None) -> int:
         """Stop the worker (drain for up to `drain` seconds, default the config's), persist what is
@@ -437,6 +443,7 @@ class Service:
             return 0
         self._closed = True
         left = self.jobs.stop(drain=self.config.drain if drain is None else drain)
+        self.monitor.stop()
         self.jobs.close()
         if self._read_sink_own is not None:
             with contextlib.suppress(Exception):
@@ -455,6 +462,7 @@ class Service:
         lo = job.items_done
         hi = min(len(records), lo + max(1, self.config.slice_records))
         report = self.pipeline.ingest_records(records[lo:hi]).as_dict()
+        self.monitor.add_skips(job.id, report.get("skipped", ()))
         merged = _merge_reports(job.result, report)
         return StepResult(hi, merged, hi >= len(records))
 
@@ -668,10 +676,11 @@ def _merge_reports(acc: dict[str, Any] | None, rep: dict[str, Any]) -> dict[str,
 
 
 _ROUTES = ("/batch/store", "/batch/search", "/batch/update", "/batch/delete", "/health", "/metrics")
+_PAGE_ROUTES = ("/", "/status", "/ui/status.js", "/ui/status.css")
 
 
 def _route_of(path: str) -> str:
-    if path in _ROUTES or path in ("/openapi.json", "/docs"):
+    if path in _ROUTES or path in _PAGE_ROUTES or path in ("/openapi.json", "/docs"):
         return path
     if path.startswith("/jobs/"):
         return "/jobs/{id}"
@@ -688,8 +697,13 @@ class _Guard:
         self._token = None if token is None else f"Bearer {token}".encode()
 
     def _authorized(self, scope: Scope) -> bool:
-        if self._token is None or scope.get("path") == "/health":
+        from qflume.status_page import PUBLIC_PATHS
+
+        path = scope.get("path")
+        if self._token is None or path == "/health":
             return True
+        if path in PUBLIC_PATHS and scope.get("method") in ("GET", "HEAD"):
+            return True  # the status page and its assets hold no data
         import hmac
 
         given = b""
@@ -942,6 +956,8 @@ def create_app(service: Service, *, manage: bool = True) -> FastAPI:
             metrics.to_prometheus(), media_type="text/plain; version=0.0.4; charset=utf-8"
         )
 
+    _status_page_routes(app, service)
+
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("qflume serve: unexpected error on %s", request.url.path)
@@ -966,6 +982,38 @@ def create_app(service: Service, *, manage: bool = True) -> FastAPI:
     app.openapi = openapi  # type: ignore[method-assign]
 
     return app
+
+
+def _status_page_routes(app: FastAPI, service: Service) -> None:
+    """GET / (the page), its two assets, and GET /status (its data) from qflume.status_page."""
+    from qflume import status_page
+
+    def asset(name: str) -> Response:
+        found = status_page.asset(name)
+        if found is None:
+            return _error(404, f"no page asset {name!r}")
+        return Response(found[0], media_type=found[1], headers=status_page.HEADERS)
+
+    @app.get("/", summary="The status page (HTML; its data comes from GET /status)")
+    async def page() -> Response:
+        return asset("status.html")
+
+    @app.get("/ui/{name}", include_in_schema=False)
+    async def page_asset(name: str) -> Response:
+        return asset(name)
+
+    @app.get(
+        "/status",
+        summary="What the status page shows: collection, jobs, throughput, health, skips",
+        responses={200: {"content": {"application/json": {}}}},
+    )
+    async def get_status() -> Response:
+        doc = await run_in_threadpool(status_page.status, service)
+        return Response(
+            status_page.dumps(doc),
+            media_type="application/json",
+            headers={"Cache-Control": "no-store"},
+        )
 
 
 def asgi(service: Service, *, manage: bool = True) -> _Guard:
