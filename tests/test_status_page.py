@@ -196,11 +196,16 @@ def test_status_lists_queued_jobs_in_run_order_and_skips_newest_first(
             assert _wait_job(srv, jid)["status"] == "done"
 
         bad = [{"id": f"bad-{i}", "text": "w1 w2", "metadata": _nested(40)} for i in range(3)]
+        bad.append({"id": "long-" + "x" * 100_000, "text": "w1", "metadata": _nested(40)})
         r = c.post("/batch/store?wait=true", json={"records": bad}, headers=AUTH)
-        assert r.json()["result"]["documents_skipped"] == 3
+        assert r.json()["result"]["documents_skipped"] == 4
         skips = _status(srv)["skips"]
-        assert [s["key"] for s in skips[:3]] == ["bad-2", "bad-1", "bad-0"]
-        assert "nested deeper than 32" in skips[0]["reason"]
+        assert [s["key"][:5] for s in skips[:4]] == ["long-", "bad-2", "bad-1", "bad-0"]
+        assert "nested deeper than 32" in skips[1]["reason"]
+        # A huge id is cut in its middle: the page gets its start and the reason's end.
+        assert len(skips[0]["key"]) <= 1000 and len(skips[0]["reason"]) <= 1000
+        assert skips[0]["reason"].startswith("record 'long-x")
+        assert skips[0]["reason"].endswith("nested deeper than 32 levels")
     finally:
         gate.open.set()
         srv.stop()
@@ -208,6 +213,10 @@ def test_status_lists_queued_jobs_in_run_order_and_skips_newest_first(
 
 
 # ------------------------------------------------------------------------------ the browser
+
+
+class CdpError(Exception):
+    """A DevTools command failed, or the page's script threw."""
 
 
 class Chrome:
@@ -250,18 +259,24 @@ class Chrome:
         while True:
             msg = json.loads(self.ws.recv(timeout=30))
             if msg.get("id") == self._id:
-                assert "error" not in msg, (method, msg["error"])
+                if "error" in msg:
+                    raise CdpError(f"{method}: {msg['error']}")
                 return msg["result"]
 
     def js(self, expression: str) -> Any:
         res = self.call("Runtime.evaluate", expression=expression, returnByValue=True)
-        assert "exceptionDetails" not in res, (expression, res["exceptionDetails"])
+        if "exceptionDetails" in res:
+            raise CdpError(f"{expression}: {res['exceptionDetails']}")
         return res["result"].get("value")
 
     def wait(self, expression: str, what: str, timeout: float = 20) -> Any:
+        """The expression's value once truthy (a page between two documents counts as falsy)."""
         deadline = time.monotonic() + timeout
         while True:
-            value = self.js(expression)
+            try:
+                value = self.js(expression)
+            except CdpError:
+                value = None
             if value:
                 return value
             assert time.monotonic() < deadline, f"the page never showed {what}"
@@ -366,8 +381,12 @@ def test_the_page_shows_live_progress_a_search_hit_and_skips_as_text(
         assert chrome.js(_text("#jobs-active")) == "No running or queued jobs."
 
         # Without a token in this tab the page asks for one, and refuses a wrong one.
-        chrome.js("sessionStorage.clear(); location.reload()")
+        chrome.js("sessionStorage.clear()")
+        chrome.call("Page.reload")
         chrome.wait("!document.getElementById('token-form').hidden", "the token form")
+        chrome.js("document.getElementById('token').value = 'snow\u2603man'")
+        chrome.js("document.querySelector('#token-form button').click()")
+        chrome.wait(f"{_text('#token-error')}.includes('cannot be sent')", "the header refusal")
         chrome.js("document.getElementById('token').value = 'wrong'")
         chrome.js("document.querySelector('#token-form button').click()")
         chrome.wait(f"{_text('#token-error')}.includes('refused')", "the refusal")

@@ -13,6 +13,7 @@ store jobs with their reasons.
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 from collections import deque
@@ -24,6 +25,8 @@ from qflume._validate import redact_url
 from qflume.jobs import Job
 
 __all__ = ["PUBLIC_PATHS", "Monitor", "asset", "status"]
+
+log = logging.getLogger("qflume.serve")
 
 #: The page and its assets: no data in them, so no token needed to load them.
 PUBLIC_PATHS = frozenset({"/", "/ui/status.js", "/ui/status.css"})
@@ -113,7 +116,10 @@ class Monitor:
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
-            self.sample()
+            try:
+                self.sample()
+            except Exception:  # the page loses a sample, the service nothing
+                log.exception("qflume serve: throughput sample failed")
 
     def sample(self) -> None:
         """Take one sample: the count's growth since the last sample, per second."""
@@ -136,17 +142,27 @@ class Monitor:
                 entry = {
                     "time": now,
                     "job": job_id,
-                    "key": str(s.get("key", "")),
-                    "reason": str(s.get("reason", "")),
+                    "key": _clip(s.get("key", "")),
+                    "reason": _clip(s.get("reason", "")),
                 }
                 if s.get("detail"):
-                    entry["detail"] = str(s["detail"])
+                    entry["detail"] = _clip(s["detail"])
                 self._skips.append(entry)
 
     def skips(self) -> list[dict[str, Any]]:
         """The recent skips, newest first."""
         with self._lock:
             return list(reversed(self._skips))
+
+
+def _clip(value: Any, limit: int = 1000) -> str:
+    """A skip's text in at most `limit` characters, its middle cut out (a record id may be
+    megabytes long; a reason names the record first and says why at its end)."""
+    text = str(value)
+    if len(text) <= limit:
+        return text
+    half = (limit - 1) // 2
+    return text[:half] + "…" + text[-half:]
 
 
 def _job_view(job: Job) -> dict[str, Any]:

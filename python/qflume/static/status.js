@@ -46,6 +46,12 @@
       opts.headers["Content-Type"] = "application/json";
       opts.body = JSON.stringify(body);
     }
+    try {
+      opts.headers = new Headers(opts.headers);
+    } catch (e) { // a pasted token with characters a header cannot carry
+      askToken("this token cannot be sent in an HTTP header");
+      throw new AuthError("bad token");
+    }
     let r;
     try {
       r = await fetch(path, opts);
