@@ -71,7 +71,7 @@ def asset(name: str) -> tuple[bytes, str] | None:
     media = _ASSETS.get(name)
     if media is None:
         return None
-    return resources.files("qflume").joinpath("static", name).read_bytes(), media
+    return resources.files("qflume").joinpath("static").joinpath(name).read_bytes(), media
 
 
 class Monitor:
