@@ -164,3 +164,27 @@ def forward(
         f = lin(f, f"{p}.output.dense")
         x = _ln(f + x, w64[f"{p}.output.LayerNorm.weight"], w64[f"{p}.output.LayerNorm.bias"])
     return x
+
+
+def built_tiny_model(folder: Path) -> Path:
+    """A ready model folder (model.onnx + tokenizer.json, fp32) of the tiny BERT, built under
+    ``folder``: the fast model for end-to-end runs through the CLI (``--model``)."""
+    from qflume import model as qmodel
+
+    make_tiny_bert(folder / "src")
+    return qmodel.build(folder / "src", out=folder / "built", quiet=True)
+
+
+def tiny_corpus(folder: Path, docs: int, paragraphs: int = 10, seed: int = 0) -> Path:
+    """``docs`` text files of the tiny model's words, ``paragraphs`` paragraphs each."""
+    import random
+
+    rng = random.Random(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(docs):
+        paras = [
+            "\n".join(" ".join(rng.choice(WORDS) for _ in range(12)) for _ in range(3))
+            for _ in range(paragraphs)
+        ]
+        (folder / f"d{i:03d}.txt").write_text("\n\n".join(paras) + "\n", encoding="utf-8")
+    return folder

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from qflume._core import __version__, content_hash, get_threads, point_id, set_threads
 from qflume.exceptions import (
+    ConfigError,
     DecodeError,
     InvalidInputError,
     ModelError,
@@ -47,6 +48,8 @@ _LAZY: dict[str, str] = {
     "update_payload": "qflume.ops",
     "delete": "qflume.ops",
     "health": "qflume.metrics",
+    "ProgressEvent": "qflume.progress",
+    "load_config": "qflume.config",
 }
 
 __all__ = [
@@ -54,6 +57,7 @@ __all__ = [
     "Bm25",
     "ChunkBatch",
     "Chunker",
+    "ConfigError",
     "DecodeError",
     "Embedder",
     "EmbeddingCache",
@@ -61,6 +65,7 @@ __all__ = [
     "InvalidInputError",
     "ModelError",
     "Pipeline",
+    "ProgressEvent",
     "QflumeError",
     "QflumeIOError",
     "RustPanicError",
@@ -80,6 +85,7 @@ __all__ = [
     "health",
     "ingest",
     "ingest_records",
+    "load_config",
     "model_fingerprint",
     "point_id",
     "read_text",

@@ -11,18 +11,23 @@ from pathlib import Path
 from typing import Any
 
 from qflume._validate import display
-from qflume.exceptions import InvalidInputError, QflumeError
+from qflume.exceptions import InvalidInputError, QflumeError, QflumeIOError
 
 
 def _target_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--collection", "-c", required=True, help="collection name")
+    p.add_argument("--collection", "-c", help="collection name (or `collection` in qflume.toml)")
     t = p.add_mutually_exclusive_group()
     t.add_argument("--store", help="embedded Qdrant Edge store folder (default ./.qflume)")
     t.add_argument("--url", help="Qdrant server gRPC URL, e.g. http://localhost:6334")
-    p.add_argument("--api-key", default=os.environ.get("QDRANT_API_KEY"), help="server API key")
+    p.add_argument("--api-key", help="server API key (default: $QDRANT_API_KEY)")
     p.add_argument("--state-dir", help="where state and cache live for --url (default ./.qflume)")
     p.add_argument("--model", help="model folder (model.onnx + tokenizer.json, or BERT weights)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument(
+        "--config",
+        metavar="FILE",
+        help="config file (default ./qflume.toml, else [tool.qflume] in ./pyproject.toml)",
+    )
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -33,22 +38,39 @@ def _parser() -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="command")
 
     p = sub.add_parser("ingest", help="ingest files (or JSONL/Parquet records) into a collection")
-    p.add_argument("paths", nargs="+", help="folders or files; *.jsonl / *.parquet with --records")
+    p.add_argument(
+        "paths",
+        nargs="*",
+        help="folders or files; *.jsonl / *.parquet with --records (default: the config's sources)",
+    )
     _target_args(p)
     p.add_argument("--records", action="store_true", help="read records from JSONL/Parquet files")
-    p.add_argument("--sparse", choices=["none", "bm25", "splade"], default="none")
+    p.add_argument("--sparse", choices=["none", "bm25", "splade"], help="default none")
     size = p.add_mutually_exclusive_group()
     size.add_argument("--chunk-chars", type=int, help="chunk size in characters")
     size.add_argument("--chunk-tokens", type=int, help="chunk size in model tokens (default 64)")
-    p.add_argument("--overlap", type=int, default=0, help="overlap (chars or tokens)")
+    p.add_argument("--overlap", type=int, help="overlap (chars or tokens; default 0)")
     p.add_argument("--include", action="append", help="glob of files to include (repeatable)")
     p.add_argument("--exclude", action="append", help="glob of files to exclude (repeatable)")
-    p.add_argument("--keep-missing", action="store_true", help="don't delete removed documents")
-    p.add_argument("--delete-missing", action="store_true", help="records: delete absent ids")
-    p.add_argument("--wait", action="store_true", help="wait for each batch to be applied")
+    p.add_argument(
+        "--keep-missing", action="store_true", default=None, help="don't delete removed documents"
+    )
+    p.add_argument(
+        "--delete-missing", action="store_true", default=None, help="records: delete absent ids"
+    )
+    p.add_argument(
+        "--wait", action="store_true", default=None, help="wait for each batch to be applied"
+    )
     p.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
     p.add_argument("--max-memory", type=int, help="bytes the stage queues may hold")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    prog = p.add_mutually_exclusive_group()
+    prog.add_argument(
+        "--progress",
+        choices=["auto", "bar", "lines", "none"],
+        help="auto (default): a bar on a terminal, else a line every 5 s "
+        "($QFLUME_PROGRESS_INTERVAL) on stderr",
+    )
+    prog.add_argument("--no-progress", action="store_true", help="the same as --progress none")
 
     p = sub.add_parser("search", help="search a collection (several queries in one batch)")
     p.add_argument("queries", nargs="+")
@@ -84,6 +106,54 @@ def _parser() -> argparse.ArgumentParser:
     return ap
 
 
+#: Options both the command line and the config file set, with the value when neither does.
+_DEFAULTS: dict[str, Any] = {
+    "sparse": "none",
+    "overlap": 0,
+    "wait": False,
+    "progress": "auto",
+    "keep_missing": False,
+    "delete_missing": False,
+}
+
+
+def _apply_config(args: argparse.Namespace) -> None:
+    """Complete ``args``: a flag given on the command line, else the config file, else the
+    default."""
+    from qflume.config import load_config
+
+    cfg = load_config(args.config)
+    args.config_file = cfg
+    if cfg is not None:
+        opts = dict(cfg.options)
+        if args.store is not None or args.url is not None:  # the command line names the target
+            opts.pop("store", None)
+            opts.pop("url", None)
+        if getattr(args, "chunk_chars", None) is not None or getattr(args, "chunk_tokens", None):
+            opts.pop("chunk_chars", None)
+            opts.pop("chunk_tokens", None)
+        for dest, value in opts.items():
+            if hasattr(args, dest) and getattr(args, dest) is None:
+                setattr(args, dest, value)
+    if getattr(args, "no_progress", False):
+        args.progress = "none"
+    for dest, value in _DEFAULTS.items():
+        if hasattr(args, dest) and getattr(args, dest) is None:
+            setattr(args, dest, value)
+    if args.api_key is None and args.url is not None:
+        args.api_key = (cfg.api_key() if cfg is not None else None) or os.environ.get(
+            "QDRANT_API_KEY"
+        )
+    if getattr(args, "paths", None) == [] and cfg is None:
+        raise InvalidInputError(
+            "nothing to ingest: give folders or files (qflume ingest docs/ -c NAME), or run it "
+            "where a qflume.toml lists [[sources]] (or pass --config FILE)"
+        )
+    if args.collection is None:
+        where = f'set collection = "NAME" in {cfg.file}' if cfg else "write it in a qflume.toml"
+        raise InvalidInputError(f"no collection given: pass --collection NAME, or {where}")
+
+
 def _pipeline(args: argparse.Namespace, **kw: Any) -> Any:
     from qflume.pipeline import Pipeline
 
@@ -109,7 +179,11 @@ def _read_records(paths: Sequence[str]) -> Iterator[dict[str, Any]]:
             for batch in pq.ParquetFile(p).iter_batches(batch_size=1024):
                 yield from batch.to_pylist()
             continue
-        with open(p, encoding="utf-8") as f:
+        try:
+            f = open(p, encoding="utf-8")  # closed by the with below
+        except OSError as e:
+            raise QflumeIOError(e.errno or 0, f"{p}: cannot read the records: {e.strerror}") from e
+        with f:
             for n, line in enumerate(f, 1):
                 if not line.strip():
                     continue
@@ -129,7 +203,85 @@ def _print(obj: dict[str, Any], as_json: bool, human: str) -> None:
         print(human)
 
 
+def _ingest_runs(args: argparse.Namespace) -> list[tuple[Any, ...]]:
+    """What to ingest: the paths given, else the config's sources. Each run is ("files", paths,
+    include, exclude, delete_missing) or ("records", paths, delete_missing); file sources with
+    the same filters share a run, and all records sources make one (delete_missing spans them)."""
+    if args.paths:
+        if args.records:
+            return [("records", args.paths, args.delete_missing)]
+        return [("files", args.paths, args.include, args.exclude, not args.keep_missing)]
+    cfg = args.config_file
+    assert cfg is not None  # _apply_config refused "no paths and no config"
+    if not cfg.sources:
+        raise InvalidInputError(
+            f'nothing to ingest: {cfg.file} has no [[sources]]; add one (path = "docs") or '
+            "give folders or files"
+        )
+    if args.records:
+        raise InvalidInputError(
+            "--records applies to the files given on the command line; in the config file, "
+            "record files are [[sources]] with records = ..."
+        )
+    from qflume.exceptions import ConfigError
+
+    runs: list[tuple[Any, ...]] = []
+    records: list[str] = []
+    for src in cfg.sources:
+        target = src.path if src.path is not None else src.records
+        if not os.path.exists(target):
+            key = cfg.name(f"{src.key}.{'path' if src.path is not None else 'records'}")
+            raise ConfigError(
+                f"{cfg.file}: '{key}' names {target}, which does not exist", file=cfg.file, key=key
+            )
+        if src.records is not None:
+            records.append(str(src.records))
+            continue
+        include = args.include if args.include is not None else src.include
+        exclude = args.exclude if args.exclude is not None else src.exclude
+        delete = not (args.keep_missing or src.keep_missing)
+        if runs and runs[-1][2:] == (include, exclude, delete):
+            runs[-1][1].append(str(src.path))
+        else:
+            runs.append(("files", [str(src.path)], include, exclude, delete))
+    if records:
+        delete = bool(args.delete_missing) or any(s.delete_missing for s in cfg.sources)
+        runs.append(("records", records, delete))
+    return runs
+
+
+def _merge_reports(reports: list[Any]) -> Any:
+    """One report for several runs (the config's sources): counts add up, lists join."""
+    if len(reports) == 1:
+        return reports[0]
+    import dataclasses
+
+    out = dataclasses.replace(reports[0], skipped=list(reports[0].skipped), stages={})
+    for f in dataclasses.fields(out):
+        if f.name == "stages":
+            continue
+        values = [getattr(r, f.name) for r in reports]
+        if isinstance(values[0], bool):
+            setattr(out, f.name, any(values))
+        elif isinstance(values[0], list):
+            setattr(out, f.name, [x for v in values for x in v])
+        elif isinstance(values[0], (int, float)):
+            setattr(out, f.name, sum(values))
+    for r in reports:
+        for name, st in r.stages.items():
+            if name not in out.stages:
+                out.stages[name] = dataclasses.replace(st)
+                continue
+            merged = out.stages[name]
+            for f in dataclasses.fields(st):
+                v = getattr(st, f.name)
+                if isinstance(v, (int, float)) and not isinstance(v, bool):
+                    setattr(merged, f.name, getattr(merged, f.name) + v)
+    return out
+
+
 def cmd_ingest(args: argparse.Namespace) -> int:
+    runs = _ingest_runs(args)
     pipe = _pipeline(
         args,
         sparse=args.sparse,
@@ -138,21 +290,27 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         overlap=args.overlap,
         wait=args.wait,
         max_memory=args.max_memory,
-        progress=False if (args.no_progress or args.json) else None,
+        progress=args.progress,  # on stderr: --json keeps stdout one JSON object
     )
+    reports = []
     with pipe:
-        if args.records:
-            report = pipe.ingest_records(
-                _read_records(args.paths), delete_missing=args.delete_missing, dry_run=args.dry_run
-            )
-        else:
-            report = pipe.ingest(
-                args.paths,
-                include=args.include,
-                exclude=args.exclude,
-                delete_missing=not args.keep_missing,
-                dry_run=args.dry_run,
-            )
+        for run in runs:
+            if run[0] == "records":
+                report = pipe.ingest_records(
+                    _read_records(run[1]), delete_missing=run[2], dry_run=args.dry_run
+                )
+            else:
+                report = pipe.ingest(
+                    run[1],
+                    include=run[2],
+                    exclude=run[3],
+                    delete_missing=run[4],
+                    dry_run=args.dry_run,
+                )
+            reports.append(report)
+            if report.interrupted:
+                break
+    report = _merge_reports(reports)
     d = report.as_dict()
     verb = "would" if args.dry_run else "did"
     human = (
@@ -294,6 +452,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "status": cmd_status,
             "verify": cmd_verify,
         }[args.command]
+        _apply_config(args)
         return handler(args)
     except QflumeError as e:
         print(f"qflume: error: {e}", file=sys.stderr)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 __all__ = [
+    "ConfigError",
     "DecodeError",
     "InvalidInputError",
     "ModelError",
@@ -37,6 +38,16 @@ class ShapeError(InvalidInputError):
 
 class TokenizerError(InvalidInputError):
     """A tokenizer that cannot be loaded or used."""
+
+
+class ConfigError(InvalidInputError):
+    """A config file (qflume.toml, [tool.qflume]) that cannot be used; the message names the
+    file and the key."""
+
+    def __init__(self, message: str, *, file: object = None, key: str | None = None) -> None:
+        super().__init__(message)
+        self.file = file
+        self.key = key
 
 
 class ModelError(QflumeError, RuntimeError):

@@ -31,7 +31,7 @@ from qflume import metrics
 from qflume._core import content_hash, point_id
 from qflume._validate import metadata_problem, printable, text_problem, url_problem
 from qflume.exceptions import InvalidInputError, QflumeError, StateCorruptError
-from qflume.progress import Progress
+from qflume.progress import Progress, ProgressEvent, resolve_interval, resolve_mode
 from qflume.sinks.base import CollectionSpec, PointBatch, Sink, SparseBatch
 from qflume.state import HASH_LEN, DocState, DocUpdate, State
 
@@ -215,6 +215,14 @@ class Pipeline:
     Target: ``store`` (a folder; the collection is a Qdrant Edge shard at store/collection, the
     default ``./.qflume``) or ``url`` (a Qdrant server over gRPC). The state (and the embedding
     cache) live beside the shard, or under ``state_dir`` for a server.
+
+    Progress of an ingest goes to stderr: ``progress="auto"`` draws a bar on a terminal and
+    writes one line every ``progress_interval`` seconds otherwise (default 5, or
+    $QFLUME_PROGRESS_INTERVAL), ``"bar"``, ``"lines"`` or ``"none"`` force one; the default
+    (None) draws the bar on a terminal and stays silent otherwise. ``on_progress`` receives
+    the same counts as a `qflume.progress.ProgressEvent` every ``progress_interval`` seconds and
+    once more at the end (``final=True``), from a background thread: keep it quick. A callback
+    that raises is logged (logger ``qflume.progress``) and not called again; the ingest goes on.
     """
 
     def __init__(
@@ -234,7 +242,9 @@ class Pipeline:
         batch_chunks: int = 256,
         max_memory: int | None = None,
         cache_entries: int = 1_000_000,
-        progress: bool | None = None,
+        progress: bool | str | None = None,
+        on_progress: Callable[[ProgressEvent], object] | None = None,
+        progress_interval: float | None = None,
         embedder: Any = None,
         sink: Sink | None = None,
         lock: bool = True,
@@ -267,7 +277,12 @@ class Pipeline:
         # Each queued batch holds ~batch_chunks chunks of text and vectors (a few KB each).
         per_batch = self.batch_chunks * 8 * 1024
         self.queue_batches = 4 if max_memory is None else max(1, min(64, max_memory // per_batch))
-        self.progress_enabled = progress
+        resolve_mode(progress)  # refuses an unknown mode now, not at the first ingest
+        if on_progress is not None and not callable(on_progress):
+            raise InvalidInputError(f"on_progress must be callable, not {on_progress!r}")
+        self.progress = progress
+        self.on_progress = on_progress
+        self.progress_interval = resolve_interval(progress_interval)
         if url is None:
             self.store = Path(store if store is not None else ".qflume")
             base = self.store
@@ -624,7 +639,9 @@ class Pipeline:
             known = self._known(root)
             entries = scan([root], include=include, exclude=exclude, known=known)
             report.documents_seen += len(entries)
-            self._progress.set_total(self._progress.docs_total + len(entries))
+            self._progress.add_documents(
+                len(entries), bytes=sum(e.size for e in entries if e.ok and not e.unchanged)
+            )
             seen_keys: set[str] = set()
             pending: list[Any] = []
             for e in entries:
@@ -674,7 +691,7 @@ class Pipeline:
             if p is not None and p.root != root and _still_there(p.root, e.key, e.path):
                 report.documents_skipped += 1
                 report.skipped.append({"key": e.key, "reason": _conflict(e.key, p.root, root)})
-                self._progress.advance(documents=1)
+                self._progress.advance(documents=1, dropped_bytes=e.size)
                 continue
             meta = {"source": e.key}
             meta_json = json.dumps(meta, sort_keys=True, ensure_ascii=False)
@@ -683,7 +700,7 @@ class Pipeline:
                 if p.fingerprint == fp and p.meta_json == meta_json:
                     report.documents_unchanged += 1
                     touched.append((e.key, e.size, e.mtime_ns))
-                    self._progress.advance(documents=1)
+                    self._progress.advance(documents=1, dropped_bytes=e.size)
                     continue
             if p is None or not p.chunks:
                 report.documents_new += 1
@@ -731,10 +748,12 @@ class Pipeline:
             report.documents_seen += 1
             doc = self._record_doc(i, rec, report)
             if doc is None:
+                self._progress.advance(documents=1)
                 continue
             if doc.key in seen:
                 report.documents_skipped += 1
                 report.skipped.append({"key": doc.key, "reason": "duplicate id in this run"})
+                self._progress.advance(documents=1)
                 continue
             seen.add(doc.key)
             pending.append(doc)
@@ -812,6 +831,7 @@ class Pipeline:
                 except (QflumeError, OSError) as e:
                     report.documents_skipped += 1
                     report.skipped.append({"key": d.key, "reason": f"unreadable: {e}"})
+                    self._progress.advance(documents=1, dropped_bytes=d.size)
                     continue
             ok.append(d)
             texts.append(d.text)
@@ -899,16 +919,22 @@ class Pipeline:
         self._dry_run = dry_run
         self._stop.clear()
         self._abort.clear()
-        self._progress = Progress(enabled=self.progress_enabled)
+        self._progress = Progress(
+            resolve_mode(self.progress),
+            interval=self.progress_interval,
+            callback=self.on_progress,
+        )
         restore = self._install_sigint()
+        outcome = "failed"
         try:
             if dry_run:
                 self._dry(planner, report)
             else:
                 self._stream(planner, report)
+            outcome = "stopped" if self._stop.is_set() else "done"
         finally:
             restore()
-            self._progress.close()
+            self._progress.close(outcome)
             report.elapsed_s = time.perf_counter() - t0
         report.interrupted = self._stop.is_set()
         if not dry_run:
@@ -992,6 +1018,9 @@ class Pipeline:
                 if todo:
                     report.tokens_embedded += int(np.sum(self.embedder.count_tokens(todo)))
             report.points_upserted += n
+            planned = sum(p.doc.size for p in batch.plans) if batch.first else 0
+            self._progress.add_chunks_planned(n, bytes=planned)
+            self._progress.advance(documents=len(batch.plans) if batch.final else 0, chunks=n)
             if batch.final:  # the plans of a sliced batch count once
                 report.points_deleted += sum(len(p.lost_ids) for p in batch.plans)
                 report.points_deleted += sum(len(ids) for _, ids in batch.deleted)
@@ -1039,9 +1068,11 @@ class Pipeline:
 
         def plan() -> None:
             for batch in self._batches(planner, report):
-                self._progress.add_chunks_planned(len(batch.texts))
+                planned = sum(p.doc.size for p in batch.plans) if batch.first else 0
+                self._progress.add_chunks_planned(len(batch.texts), bytes=planned)
                 if not put(q_embed, batch):
                     return
+            self._progress.plan_finished()
 
         def embed() -> None:
             while (batch := get(q_embed)) is not _STOP:
@@ -1109,15 +1140,16 @@ class Pipeline:
         group_updates: list[DocUpdate] = []
         group_deleted: list[str] = []
         group_points = 0
+        group_docs = 0  # documents finished in this group (for progress: abandoned ones too)
         last_commit = time.perf_counter()
 
         def commit() -> None:
-            nonlocal group_updates, group_deleted, group_points, last_commit
+            nonlocal group_updates, group_deleted, group_points, group_docs, last_commit
             if group_updates or group_deleted:
                 sink.flush()  # barrier: everything sent is acknowledged and searchable
                 self.state.commit(group_updates, group_deleted)
-                self._progress.advance(documents=len(group_updates) + len(group_deleted))
-            group_updates, group_deleted, group_points = [], [], 0
+            self._progress.advance(documents=group_docs)
+            group_updates, group_deleted, group_points, group_docs = [], [], 0, 0
             last_commit = time.perf_counter()
 
         while (batch := get(q)) is not _STOP:
@@ -1162,6 +1194,7 @@ class Pipeline:
                         sink.set_payload(fields, [pid], key="metadata")
                         report.payload_updates += 1
                 group_updates.extend(p.update for p in batch.plans)
+                group_docs += len(batch.plans)
                 group_deleted.extend(k for k, _ in batch.deleted)
             group_points += n + len(lost)
             self._progress.advance(chunks=n)
