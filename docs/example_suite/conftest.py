@@ -34,3 +34,9 @@ def docs(tmp_path: Path) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text, encoding="utf-8")
     return root
+
+
+@pytest.fixture()
+def sources() -> set[str]:
+    """The documents' keys, as hits name them (their paths relative to the folder ingested)."""
+    return set(DOCS)

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from conftest import DOCS
 
-
-def test_first_run_sends_every_chunk_and_search_finds_them(qflume_pipeline, docs: Path):
+def test_first_run_sends_every_chunk_and_search_finds_them(
+    qflume_pipeline, docs: Path, sources: set[str]
+):
     with qflume_pipeline(sparse="bm25") as pipeline:
         report = pipeline.ingest([docs])
-        assert report.documents_new == len(DOCS) and not report.skipped
+        assert report.documents_new == len(sources) and not report.skipped
         assert report.points_upserted == report.chunks_total > 0
         assert pipeline.status()["points"] == report.chunks_total
         # A sentence taken verbatim from a document finds it first (BM25: model-independent).
@@ -19,7 +19,7 @@ def test_first_run_sends_every_chunk_and_search_finds_them(qflume_pipeline, docs
         )
         assert hits[0].source == "faq.txt"
         (dense,) = pipeline.search(["how do I install it"], limit=2)
-        assert len(dense) == 2 and all(h.source in DOCS for h in dense)
+        assert len(dense) == 2 and all(h.source in sources for h in dense)
 
 
 def test_a_rerun_embeds_and_sends_nothing(qflume_pipeline, docs: Path):
@@ -30,12 +30,12 @@ def test_a_rerun_embeds_and_sends_nothing(qflume_pipeline, docs: Path):
     assert again.chunks_embedded == again.points_upserted == 0
 
 
-def test_an_edit_re_sends_only_that_document(qflume_pipeline, docs: Path):
+def test_an_edit_re_sends_only_that_document(qflume_pipeline, docs: Path, sources: set[str]):
     with qflume_pipeline() as pipeline:
         pipeline.ingest([docs])
         (docs / "faq.txt").write_text("Is it fast? Yes.", encoding="utf-8")
         report = pipeline.ingest([docs])
-        assert (report.documents_changed, report.documents_unchanged) == (1, len(DOCS) - 1)
+        assert (report.documents_changed, report.documents_unchanged) == (1, len(sources) - 1)
         assert report.points_upserted >= 1
         assert pipeline.verify()["ok"]
 

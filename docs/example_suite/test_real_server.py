@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from conftest import DOCS
 
-
-def test_round_trip_on_a_real_server(qflume_pipeline, qflume_real_server, docs: Path):
+def test_round_trip_on_a_real_server(
+    qflume_pipeline, qflume_real_server, docs: Path, sources: set[str]
+):
     with qflume_pipeline(server=qflume_real_server, sparse="bm25") as pipeline:
         report = pipeline.ingest([docs])
-        assert report.documents_new == len(DOCS)
+        assert report.documents_new == len(sources)
         assert pipeline.status()["points"] == report.chunks_total
         (hits,) = pipeline.search(
             ["Unchanged files are recognised by size and time"], mode="sparse"
