@@ -184,17 +184,33 @@ def test_bad_input_gets_4xx_naming_the_item(served: Server) -> None:
     r = c.post("/batch/store", content=b'{"records": [', headers=hdr)
     assert r.status_code == 400 and "not valid JSON" in r.json()["error"]
 
-    recs = [{"id": "a", "text": "fine"}, {"id": "b"}, {"id": "c", "text": "   "}]
-    r = c.post("/batch/store", json={"records": recs})
-    assert r.status_code == 422
-    assert "records[1].text" in r.json()["error"]
-    recs[1]["text"] = "now fine"
-    r = c.post("/batch/store", json={"records": recs})
-    assert r.status_code == 422 and "records[2].text" in r.json()["error"]
-    r = c.post("/batch/store", json={"records": [{"id": True, "text": "x"}]})
-    assert r.status_code == 422 and "records[0].id" in r.json()["error"]
-    r = c.post("/batch/store", json={"records": [{"id": "a", "text": "x", "meta": {}}]})
-    assert r.status_code == 422 and "records[0].meta" in r.json()["error"]
+    # A bad record is skipped with its index and reason; its neighbours are stored.
+    recs: list[Any] = [
+        {"id": "bad-a", "text": "a fine record about the lighthouse keeper"},
+        {"id": "bad-b"},
+        {"id": "bad-c", "text": "   "},
+        {"id": True, "text": "x"},
+        {"id": "bad-e", "text": "x", "meta": {}},
+        7,
+        {"id": "bad-g", "text": "x", "metadata": [1]},
+        {"id": "bad-h", "text": "another fine record about the harbour master"},
+    ]
+    r = c.post("/batch/store?wait=true", json={"records": recs})
+    assert r.status_code == 200, r.text
+    res = r.json()["result"]
+    assert res["documents_new"] == 2 and res["documents_skipped"] == 6, res
+    why = {s["index"]: (s["key"], s["reason"]) for s in res["skipped"]}
+    assert why[1] == ("bad-b", "records[1].text: Field required")
+    assert why[2] == ("bad-c", "records[2].text: text is empty")
+    assert why[3][0] == "records[3]" and "records[3].id" in why[3][1]
+    assert "records[4].meta" in why[4][1] and "records[5]" in why[5][1]
+    assert "records[6].metadata" in why[6][1]
+    r = c.post(
+        "/batch/store", json={"records": [{"id": "d", "text": "x"}, {"id": "d", "text": "y"}]}
+    )
+    assert r.status_code == 422 and "repeats records[0].id" in r.json()["error"]
+    r = c.post("/batch/store", json={"records": {"id": "a"}})
+    assert r.status_code == 422 and "records" in r.json()["error"]
     r = c.post("/batch/store", json=[1, 2])
     assert r.status_code == 422 and "JSON object" in r.json()["error"]
 
@@ -543,3 +559,50 @@ def test_nan_and_lone_surrogates_in_a_store_request_skip_only_their_records(
     assert r.status_code == 422 and "query #1" in r.json()["error"], r.text
     r = served.client.post("/batch/search", json={"queries": ["harbours"], "limit": 1})
     assert r.json()["results"][0][0]["source"] == "s6"
+
+
+# --------------------------------------------------------------------------- property, over HTTP
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_text = st.text(st.characters(codec=None, categories=["Lu", "Ll", "Nd", "Zs", "Cs", "So"]),
+                max_size=12)  # fmt: skip
+_leaf = st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats() | _text
+_json = st.recursive(
+    _leaf,
+    lambda kids: st.lists(kids, max_size=3) | st.dictionaries(_text, kids, max_size=3),
+    max_leaves=40,
+)
+_huge = st.builds(lambda t, n: (t or "y") * n, _text, st.integers(1000, 20_000))
+_deep = st.integers(30, 200).map(lambda n: json.loads("[" * n + "1" + "]" * n))
+_record = st.fixed_dictionaries(
+    {"id": _text | st.integers(-(2**70), 2**70), "text": _text | _huge},
+    optional={"metadata": st.dictionaries(_text, _json | _deep, max_size=4) | _json},
+)
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(records=st.lists(_record, min_size=1, max_size=8))
+def test_any_records_sent_over_http_are_stored_or_skipped_with_a_reason(
+    served: Server, records: list[dict[str, Any]]
+) -> None:
+    """Random JSON values as records (depths, floats incl. NaN/inf, huge ints, lone surrogates,
+    long strings) in one /batch/store request: the request answers 200, every record is stored
+    or skipped with a reason naming it, and search, health and status keep working."""
+    for i, rec in enumerate(records):  # unique ids: duplicates are a 422 of their own
+        rec["id"] = f"p{i}:{rec['id']}"
+    # json.dumps writes NaN/Infinity and escapes lone surrogates as \udXXX, as a lying client does
+    body = json.dumps({"records": records}, ensure_ascii=True, allow_nan=True).encode()
+    r = served.client.post("/batch/store?wait=true", content=body)
+    assert r.status_code == 200, r.text
+    doc = r.json()
+    assert doc["status"] == "done", doc
+    res = doc["result"]
+    handled = res["documents_new"] + res["documents_changed"] + res["documents_unchanged"]
+    assert handled + res["documents_skipped"] == len(records), res
+    assert all(s["reason"] and s["key"] for s in res["skipped"]), res["skipped"]
+    r = served.client.post("/batch/search", json={"queries": ["anything"], "limit": 1})
+    assert r.status_code == 200, r.text
+    assert served.client.get("/health").status_code == 200
+    assert served.client.get("/status").status_code == 200

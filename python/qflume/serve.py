@@ -213,7 +213,9 @@ class Record(BaseModel):
 
 class StoreRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    records: list[Record]
+    # each record is checked on its own (Record): a bad one is skipped with its index and reason,
+    # its neighbours are stored
+    records: list[Record | Any] = Field(description="Record objects: {id, text, metadata?}")
     callback_url: str | None = Field(
         None, description="POSTed the job document when the job finishes (loopback or allowed)"
     )
@@ -318,6 +320,23 @@ def _validation_error(e: ValidationError) -> ApiError:
     shown = "; ".join(f"{d['loc']}: {d['msg']}" for d in detail[:5])
     more = f" (and {len(errors) - 5} more)" if len(errors) > 5 else ""
     return ApiError(422, f"invalid request: {shown}{more}", detail)
+
+
+def _record_problem(i: int, raw: Any) -> str | None:
+    """Why ``records[i]`` is not a storable Record (None when it is)."""
+    try:
+        rec = Record.model_validate(raw)
+    except ValidationError as e:
+        err = e.errors(include_url=False, include_context=False, include_input=False)[0]
+        where = _loc(("records", i, *err["loc"]))
+        return printable(f"{where}: {err['msg']}")
+    except RecursionError:
+        return f"records[{i}]: nested too deeply to read"
+    if isinstance(rec.id, str) and not rec.id.strip():
+        return f"records[{i}].id: id is empty"
+    if not rec.text.strip():
+        return f"records[{i}].text: text is empty"
+    return None
 
 
 def _parse(body: bytes, model: type[BaseModel]) -> tuple[Any, BaseModel]:
@@ -462,6 +481,11 @@ class Service:
         lo = job.items_done
         hi = min(len(records), lo + max(1, self.config.slice_records))
         report = self.pipeline.ingest_records(records[lo:hi]).as_dict()
+        rejected = payload.get("rejected") or []
+        if lo == 0 and rejected:  # records refused on arrival count with the first slice
+            report["documents_seen"] = report.get("documents_seen", 0) + len(rejected)
+            report["documents_skipped"] = report.get("documents_skipped", 0) + len(rejected)
+            report["skipped"] = list(rejected) + list(report.get("skipped", []))
         self.monitor.add_skips(job.id, report.get("skipped", ()))
         merged = _merge_reports(job.result, report)
         return StepResult(hi, merged, hi >= len(records))
@@ -523,29 +547,39 @@ class Service:
             )
 
     def submit_store(self, body: bytes) -> Job:
+        """A store job of the request's valid records. A record that is not a valid Record (a
+        missing or mistyped field, an empty id or text) is skipped with its index and reason in
+        the job's result, and the others are stored; repeated ids refuse the request (which copy
+        should win is not for the server to guess), as does a malformed body."""
         obj, req = _parse(body, StoreRequest)
         assert isinstance(req, StoreRequest)
         self._check_items("records", len(req.records))
-        bad = []
+        good: list[Any] = []
+        rejected: list[dict[str, Any]] = []
+        dup = []
         first: dict[str, int] = {}
-        for i, r in enumerate(req.records):
-            key = str(r.id)
+        for i, raw in enumerate(obj["records"]):
+            problem = _record_problem(i, raw)
+            rid = raw.get("id") if isinstance(raw, dict) else None
+            key = str(rid) if isinstance(rid, (str, int)) and not isinstance(rid, bool) else None
+            if problem is not None:
+                shown = printable(key) if key else f"records[{i}]"
+                rejected.append({"index": i, "key": shown, "reason": problem})
+                continue
+            assert key is not None
             if key in first:  # slices would otherwise decide which copy wins
                 msg = f"id {printable(key)!r} repeats records[{first[key]}].id"
-                bad.append({"loc": f"records[{i}].id", "msg": msg, "type": "duplicate"})
+                dup.append({"loc": f"records[{i}].id", "msg": msg, "type": "duplicate"})
             first.setdefault(key, i)
-            if isinstance(r.id, str) and not r.id.strip():
-                bad.append({"loc": f"records[{i}].id", "msg": "id is empty", "type": "empty"})
-            if not r.text.strip():
-                bad.append({"loc": f"records[{i}].text", "msg": "text is empty", "type": "empty"})
-        if bad:
-            shown = "; ".join(f"{d['loc']}: {d['msg']}" for d in bad[:5])
-            raise ApiError(422, f"invalid request: {shown}", bad[:20])
+            good.append(raw)
+        if dup:
+            shown = "; ".join(f"{d['loc']}: {d['msg']}" for d in dup[:5])
+            raise ApiError(422, f"invalid request: {shown}", dup[:20])
         self.check_callback(req.callback_url)
         return self.jobs.submit(
             "store",
-            {"records": obj["records"]},
-            items=len(req.records),
+            {"records": good, "rejected": rejected},
+            items=len(good),
             priority=BULK,
             callback_url=req.callback_url,
         )
