@@ -79,6 +79,17 @@ def test_the_entry_point_registers_the_plugin(pytestconfig: pytest.Config) -> No
     assert pytestconfig.pluginmanager.has_plugin("qflume")
 
 
+def test_loading_the_plugin_imports_nothing_heavy() -> None:
+    """Every pytest run in an environment with qflume loads the plugin: no model runtime, gRPC,
+    Qdrant client or pipeline until a fixture asks for one."""
+    heavy = ("onnxruntime", "grpc", "qdrant_client", "qdrant_edge", "qflume.pipeline", "tokenizers")
+    code = f"import sys, qflume.pytest_plugin; print([m for m in {heavy!r} if m in sys.modules])"
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert out.stdout.strip() == "[]"
+
+
 def test_the_example_suite_passes(tiny: tuple[Path, Path], tmp_path: Path) -> None:
     folder, cache = tiny
     bench = tmp_path / "bench.json"

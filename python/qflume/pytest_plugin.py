@@ -207,12 +207,16 @@ class PipelineFactory:
     """
 
     def __init__(
-        self, tmp_path: Path, store: Path, collection: str, embedder: Callable[[], Any]
+        self,
+        tmp_path: Path,
+        store: Path,
+        collection: str,
+        model: Callable[[], tuple[str | None, Any]],
     ) -> None:
         self._tmp = tmp_path
         self.store = store
         self.collection = collection
-        self._embedder = embedder
+        self._model = model
         self._made: list[Pipeline] = []
         self._drops: list[tuple[RealServer, str]] = []
 
@@ -232,7 +236,8 @@ class PipelineFactory:
         else:
             options.setdefault("store", self.store)
         if "model" not in options and "embedder" not in options:
-            options["embedder"] = self._embedder()
+            # As Pipeline(model=qflume_model) would be, with the model loaded once per session.
+            options["model"], options["embedder"] = self._model()
         pipeline = Pipeline(name, **options)
         self._made.append(pipeline)
         if isinstance(server, RealServer):
@@ -255,10 +260,10 @@ def qflume_pipeline(
     """A factory of Pipelines (see :class:`PipelineFactory`), closed after the test."""
 
     # Asked for on first use: a Pipeline given its own model or embedder never loads this one.
-    def embedder() -> Any:
-        return request.getfixturevalue("qflume_embedder")
+    def model() -> tuple[str | None, Any]:
+        return request.getfixturevalue("qflume_model"), request.getfixturevalue("qflume_embedder")
 
-    factory = PipelineFactory(tmp_path, qflume_store, qflume_collection, embedder)
+    factory = PipelineFactory(tmp_path, qflume_store, qflume_collection, model)
     try:
         yield factory
     finally:
