@@ -500,6 +500,104 @@ def test_credentials_in_the_url_are_refused_and_never_shown(tmp_path: Path) -> N
 # --------------------------------------------------------------------------- one large document
 
 
+def _points(p: Pipeline) -> dict[str, Any]:
+    import numpy as np
+
+    return {str(r.id): (r.payload, list(np.round(r.vector, 5)))
+            for r in p.sink.scroll(with_payload=True, with_vectors=True)}  # fmt: skip
+
+
+def _never_whole(path: Any) -> str:
+    raise AssertionError(f"{path} was read whole")
+
+
+def test_a_file_over_the_stream_size_is_streamed_with_the_same_result(
+    tmp_path: Path, embedder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file larger than Pipeline.stream_bytes is read, chunked and sent block by block (never
+    whole in memory): its points, and its state after edits that move, add and drop chunks, are
+    those of the same file read whole; an unchanged rerun sends nothing."""
+    from qflume.testing import QdrantGrpcServer
+    from test_pipeline import _real_texts
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    parts = [t for _, t in _real_texts(8)]
+    path = docs / "long.txt"
+    path.write_bytes(b"\xef\xbb\xbf" + "\n\n".join(parts).encode())  # with a byte order mark
+    streamed_runs: list[int] = []
+
+    def run(server: QdrantGrpcServer, name: str, stream: bool) -> dict[str, Any]:
+        with Pipeline(name, url=server.url, state_dir=tmp_path / name, embedder=embedder,
+                      progress=False, batch_chunks=8) as p:  # fmt: skip
+            if stream:
+                p.stream_bytes, p.stream_block = 1000, 4096
+                calls = server.calls["Points/Upsert"]
+            with monkeypatch.context() as m:
+                if stream:  # the file is never read whole
+                    m.setattr(sys.modules["qflume.scan"], "read_text", _never_whole)
+                report = p.ingest([docs])
+            assert not report.skipped, report.skipped
+            if stream:
+                streamed_runs.append(report.points_upserted)
+                assert server.calls["Points/Upsert"] - calls >= report.points_upserted // 8
+            assert p.verify()["ok"]
+            return _points(p)
+
+    with QdrantGrpcServer() as server:
+        assert run(server, "streamed", True) == run(server, "whole", False)
+        # an edit at the top moves every later chunk; one in the middle drops and adds some
+        path.write_text("A new first paragraph.\n\n" + "\n\n".join(parts[:3] + parts[4:]))
+        assert run(server, "streamed", True) == run(server, "whole", False)
+        assert run(server, "streamed", True) == run(server, "whole", False)
+        assert streamed_runs[-1] == 0  # unchanged: nothing sent again
+
+
+def test_a_streamed_file_that_breaks_midway_is_skipped_and_taken_back(
+    tmp_path: Path, embedder
+) -> None:
+    """The file changed after the scan so that it cannot be read to its end: the document is
+    skipped as unreadable, the points sent of it are deleted again and its committed version
+    stays what it was."""
+    from qflume.testing import QdrantGrpcServer
+    from test_pipeline import _real_texts
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    path = docs / "long.txt"
+    text = "\n\n".join(t for _, t in _real_texts(6))
+    path.write_text(text)
+    with QdrantGrpcServer() as server, Pipeline(
+        "c", url=server.url, state_dir=tmp_path / "s", embedder=embedder, progress=False,
+        batch_chunks=8) as p:  # fmt: skip
+        p.stream_bytes, p.stream_block = 1000, 4096
+        p.ingest([docs])
+        before = _points(p)
+        # The scan reads a valid file; the stream then meets a broken one (a writer replaced it).
+        scan_mod = sys.modules["qflume.scan"]
+        real_scan = scan_mod.scan
+
+        def scan_then_break(*a: Any, **kw: Any) -> Any:
+            out = real_scan(*a, **kw)
+            path.write_bytes(b"Changed top.\n\n" + text.encode()[: len(text) // 2] + b"\xff\xfe")
+            return out
+
+        path.write_text("Changed top.\n\n" + text)
+        scan_mod.scan = scan_then_break
+        try:
+            report = p.ingest([docs])
+        finally:
+            scan_mod.scan = real_scan
+        assert [s["reason"][:11] for s in report.skipped] == ["unreadable:"]
+        assert "long.txt" in report.skipped[0]["reason"]
+        assert report.points_upserted > 0  # the blocks before the break were sent ...
+        assert _points(p) == before  # ... and taken back
+        path.write_text(text)
+        p.ingest([docs])
+        assert _points(p) == before
+        assert p.verify()["ok"]
+
+
 def test_a_large_document_is_sent_in_slices_with_the_same_result(tmp_path: Path, embedder) -> None:
     """A document of many chunks travels in slices of batch_chunks (bounded memory in flight);
     the point set equals one sent whole, and an edit that drops chunks still deletes them."""

@@ -19,6 +19,7 @@ import queue
 import signal
 import threading
 import time
+from array import array
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -122,10 +123,82 @@ class _Doc:
 @dataclass
 class _DocPlan:
     doc: _Doc
-    update: DocUpdate
+    update: DocUpdate | None  # None: nothing to commit (the document was abandoned)
     upsert_hashes: bytes  # concatenated hashes that are (re)sent
     lost_ids: list[str]  # point ids of chunks the document no longer has
     moved: list[tuple[str, dict[str, int]]]  # kept chunks whose offsets changed: (id, fields)
+
+
+class _DocDiff:
+    """One document's new chunks against its state row, chunk by chunk: which to (re)send,
+    which kept chunks moved (a payload update), and at the end which are lost (deleted)."""
+
+    def __init__(self, d: _Doc, fp: str) -> None:
+        prev = d.prev
+        self.doc = d
+        self.fp = fp
+        # committed hash -> its row in the committed offsets (compact: a large document's
+        # state row is held once, as arrays, not as Python tuples per chunk)
+        self.committed: dict[bytes, int] = (
+            {h: i for i, h in enumerate(_split_hashes(prev.chunks))} if prev else {}
+        )
+        self.prev_rows = array("q")
+        if prev is not None and prev.offsets:
+            self.prev_rows.frombytes(prev.offsets)
+        self.resend_all = prev is None or prev.fingerprint != fp or prev.meta_json != d.meta_json
+        self.seen: set[bytes] = set()
+        self.uniq = bytearray()
+        self.rows = array("q")  # (chunk_index, start, end) per distinct chunk
+        self.upsert = bytearray()
+        self.sent: list[bytes] = []  # hashes sent that were not committed before
+        self.plan = _DocPlan(d, None, b"", [], [])
+
+    @property
+    def count(self) -> int:
+        return len(self.seen)
+
+    def add(self, h: bytes, j: int, start: int, end: int) -> bool:
+        """Chunk ``j`` with hash ``h`` at ``start:end``: True when it is to be sent."""
+        if h in self.seen:  # the same text twice in one document: one point
+            return False
+        self.seen.add(h)
+        self.uniq += h
+        self.rows.extend((j, start, end))
+        if self.resend_all or h not in self.committed:
+            self.upsert += h
+            if h not in self.committed:
+                self.sent.append(h)
+            return True
+        i = 3 * self.committed[h]
+        if self.prev_rows[i : i + 3] != array("q", (j, start, end)):
+            fields = {"chunk_index": j, "start": start, "end": end}
+            self.plan.moved.append((point_id(self.doc.key, h), fields))
+        return False
+
+    def finish(self) -> _DocPlan:
+        d, prev = self.doc, self.doc.prev
+        possibly = prev.possibly_present() if prev else set()
+        self.plan.lost_ids = [point_id(d.key, h) for h in sorted(possibly - self.seen)]
+        self.plan.upsert_hashes = bytes(self.upsert)
+        self.plan.update = DocUpdate(
+            key=d.key,
+            root=d.root,
+            content_hash=d.content_hash,
+            size=d.size,
+            mtime_ns=d.mtime_ns,
+            meta_json=d.meta_json,
+            fingerprint=self.fp,
+            chunks=bytes(self.uniq),
+            offsets=self.rows.tobytes(),
+        )
+        return self.plan
+
+    def abandon(self) -> None:
+        """The document could not be read to its end: take back what was sent of it (points
+        that were not in its committed version) and keep its state row as it was."""
+        self.plan.lost_ids = [point_id(self.doc.key, h) for h in self.sent]
+        self.plan.moved = []
+        self.plan.update = None
 
 
 @dataclass
@@ -145,6 +218,9 @@ class _Batch:
     #: last deletes lost chunks, updates moved offsets and commits the plans.
     final: bool = True
     first: bool = True
+    #: A write-ahead to record before this batch is sent (a streamed document's blocks carry
+    #: their own); None: the plans' upsert hashes, with the first slice.
+    ahead: dict[str, tuple[str, bytes]] | None = None
 
     def slices(self, rows: int) -> Iterator[_Batch]:
         """This batch as consecutive slices of at most ``rows`` chunks, so that one large
@@ -223,6 +299,11 @@ class Pipeline:
     the same counts as a `qflume.progress.ProgressEvent` every ``progress_interval`` seconds and
     once more at the end (``final=True``), from a background thread: keep it quick. A callback
     that raises is logged (logger ``qflume.progress``) and not called again; the ingest goes on.
+
+    Memory: ``max_memory`` bounds the queues between the stages and the size above which one
+    file is streamed (read, chunked and sent block by block) instead of read whole:
+    ``max_memory / 16``, at least 1 MiB (8 MiB by default). Files over ``max_file_size`` bytes
+    (256 MiB by default) are skipped as ``too-large``.
     """
 
     def __init__(
@@ -241,6 +322,7 @@ class Pipeline:
         state_dir: str | os.PathLike[str] | None = None,
         batch_chunks: int = 256,
         max_memory: int | None = None,
+        max_file_size: int = 256 << 20,
         cache_entries: int = 1_000_000,
         progress: bool | str | None = None,
         on_progress: Callable[[ProgressEvent], object] | None = None,
@@ -277,6 +359,14 @@ class Pipeline:
         # Each queued batch holds ~batch_chunks chunks of text and vectors (a few KB each).
         per_batch = self.batch_chunks * 8 * 1024
         self.queue_batches = 4 if max_memory is None else max(1, min(64, max_memory // per_batch))
+        # A file read whole costs ~4 bytes per byte (text, chunk texts, arrays) while planned;
+        # larger ones are streamed block by block (Pipeline._stream_doc).
+        self.max_memory = max_memory
+        if not isinstance(max_file_size, int) or max_file_size < 1:
+            raise InvalidInputError(f"max_file_size must be a positive int, got {max_file_size!r}")
+        self.max_file_size = max_file_size
+        self.stream_bytes = 8 << 20 if max_memory is None else max(1 << 20, max_memory // 16)
+        self.stream_block = min(1 << 20, self.stream_bytes)
         resolve_mode(progress)  # refuses an unknown mode now, not at the first ingest
         if on_progress is not None and not callable(on_progress):
             raise InvalidInputError(f"on_progress must be callable, not {on_progress!r}")
@@ -637,7 +727,13 @@ class Pipeline:
 
         for root in roots:
             known = self._known(root)
-            entries = scan([root], include=include, exclude=exclude, known=known)
+            entries = scan(
+                [root],
+                include=include,
+                exclude=exclude,
+                known=known,
+                max_file_size=self.max_file_size,
+            )
             report.documents_seen += len(entries)
             self._progress.add_documents(
                 len(entries), bytes=sum(e.size for e in entries if e.ok and not e.unchanged)
@@ -848,50 +944,15 @@ class Pipeline:
         for di, d in enumerate(ok):
             lo, hi = int(indptr[di]), int(indptr[di + 1])
             h_bytes = hashes[lo:hi].tobytes()
-            prev = d.prev
-            committed: set[bytes] = set(_split_hashes(prev.chunks)) if prev else set()
-            prev_offsets: dict[bytes, tuple[int, int, int]] = {}
-            if prev is not None and prev.offsets:
-                po = prev.chunk_offsets()
-                for j, h in enumerate(_split_hashes(prev.chunks)):
-                    prev_offsets[h] = (int(po[j, 0]), int(po[j, 1]), int(po[j, 2]))
-            resend_all = prev is None or prev.fingerprint != fp or prev.meta_json != d.meta_json
-            uniq: list[bytes] = []
-            uniq_rows: list[tuple[int, int, int]] = []
-            upsert: list[bytes] = []
-            moved: list[tuple[str, dict[str, int]]] = []
-            first: set[bytes] = set()
+            diff = _DocDiff(d, fp)
             for j in range(hi - lo):
                 h = h_bytes[j * HASH_LEN : (j + 1) * HASH_LEN]
-                if h in first:  # the same text twice in one document: one point
-                    continue
-                first.add(h)
-                row = (j, int(offsets[lo + j, 0]), int(offsets[lo + j, 1]))
-                uniq.append(h)
-                uniq_rows.append(row)
-                if resend_all or h not in committed:
-                    upsert.append(h)
+                if diff.add(h, j, int(offsets[lo + j, 0]), int(offsets[lo + j, 1])):
                     sel.append(lo + j)
                     doc_index.append(len(out.plans))
                     chunk_index.append(j)
-                elif prev_offsets.get(h) != row:
-                    pid = point_id(d.key, h)
-                    moved.append((pid, {"chunk_index": row[0], "start": row[1], "end": row[2]}))
-            possibly = prev.possibly_present() if prev else set()
-            lost = [point_id(d.key, h) for h in sorted(possibly - first)]
-            update = DocUpdate(
-                key=d.key,
-                root=d.root,
-                content_hash=d.content_hash,
-                size=d.size,
-                mtime_ns=d.mtime_ns,
-                meta_json=d.meta_json,
-                fingerprint=fp,
-                chunks=b"".join(uniq),
-                offsets=np.asarray(uniq_rows, np.int64).reshape(-1, 3).tobytes(),
-            )
-            out.plans.append(_DocPlan(d, update, b"".join(upsert), lost, moved))
-            report.chunks_total += len(uniq)
+            out.plans.append(diff.finish())
+            report.chunks_total += diff.count
         if sel:
             s = np.asarray(sel, np.int64)
             out.texts = [
@@ -905,6 +966,70 @@ class Pipeline:
             out.start = offsets[s, 0].astype(np.int64)
             out.end = offsets[s, 1].astype(np.int64)
         return out
+
+    def _stream_doc(self, d: _Doc, report: IngestReport) -> Iterator[_Batch]:
+        """One large file, read, chunked and sent block by block: memory stays bounded by the
+        block size and the slice size whatever the file's size (what a document always holds
+        in full is 16 bytes of hash and 24 of offsets per distinct chunk, for the state row).
+        The plan is completed with the last slice, which commits it; an error while reading
+        (the file changed or vanished since the scan) sends back to the collection what it had
+        and skips the document."""
+        assert d.path is not None
+        diff = _DocDiff(d, self.fingerprint())
+        plan = diff.plan
+        j = 0
+        first = True
+        rows = self.batch_chunks
+        try:
+            blocks = self.chunker.chunk_file_hashed(d.path, key=d.key, block_size=self.stream_block)
+            while True:
+                t = time.perf_counter()
+                block = next(blocks, None)
+                if block is None:
+                    break
+                offsets, texts, hashes, ids = block
+                h_bytes = hashes.tobytes()
+                sel: list[int] = []
+                chunk_index: list[int] = []
+                for i in range(len(texts)):
+                    h = h_bytes[i * HASH_LEN : (i + 1) * HASH_LEN]
+                    if diff.add(h, j, int(offsets[i, 0]), int(offsets[i, 1])):
+                        sel.append(i)
+                        chunk_index.append(j)
+                    j += 1
+                s = np.asarray(sel, np.int64)
+                ahead = b"".join(h_bytes[i * HASH_LEN : (i + 1) * HASH_LEN] for i in sel)
+                _record(report, "plan", time.perf_counter() - t, len(sel), docs=0)
+                for lo in range(0, len(sel), rows):
+                    hi = min(len(sel), lo + rows)
+                    part = s[lo:hi]
+                    yield _Batch(
+                        plans=[plan],
+                        texts=[texts[i] for i in part],
+                        hashes=hashes[part],
+                        ids=ids[part],
+                        doc_index=np.zeros(hi - lo, np.int64),
+                        chunk_index=np.asarray(chunk_index[lo:hi], np.int64),
+                        start=offsets[part, 0].astype(np.int64),
+                        end=offsets[part, 1].astype(np.int64),
+                        final=False,
+                        first=first,
+                        ahead={d.key: (d.root, ahead)} if lo == 0 and ahead else None,
+                    )
+                    first = False
+                if self._abort.is_set():
+                    return
+        except (QflumeError, OSError) as e:
+            report.documents_skipped += 1
+            report.skipped.append({"key": d.key, "reason": f"unreadable: {e}"})
+            diff.abandon()
+        else:
+            diff.finish()
+            report.chunks_total += diff.count
+        last = _empty_batch()
+        last.plans, last.first, last.final = [plan], first, True
+        _record(report, "plan", 0.0, 0, docs=1)
+        yield last
 
     # -- the run -------------------------------------------------------------------------------
 
@@ -987,6 +1112,13 @@ class Pipeline:
                 ids = [point_id(key, h) for h in sorted(prev.possibly_present())]
                 deleted.append((key, ids))
                 report.documents_deleted += 1
+            elif item.text is None and item.path is not None and item.size > self.stream_bytes:
+                if docs or deleted:  # keep the order: what was planned before goes first
+                    yield from make(t).slices(self.batch_chunks)
+                    docs, deleted, text_chars = [], [], 0
+                yield from self._stream_doc(item, report)
+                t = time.perf_counter()
+                continue
             else:
                 docs.append(item)
                 text_chars += item.size
@@ -1160,7 +1292,9 @@ class Pipeline:
                 ensured = True
             # Write-ahead: what may land in the collection is recorded before it is sent (once
             # per batch: with its first slice).
-            if batch.first:
+            if batch.ahead is not None:
+                self.state.write_ahead(batch.ahead)
+            elif batch.first:
                 ahead = {p.doc.key: (p.doc.root, p.upsert_hashes) for p in batch.plans}
                 self.state.write_ahead({k: v for k, v in ahead.items() if v[1]})
             n = len(batch.texts)
@@ -1193,7 +1327,7 @@ class Pipeline:
                     for pid, fields in p.moved:
                         sink.set_payload(fields, [pid], key="metadata")
                         report.payload_updates += 1
-                group_updates.extend(p.update for p in batch.plans)
+                group_updates.extend(p.update for p in batch.plans if p.update is not None)
                 group_docs += len(batch.plans)
                 group_deleted.extend(k for k, _ in batch.deleted)
             group_points += n + len(lost)
