@@ -272,3 +272,12 @@ def _toml(text: str) -> dict:
     from qflume.config import tomllib
 
     return tomllib.loads(text)
+
+
+def test_the_readme_example_config_is_valid() -> None:
+    from qflume.config import tomllib
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    block = readme.split("```toml\n", 1)[1].split("```", 1)[0]
+    cfg = parse_config(tomllib.loads(block), Path("qflume.toml"))
+    assert cfg.options["collection"] == "docs" and len(cfg.sources) == 2

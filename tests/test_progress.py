@@ -66,7 +66,9 @@ def test_a_non_tty_run_prints_progress_lines_to_stderr(tmp_path: Path, model: Pa
     with open(log, "w") as out:
         res = _cli(
             "ingest", str(corpus), "-c", "p", "--store", str(tmp_path / "s"),
-            "--model", str(model), "--chunk-chars", "100", "--json", stdout=out,
+            "--model", str(model), "--chunk-chars", "100", "--json",
+            "--max-memory", "1",  # one batch per queue: planning stays ahead of the writes
+            stdout=out,
         )  # fmt: skip
     assert res.returncode == 0, res.stderr
     report = json.loads(log.read_text())  # one JSON object, nothing else
@@ -123,7 +125,7 @@ def embedder(model: Path) -> qflume.Embedder:
 def test_python_callers_get_the_same_events(tmp_path: Path, embedder, corpus) -> None:
     events: list[ProgressEvent] = []
     with qflume.Pipeline(
-        "p", store=tmp_path / "s", embedder=embedder, chunk_chars=100,
+        "p", store=tmp_path / "s", embedder=embedder, chunk_chars=100, max_memory=1,
         progress="none", on_progress=events.append, progress_interval=0.05,
     ) as p:  # fmt: skip
         report = p.ingest(corpus)
@@ -270,3 +272,26 @@ def test_a_broken_stderr_stops_the_lines_not_the_run() -> None:
     pr.advance(documents=2, chunks=5)
     ev = pr.close()
     assert pr.mode == "none" and ev.final and ev.docs_done == ev.docs_total == 2
+
+
+def test_async_pipeline_callers_get_events_through_the_loop(tmp_path: Path, embedder, corpus):
+    import asyncio
+
+    async def main() -> list[ProgressEvent]:
+        loop = asyncio.get_running_loop()
+        got: list[ProgressEvent] = []
+
+        def on_progress(ev: ProgressEvent) -> None:  # a worker thread: hand over to the loop
+            loop.call_soon_threadsafe(got.append, ev)
+
+        async with qflume.AsyncPipeline(
+            "a", store=tmp_path / "s", embedder=embedder, chunk_chars=100,
+            on_progress=on_progress, progress_interval=0.05,
+        ) as ap:  # fmt: skip
+            report = await ap.ingest([corpus])
+        await asyncio.sleep(0)  # the last call_soon_threadsafe runs
+        assert got[-1].final and got[-1].chunks_done == report.points_upserted
+        return got
+
+    events = asyncio.run(main())
+    assert len(events) >= 2 and events[-1].phase == "done"

@@ -28,6 +28,8 @@ class AsyncPipeline:
 
     ``async with AsyncPipeline("docs", store="./.qflume") as ap: hits = await ap.search([...])``.
     `read_threads` bounds concurrent reads (searches embed their queries in that thread too).
+    A Pipeline's ``on_progress`` callback runs in a background thread, not on the event loop:
+    reach the loop from it with ``loop.call_soon_threadsafe``.
     """
 
     def __init__(

@@ -36,12 +36,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from qflume._validate import display
 from qflume.exceptions import ConfigError
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - Python 3.10
-    import tomli as tomllib
+    import tomli as tomllib  # type: ignore[import-not-found, no-redef, unused-ignore]
 
 __all__ = ["CONFIG_NAME", "Config", "Source", "find_config", "load_config", "parse_config"]
 
@@ -204,7 +205,7 @@ def _read(path: Path) -> dict[str, Any]:
             f"config file {path}: cannot be read: {e.strerror or e}", file=path
         ) from e
     try:
-        text = raw.decode("utf-8")
+        text = raw.decode("utf-8-sig")  # a BOM, as some Windows editors write, is fine
     except UnicodeDecodeError as e:
         raise ConfigError(f"{path}: not UTF-8 text (byte {e.start})", file=path) from None
     try:
@@ -220,16 +221,20 @@ def parse_config(
     file's folder)."""
     file = Path(file)
     base = file.parent
+    shown = display(str(file))
 
     def fail(key: str, problem: str) -> ConfigError:
-        return ConfigError(f"{file}: '{prefix}{key}' {problem}", file=file, key=prefix + key)
+        return ConfigError(
+            f"{shown}: '{display(prefix + key)}' {problem}", file=file, key=prefix + key
+        )
 
     def unknown(key: str, known: list[str], where: str = "") -> ConfigError:
         near = difflib.get_close_matches(key.rsplit(".", 1)[-1], known, n=1, cutoff=0.6)
         hint = f" (did you mean '{prefix}{where}{near[0]}'?)" if near else ""
         table = f" in {prefix}{where[:-1]}" if where else ""
         return ConfigError(
-            f"{file}: unknown key '{prefix}{key}'{hint}; the keys{table} are: {', '.join(known)}",
+            f"{shown}: unknown key '{display(prefix + key)}'{hint}; the keys{table} are: "
+            + ", ".join(known),
             file=file,
             key=prefix + key,
         )

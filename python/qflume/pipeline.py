@@ -372,7 +372,10 @@ class Pipeline:
             raise InvalidInputError(f"on_progress must be callable, not {on_progress!r}")
         self.progress = progress
         self.on_progress = on_progress
-        self.progress_interval = resolve_interval(progress_interval)
+        # $QFLUME_PROGRESS_INTERVAL is read by each ingest: a bad one never stops a search
+        self.progress_interval = (
+            None if progress_interval is None else resolve_interval(progress_interval)
+        )
         if url is None:
             self.store = Path(store if store is not None else ".qflume")
             base = self.store
@@ -1046,7 +1049,7 @@ class Pipeline:
         self._abort.clear()
         self._progress = Progress(
             resolve_mode(self.progress),
-            interval=self.progress_interval,
+            interval=resolve_interval(self.progress_interval),
             callback=self.on_progress,
         )
         restore = self._install_sigint()

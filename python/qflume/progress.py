@@ -310,6 +310,7 @@ class Progress:
         elif self.mode == "lines" and now >= self._next_line:
             self._next_line = now + self.interval
             self._write(ev.line() + "\n")
+            self._drawn = True
         if self.callback is not None and now >= self._next_callback:
             self._next_callback = now + self.interval
             self._call(ev)
@@ -327,10 +328,12 @@ class Progress:
         if self._thread is not None:
             self._thread.join()
         ev = self.event(final=True, phase=phase)
-        if self.mode == "bar":
+        # A run that fails before anything was shown leaves the error message alone
+        quiet = phase == "failed" and not self._drawn
+        if self.mode == "bar" and not quiet:
             self._draw_bar(ev)
             self._write("\n")
-        elif self.mode == "lines":
+        elif self.mode == "lines" and not quiet:
             self._write(ev.line() + "\n")
         self._call(ev)
         return ev
