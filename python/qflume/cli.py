@@ -62,7 +62,16 @@ def _parser() -> argparse.ArgumentParser:
         "--wait", action="store_true", default=None, help="wait for each batch to be applied"
     )
     p.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
-    p.add_argument("--max-memory", type=int, help="bytes the stage queues may hold")
+    p.add_argument(
+        "--max-memory",
+        type=int,
+        help="bytes the stage queues may hold; files over 1/16 of it are streamed, not read whole",
+    )
+    p.add_argument(
+        "--max-file-size",
+        type=int,
+        help="skip files over this many bytes as too-large (default 256 MiB)",
+    )
     prog = p.add_mutually_exclusive_group()
     prog.add_argument(
         "--progress",
@@ -290,6 +299,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         overlap=args.overlap,
         wait=args.wait,
         max_memory=args.max_memory,
+        **({} if args.max_file_size is None else {"max_file_size": args.max_file_size}),
         progress=args.progress,  # on stderr: --json keeps stdout one JSON object
     )
     reports = []
