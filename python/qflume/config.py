@@ -74,6 +74,7 @@ _TABLES: dict[str, dict[str, tuple[str, str, Any]]] = {
     },
     "limits": {
         "max_memory": ("max_memory", "int", 1),
+        "max_file_size": ("max_file_size", "int", 1),
     },
 }
 _SOURCE_KEYS = ("path", "records", "include", "exclude", "keep_missing", "delete_missing")
