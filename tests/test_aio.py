@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
 
 import qflume
@@ -159,3 +162,76 @@ def test_bad_construction() -> None:
         AsyncPipeline()
     with pytest.raises(InvalidInputError, match="read_threads"):
         AsyncPipeline(pipeline=object(), read_threads=0)
+
+
+async def _while_ticking(work: Any) -> tuple[Any, int, float, float]:
+    """Await `work` while a task ticks every ~1 ms: (result, ticks, longest gap, seconds)."""
+    ticks, gap = 0, 0.0
+    done = asyncio.Event()
+
+    async def ticker() -> None:
+        nonlocal ticks, gap
+        last = time.perf_counter()
+        while not done.is_set():
+            await asyncio.sleep(0.001)
+            now = time.perf_counter()
+            ticks, gap, last = ticks + 1, max(gap, now - last), now
+
+    t = asyncio.create_task(ticker())
+    await asyncio.sleep(0)  # the ticker is running before the work starts
+    t0 = time.perf_counter()
+    result = await work
+    took = time.perf_counter() - t0
+    done.set()
+    await t
+    return result, ticks, gap, took
+
+
+def _many_texts() -> list[str]:
+    return [f"{TEXTS[i % 4]} Item {i} of the list, with a few more words." for i in range(100)]
+
+
+def test_aembed_never_blocks_the_event_loop(embedder) -> None:
+    texts = _many_texts()
+    want = embedder.embed(texts)
+
+    async def main() -> tuple[Any, ...]:
+        out = await _while_ticking(embedder.aembed(texts))
+        q = await embedder.aembed_query(TEXTS[1])
+        both = await asyncio.gather(embedder.aembed(texts[:50]), embedder.aembed(texts[50:60]))
+        return (*out, q, both)
+
+    got, ticks, gap, took, q, both = asyncio.run(main())
+    assert got.dtype == np.float32 and np.array_equal(got, want)
+    assert np.array_equal(q, embedder.embed_query(TEXTS[1]))
+    assert np.array_equal(both[0], want[:50]) and np.array_equal(both[1], want[50:60])
+    # A blocked loop ticks once or twice in the whole call; a free one ~once per ms, less
+    # the time the GIL is held by the tokenizer's Python side.
+    assert took > 0.1, "too little work to tell"
+    assert ticks >= 20 and gap < max(0.1, took / 3), (ticks, gap, took)
+    with pytest.raises(InvalidInputError, match="aembed_query"):
+        asyncio.run(embedder.aembed("one text"))
+
+
+def test_async_pipeline_aembed_loads_the_model_off_the_loop(tmp_path: Path, embedder) -> None:
+    texts = _many_texts()
+    want = embedder.embed(texts)
+    loads = []
+
+    class Counted(Pipeline):
+        @property
+        def embedder(self) -> Any:  # the lazy load, counted, and where it runs
+            loads.append(threading.current_thread().name)
+            return embedder
+
+    async def main() -> tuple[Any, ...]:
+        ap = AsyncPipeline(pipeline=Counted("e", store=tmp_path / "s", progress=False))
+        out = await _while_ticking(ap.aembed(texts))
+        q = await ap.aembed_query(TEXTS[2])
+        await ap.aclose()
+        return (*out, q)
+
+    got, ticks, gap, took, q = asyncio.run(main())
+    assert np.array_equal(got, want) and np.array_equal(q, embedder.embed_query(TEXTS[2]))
+    assert loads and all(name.startswith("qflume-aio-read") for name in loads), loads
+    assert took > 0.1 and ticks >= 20 and gap < max(0.1, took / 3), (ticks, gap, took)

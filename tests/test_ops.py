@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from qflume import ops
 from qflume.exceptions import InvalidInputError
 from qflume.pipeline import Pipeline
 from qflume.testing import QdrantGrpcServer
+from realserver import NO_SERVER, drop_collection
 
 DOCS = Path("/usr/share/doc/python3.11/html/_sources")
 
@@ -287,3 +289,65 @@ def test_server_failure_is_reported_per_item_and_truthfully(pipe: Pipeline) -> N
     assert not r["ok"] and "INVALID_ARGUMENT" in r["error"]
     assert len(pipe.sink.retrieve([a])) == 1
     assert pipe.verify()["ok"]
+
+
+@pytest.fixture(params=["edge", "grpc", pytest.param("real", marks=pytest.mark.qdrant_server)])
+def open_target(request, tmp_path: Path):
+    """Opens Pipelines (keyword arguments: model=, embedder=) on one target: the embedded
+    store, the in-process gRPC server, or the real server at QDRANT_URL."""
+    server = None
+    if request.param == "grpc":
+        server = QdrantGrpcServer().start()
+        url = server.url
+    elif request.param == "real":
+        url = os.environ.get("QDRANT_URL")
+        if not url:
+            pytest.skip(NO_SERVER)
+        drop_collection(url, "del")
+
+    def open_pipeline(**kw) -> Pipeline:
+        if request.param == "edge":
+            return Pipeline("del", store=tmp_path / "store", progress=False, **kw)
+        return Pipeline("del", url=url, state_dir=tmp_path / "state", progress=False, **kw)
+
+    yield open_pipeline
+    if server is not None:
+        server.close()
+    if request.param == "real":
+        drop_collection(url, "del")
+
+
+def test_deletes_need_no_collection_and_no_model(
+    open_target, tmp_path: Path, embedder, records: list[dict]
+) -> None:
+    # A model folder that does not exist and one that cannot load: deletes never touch either.
+    broken = tmp_path / "broken-model"
+    broken.mkdir()
+    (broken / "model.onnx").write_bytes(b"not an onnx file")
+    (broken / "tokenizer.json").write_text("{}")
+    for model in (tmp_path / "no-such-model", broken):
+        with open_target(model=model) as p:
+            assert p.sink.count() == 0  # no collection yet
+            res = p.delete(
+                ids=["00000000-0000-4000-8000-000000000000"],
+                sources=["never-stored.md", "nor-this"],
+                filter={"source": "never-stored.md"},
+            )
+            assert [(r["kind"], r["ok"], r.get("deleted")) for r in res] == [
+                ("id", True, 0),
+                ("source", True, 0),
+                ("source", True, 0),
+                ("filter", True, 0),
+            ], res
+            assert p._embedder is None, "a delete loaded the model"
+    # Once the collection exists (stored with a working model), a Pipeline without one deletes
+    # by id, source and filter, and keeps the state in step.
+    with open_target(embedder=embedder) as p:
+        p.ingest_records(records)
+        docs = _by_source(p)
+    with open_target(model=tmp_path / "no-such-model") as p:
+        one = docs["doc1"][0].id
+        res = p.delete(ids=[one], sources=["doc0"], filter={"metadata": {"n": 2}})
+        assert [r["deleted"] for r in res] == [1, len(docs["doc0"]), len(docs["doc2"])], res
+        assert p.state.get("doc0") is None and p.verify()["ok"]
+        assert p._embedder is None, "a delete loaded the model"

@@ -556,7 +556,9 @@ def test_nan_and_lone_surrogates_in_a_store_request_skip_only_their_records(
     r = served.client.post(
         "/batch/search", content=b'{"queries": ["lighthouses", "bad \\udcff query"]}'
     )
-    assert r.status_code == 422 and "query #1" in r.json()["error"], r.text
+    assert r.status_code == 200, r.text  # the bad query fails alone, named
+    assert [(e["index"], e["type"]) for e in r.json()["errors"]] == [(1, "invalid")]
+    assert r.json()["results"][0] and r.json()["results"][1] == []
     r = served.client.post("/batch/search", json={"queries": ["harbours"], "limit": 1})
     assert r.json()["results"][0][0]["source"] == "s6"
 
@@ -606,3 +608,242 @@ def test_any_records_sent_over_http_are_stored_or_skipped_with_a_reason(
     assert r.status_code == 200, r.text
     assert served.client.get("/health").status_code == 200
     assert served.client.get("/status").status_code == 200
+
+
+# --------------------------------------------------------------------------- batch semantics
+
+
+def _check_errors(result: dict[str, Any], total: int) -> list[dict[str, Any]]:
+    """`summary` and `errors` as every batch answer has them; the errors, by index."""
+    errors = result["errors"]
+    assert result["summary"] == {
+        "total": total,
+        "successful": total - len(errors),
+        "failed": len(errors),
+    }, result["summary"]
+    for e in errors:
+        assert isinstance(e["index"], int) and e["reason"] and e["type"] in (
+            "invalid", "not_found", "conflict", "target_error", "job_failed"
+        ), e  # fmt: skip
+    return errors
+
+
+def test_every_batch_answer_has_summary_and_per_item_errors(served: Server) -> None:
+    c = served.client
+    deep: Any = 1
+    for _ in range(40):
+        deep = [deep]
+    recs: list[Any] = [
+        {"id": "sum-a", "text": "a record about the tides of the northern sea"},
+        {"id": "sum-b"},
+        {"id": "sum-c", "text": "deep", "metadata": {"x": deep}},
+        7,
+        {"id": "sum-e", "text": "a record about the moons of the outer planets"},
+    ]
+    r = c.post("/batch/store?wait=true", json={"records": recs})
+    assert r.status_code == 200, r.text
+    doc = r.json()
+    errors = _check_errors(doc["result"], 5)
+    assert [(e["index"], e.get("key"), e["type"]) for e in errors] == [
+        (1, "sum-b", "invalid"),
+        (2, "sum-c", "invalid"),
+        (3, None, "invalid"),
+    ]
+    assert "records[1].text" in errors[0]["reason"] and "deeper than 32" in errors[1]["reason"]
+    # the older fields stay, now with the index of a skip found while storing too
+    assert doc["result"]["documents_new"] == 2 and doc["result"]["documents_skipped"] == 3
+    assert {s["index"] for s in doc["result"]["skipped"]} == {1, 2, 3}
+    # GET /jobs/{id} is the same document
+    assert c.get(f"/jobs/{doc['id']}").json()["result"]["summary"] == doc["result"]["summary"]
+
+    r = c.post(
+        "/batch/update",
+        json={
+            "updates": [
+                {"source": "sum-a", "set": {"metadata.tag": "t"}},
+                {"source": "nope", "set": {"metadata.tag": "t"}},
+                {"id": "not-a-uuid", "set": {"metadata.tag": "t"}},
+                {"source": "sum-e", "set": {"page_content": "no"}},
+            ]
+        },
+    )
+    assert r.status_code == 200, r.text
+    res = r.json()["result"]
+    errors = _check_errors(res, 4)
+    assert [(e["index"], e.get("key"), e.get("id"), e["type"]) for e in errors] == [
+        (1, "nope", None, "not_found"),
+        (2, None, "not-a-uuid", "invalid"),
+        (3, "sum-e", None, "invalid"),
+    ]
+    assert res["ok"] == 1 and res["failed"] == 3 and len(res["results"]) == 4
+
+    r = c.post(
+        "/batch/delete",
+        json={"ids": ["bad id", "00000000-0000-4000-8000-000000000000"], "sources": ["sum-a", ""]},
+    )
+    assert r.status_code == 200, r.text
+    res = r.json()["result"]
+    errors = _check_errors(res, 4)
+    assert [(e["kind"], e["index"], e.get("id"), e["type"]) for e in errors] == [
+        ("id", 0, "bad id", "invalid"),
+        ("source", 1, None, "invalid"),
+    ]
+    assert res["deleted"] >= 1
+
+    # Search: a query that cannot be searched fails alone; its row is empty.
+    body = b'{"queries": ["the moons of the outer planets", "  ", "bad \\udcff query"]}'
+    r = c.post("/batch/search", content=body)
+    assert r.status_code == 200, r.text
+    out = r.json()
+    errors = _check_errors(out, 3)
+    assert [(e["index"], e["type"]) for e in errors] == [(1, "invalid"), (2, "invalid")]
+    assert "queries[1] is empty" in errors[0]["reason"] and "\\udcff" in errors[1]["reason"]
+    assert out["results"][0][0]["source"] == "sum-e" and out["results"][1:] == [[], []]
+    r = c.post("/batch/search", json={"queries": ["", "moons"], "filter": {"colour": "x"}})
+    assert r.status_code == 422 and "colour" in r.json()["error"]  # the request's own settings
+
+
+class _Broken:
+    """An embedding model that fails every call (as one whose files went bad would)."""
+
+    dim = 384
+    model_id = "broken"
+
+    def embed(self, texts: Any) -> Any:
+        raise qflume.ModelError("the model file is damaged")
+
+
+def test_a_failed_job_counts_every_item_it_did_not_confirm(tmp_path: Path) -> None:
+    srv = _start(tmp_path, _Broken(), slice_records=2)
+    try:
+        recs: list[Any] = [{"id": f"f{i}", "text": f"record number {i}"} for i in range(5)]
+        recs.insert(2, {"id": "f-bad"})
+        r = srv.client.post("/batch/store?wait=true", json={"records": recs})
+        assert r.status_code == 500, r.text
+        doc = r.json()
+        assert doc["status"] == "failed" and "damaged" in doc["error"]
+        errors = _check_errors(doc["result"], 6)
+        assert [(e["index"], e["type"]) for e in errors] == [
+            (0, "job_failed"), (1, "job_failed"), (2, "invalid"),
+            (3, "job_failed"), (4, "job_failed"), (5, "job_failed"),
+        ]  # fmt: skip
+        assert errors[0]["key"] == "f0" and "damaged" in errors[0]["reason"]
+    finally:
+        srv.stop()
+
+
+def test_deletes_over_http_need_no_model(tmp_path: Path) -> None:
+    config = ServeConfig(
+        collection="docs", store=str(tmp_path / "store"), model=str(tmp_path / "no-model")
+    )
+    srv = Server(Service(config))  # the model is loaded on first use: it starts all the same
+    try:
+        c = srv.client
+        r = c.post(
+            "/batch/delete",
+            json={
+                "ids": ["00000000-0000-4000-8000-000000000000"],
+                "sources": ["a.md"],
+                "filter": {"source": "a.md"},
+            },
+        )
+        assert r.status_code == 200, r.text
+        res = r.json()["result"]
+        assert res["summary"] == {"total": 3, "successful": 3, "failed": 0} and res["deleted"] == 0
+        assert c.get("/health").status_code == 200 and c.get("/status").status_code == 200
+        # what needs the model says which model and why
+        r = c.post("/batch/search", json={"queries": ["anything"]})
+        assert r.status_code == 500 and "no-model" in r.json()["error"], r.text
+        r = c.post("/batch/store?wait=true", json={"records": [{"id": "a", "text": "x"}]})
+        assert r.status_code == 500 and "no-model" in r.json()["error"]
+        assert r.json()["result"]["summary"] == {"total": 1, "successful": 0, "failed": 1}
+    finally:
+        srv.stop()
+
+
+def test_a_full_queue_answers_429_with_retry_after(tmp_path: Path, embedder: Any) -> None:
+    gate = _Gate(embedder)
+    srv = _start(tmp_path, gate, max_queued=2, slice_records=4)
+    try:
+        c = srv.client
+        gate.open.clear()  # the first store's first step waits here: the others stay queued
+        texts = _paragraphs(6, skip=200)
+        ids = []
+        for n in range(3):
+            body = {"records": _records(texts[2 * n : 2 * n + 2], f"q{n}-")}
+            r = c.post("/batch/store", json=body)
+            assert r.status_code == 202, r.text
+            ids.append(r.json()["id"])
+            if n == 0:
+                assert gate.entered.wait(60), "the first job never reached the model"
+        # Two stores wait (the running one does not count): a third is refused.
+        r = c.post("/batch/store", json={"records": [{"id": "late", "text": "too late"}]})
+        assert r.status_code == 429, r.text
+        assert int(r.headers["retry-after"]) >= 1
+        assert "--max-queued 2" in r.json()["error"] and "retry in" in r.json()["error"]
+        # Small updates and deletes wait only behind small ones: they still get in.
+        r = c.post("/batch/delete?wait=false", json={"sources": ["q0-0"]})
+        assert r.status_code == 202, r.text
+        small = [r.json()["id"]]
+        r = c.post("/batch/update?wait=false", json={"updates": [{"source": "q0-1", "set": {"metadata.t": 1}}]})  # fmt: skip
+        assert r.status_code == 202, r.text
+        small.append(r.json()["id"])
+        r = c.post("/batch/delete?wait=false", json={"sources": ["q1-0"]})
+        assert r.status_code == 429 and "retry-after" in r.headers
+        assert srv.service.jobs.waiting() == 4  # at most 2 x --max-queued wait
+        gate.open.set()
+        for jid in ids + small:
+            assert srv.wait_job(jid)["status"] == "done"
+        # Room again; the estimate comes from the jobs just run (at least 1 s).
+        assert c.post("/batch/store", json={"records": [{"id": "late", "text": "x"}]}).status_code == 202  # fmt: skip
+        assert srv.service.jobs.retry_after() >= 1
+    finally:
+        gate.open.set()
+        srv.stop()
+
+
+def test_retry_after_follows_recent_job_durations(tmp_path: Path) -> None:
+    from qflume.jobs import BULK, URGENT, JobQueue, QueueFullError, StepResult
+
+    hold = threading.Event()
+
+    def slow(job: Any, payload: Any) -> StepResult:
+        if payload.get("hold"):
+            hold.wait(30)
+        else:
+            time.sleep(payload["s"])
+        return StepResult(1, {}, True)
+
+    q = JobQueue(tmp_path / "jobs.sqlite", {"run": slow}, max_queued=1)
+    q.start()
+    try:
+        assert q.retry_after() == 1  # nothing measured yet
+        q.submit("run", {"s": 1.2}, items=1).future.result(30)
+        assert q.retry_after(BULK) == 2  # 1.2 s, rounded up
+        assert q.retry_after(URGENT) == 2  # no urgent job measured yet: any job's
+        q.submit("run", {"s": 0.0}, items=1, priority=URGENT).future.result(30)
+        assert q.retry_after(URGENT) == 1  # only urgent jobs run ahead of an urgent one
+        assert q.retry_after(BULK) == 1  # mean of 1.2 s and ~0 s, rounded up
+        q.submit("run", {"hold": True}, items=1)  # runs, holding the worker
+        deadline = time.monotonic() + 10
+        while q.waiting():
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        q.submit("run", {"s": 0}, items=1)
+        with pytest.raises(QueueFullError) as e:
+            q.submit("run", {"s": 0}, items=1)
+        assert e.value.retry_after == 1 and e.value.waiting == 1 and e.value.limit == 1
+        q.submit("run", {"s": 0}, items=1, priority=URGENT)  # urgent ones have their own room
+    finally:
+        hold.set()
+        q.stop(drain=10)
+        q.close()
+
+
+def test_max_queued_flag() -> None:
+    from qflume.serve import _parser, config_from_args
+
+    assert config_from_args(_parser().parse_args(["-c", "d", "--max-queued", "7"])).max_queued == 7
+    assert ServeConfig(collection="d").max_queued == 100
+    with pytest.raises(qflume.InvalidInputError, match="--max-queued must be positive"):
+        config_from_args(_parser().parse_args(["-c", "d", "--max-queued", "0"]))

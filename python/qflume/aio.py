@@ -3,7 +3,8 @@
 Same operations and semantics as `qflume.Pipeline`; the blocking work (model, Qdrant, SQLite) runs
 in dedicated threads, so a slow Qdrant or a long ingest never blocks the event loop. Writes
 (ingest, updates, deletes, verify) run one at a time, in call order, in a writer thread; reads
-(search, status, health) run in a reader thread, so a search is not queued behind a bulk ingest.
+(search, status, health, aembed) run in a reader thread, so a search is not queued behind a bulk
+ingest.
 """
 
 from __future__ import annotations
@@ -138,6 +139,20 @@ class AsyncPipeline:
         return await self._run(
             self._reader, self.pipeline.search, list(queries), limit=limit, filter=filter, mode=mode
         )
+
+    async def aembed(self, texts: Sequence[str]) -> Any:
+        """The pipeline's embedder's `embed` (float32 (n, dim)), in the reader thread: loading
+        the model on first use and the model calls never block the event loop."""
+        if isinstance(texts, str):
+            raise InvalidInputError("aembed() takes a sequence of texts; use aembed_query(text)")
+        texts = list(texts)
+        return await self._run(self._reader, lambda: self.pipeline.embedder.embed(texts))
+
+    async def aembed_query(self, text: str) -> Any:
+        """One text's vector (float32 (dim,)), as `aembed`."""
+        if not isinstance(text, str):
+            raise InvalidInputError(f"query is {type(text).__name__}, not str")
+        return await self._run(self._reader, lambda: self.pipeline.embedder.embed([text])[0])
 
     async def status(self) -> dict[str, Any]:
         """`Pipeline.status`."""

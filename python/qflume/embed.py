@@ -293,6 +293,8 @@ class Embedder:
         self._workers: ThreadPoolExecutor | None = None  # one per session when there are several
         self._lock = threading.Lock()
         self._counted = threading.local()  # tokens fed to the model, per calling thread
+        self._async_pool: ThreadPoolExecutor | None = None  # runs aembed's calls
+        self._async_lock = threading.Lock()  # held only to start that thread: never blocks long
 
     # ------------------------------------------------------------------ public
 
@@ -360,6 +362,30 @@ class Embedder:
             raise InvalidInputError(f"query is {type(text).__name__}, not str")
         return self.embed([text])[0]
 
+    async def aembed(self, texts: Sequence[str]) -> np.ndarray:
+        """`embed` for asyncio: the same vectors, computed in a thread of this Embedder's own
+        while the event loop runs on. Calls run one after another in call order (the model runs
+        one call at a time anyway); cancelling the awaiting task does not stop a call begun."""
+        if isinstance(texts, str):
+            raise InvalidInputError("aembed() takes a sequence of texts; use aembed_query(text)")
+        return await self._in_thread(self.embed, list(texts))  # a copy: the caller may go on
+
+    async def aembed_query(self, text: str) -> np.ndarray:
+        """`embed_query` for asyncio (see :meth:`aembed`)."""
+        if not isinstance(text, str):
+            raise InvalidInputError(f"query is {type(text).__name__}, not str")
+        return await self._in_thread(self.embed_query, text)
+
+    async def _in_thread(self, fn: Any, arg: Any) -> np.ndarray:
+        import asyncio
+
+        with self._async_lock:
+            if self._async_pool is None:
+                self._async_pool = ThreadPoolExecutor(1, thread_name_prefix="qflume-aembed")
+            pool = self._async_pool
+        result: np.ndarray = await asyncio.get_running_loop().run_in_executor(pool, fn, arg)
+        return result
+
     def count_tokens(self, texts: Sequence[str]) -> np.ndarray:
         """Tokens per text after truncation (int64 array), as the model sees them. Encoded a
         window at a time: a tokenizer Encoding costs ~100 bytes per token, so a whole corpus's
@@ -378,6 +404,10 @@ class Embedder:
                 if pool is not None:
                     pool.shutdown(wait=False)
             self._pool = self._workers = None
+        with self._async_lock:  # calls already queued there still run
+            if self._async_pool is not None:
+                self._async_pool.shutdown(wait=False)
+            self._async_pool = None
 
     def __repr__(self) -> str:
         return f"Embedder({str(self._folder)!r}, dim={self.dim}, pooling={self._pooling!r})"

@@ -7,6 +7,10 @@ store runs one slice of records per step); between steps the worker picks the mo
 a small update submitted while a bulk store runs goes next, not after the whole store.
 
 Priorities: lower runs first (URGENT < NORMAL < BULK); equal priorities run in submission order.
+With ``max_queued``, a job is refused (`QueueFullError`, with a retry-after estimate) while that
+many jobs wait (not started) that would run before or with it: a new job of priority p counts the
+waiting jobs of priority <= p, so a queue full of bulk stores still takes urgent updates (which
+wait only behind urgent ones), and the jobs waiting never exceed 2 x max_queued.
 When a job finishes (done or failed) and has a callback URL, its document is POSTed there by a
 separate delivery thread, with retries; undelivered callbacks are redelivered after a restart.
 """
@@ -18,10 +22,12 @@ import contextlib
 import heapq
 import json
 import logging
+import math
 import sqlite3
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +37,17 @@ from qflume._sqlite import open_wal
 from qflume._validate import redact_url
 from qflume.exceptions import QflumeError, StateError, is_rust_panic
 
-__all__ = ["BULK", "NORMAL", "URGENT", "Job", "JobQueue", "QueueClosedError", "StepResult"]
+__all__ = [
+    "BULK",
+    "NORMAL",
+    "URGENT",
+    "Job",
+    "JobQueue",
+    "QueueClosedError",
+    "QueueFullError",
+    "StepResult",
+    "job_error",
+]
 
 log = logging.getLogger("qflume.jobs")
 
@@ -66,6 +82,23 @@ class QueueClosedError(QflumeError):
     """The queue is shutting down and takes no new jobs."""
 
 
+class QueueFullError(QflumeError):
+    """The queue holds `limit` waiting jobs that would run before or with this one: try again in
+    `retry_after` seconds (an estimate from recent job durations, at least 1)."""
+
+    def __init__(self, message: str, *, waiting: int, limit: int, retry_after: int) -> None:
+        super().__init__(message)
+        self.waiting = waiting
+        self.limit = limit
+        self.retry_after = retry_after
+
+
+def job_error(e: BaseException) -> str:
+    """What a failed job's ``error`` says about the exception that failed it."""
+    kind = "RustPanicError" if is_rust_panic(e) else type(e).__name__
+    return f"{kind}: {e}"
+
+
 @dataclass
 class StepResult:
     """What one step of a job did: items now done in total, the result so far, and whether the
@@ -96,6 +129,7 @@ class Job:
     finished: float | None = None
     resumed: bool = False  # loaded from the file at start (queued or interrupted before)
     payload: Any = None  # loaded from the file when the job first runs, dropped when it ends
+    busy_s: float = 0.0  # time its steps took in this process (the retry-after estimate)
     future: concurrent.futures.Future[Job] = field(
         default_factory=concurrent.futures.Future, repr=False
     )
@@ -129,6 +163,8 @@ class Job:
 
 Runner = Callable[[Job, Any], StepResult]
 Deliver = Callable[[str, dict[str, Any]], None]
+#: ``(job, payload or None, error) -> result``: what a failed job's result becomes (None: as is).
+OnFailure = Callable[[Job, Any, str], "dict[str, Any] | None"]
 
 
 # The columns `_job_from_row` reads, in its order.
@@ -165,7 +201,9 @@ class JobQueue:
     ``runners`` maps a job kind to a function ``(job, payload) -> StepResult`` that does one step
     (it reads ``job.items_done`` to know where to go on). ``deliver(url, document)`` POSTs a
     finished job's document to its callback URL (raises on failure). ``keep_finished`` bounds how
-    many finished jobs the file remembers (oldest forgotten first).
+    many finished jobs the file remembers (oldest forgotten first). ``max_queued`` bounds the
+    waiting jobs (see the module doc; None: no bound). ``on_failure`` gives a failed job its final
+    result (a runner's per-item view of the failure), from the job, its payload and its error.
     """
 
     def __init__(
@@ -177,8 +215,14 @@ class JobQueue:
         keep_finished: int = 10_000,
         callback_attempts: int = 3,
         callback_backoff: float = 0.5,
+        max_queued: int | None = None,
+        on_failure: OnFailure | None = None,
     ) -> None:
+        if max_queued is not None and max_queued < 1:
+            raise ValueError(f"max_queued must be >= 1 (or None), got {max_queued}")
         self.path = Path(path)
+        self.max_queued = max_queued
+        self.on_failure = on_failure
         self.runners = dict(runners)
         self.deliver = deliver
         self.keep_finished = keep_finished
@@ -200,6 +244,8 @@ class JobQueue:
         self._cb_cond = threading.Condition()
         self._cb_thread: threading.Thread | None = None
         self._cb_stop = False
+        # busy time of the last jobs finished here, per priority (the retry-after estimate)
+        self._durations: dict[int, deque[float]] = {}
         row = self._db.execute("SELECT MAX(seq) FROM jobs").fetchone()
         self._seq = int(row[0] or 0)
         self.resumed = self._load_unfinished()
@@ -315,6 +361,18 @@ class JobQueue:
         with self._cond:
             if self._stopping:
                 raise QueueClosedError(f"the job queue {self.path} is shutting down: no new jobs")
+            if self.max_queued is not None:
+                ahead = self._waiting(priority)
+                if ahead >= self.max_queued:
+                    wait = self.retry_after(priority)
+                    raise QueueFullError(
+                        f"the job queue is full: {ahead} job(s) wait that would run before or "
+                        f"with this {kind} job (the limit is {self.max_queued}); "
+                        f"retry in {wait} s",
+                        waiting=ahead,
+                        limit=self.max_queued,
+                        retry_after=wait,
+                    )
             self._seq += 1
             job = Job(
                 id=uuid.uuid4().hex,
@@ -363,6 +421,32 @@ class JobQueue:
         """Jobs waiting to run (not counting the one running)."""
         with self._cond:
             return len(self._heap)
+
+    def _waiting(self, priority: int) -> int:
+        """Jobs not started yet that would run before or with a new job of `priority` (a job
+        between two of its steps has started: it does not count). Call with `_cond` held."""
+        return sum(
+            1
+            for prio, _, jid in self._heap
+            if prio <= priority and self._jobs[jid].status == QUEUED
+        )
+
+    def waiting(self, priority: int = BULK) -> int:
+        """Jobs not started yet that would run before or with a new job of `priority` (what
+        ``max_queued`` bounds); with the default, every job not started yet."""
+        with self._cond:
+            return self._waiting(priority)
+
+    def retry_after(self, priority: int = BULK) -> int:
+        """Seconds until a job of `priority` likely finds room: the mean busy time of the last
+        jobs finished at that priority or more urgent ones (what runs ahead of it), else of any,
+        rounded up; at least 1."""
+        with self._cond:
+            ahead = [d for p, ds in self._durations.items() if p <= priority for d in ds]
+            times = ahead or [d for ds in self._durations.values() for d in ds]
+        if not times:
+            return 1
+        return max(1, min(3600, math.ceil(sum(times) / len(times))))
 
     @property
     def running(self) -> Job | None:
@@ -451,18 +535,28 @@ class JobQueue:
         if job.started is None:
             job.started = time.time()
         job.status = RUNNING
+        t0 = time.perf_counter()
         try:
             payload = self._payload(job)
             step = self.runners[job.kind](job, payload)
         except (KeyboardInterrupt, SystemExit):
             raise
         except BaseException as e:  # a Rust PanicException is a BaseException: the worker lives on
+            job.busy_s += time.perf_counter() - t0
             job.status = FAILED
-            kind = "RustPanicError" if is_rust_panic(e) else type(e).__name__
-            job.error = f"{kind}: {e}"
+            job.error = job_error(e)
             log.warning("qflume: job %s (%s) failed: %s", job.id, job.kind, job.error)
+            if self.on_failure is not None:
+                try:
+                    final = self.on_failure(job, job.payload, job.error)
+                except Exception:
+                    log.exception("qflume: job %s: on_failure raised", job.id)
+                else:
+                    if final is not None:
+                        job.result = final
             self._finish(job)
             return
+        job.busy_s += time.perf_counter() - t0
         job.items_done = step.items_done
         job.result = step.result
         if step.finished:
@@ -474,6 +568,8 @@ class JobQueue:
     def _finish(self, job: Job) -> None:
         job.finished = time.time()
         job.payload = None
+        with self._cond:
+            self._durations.setdefault(job.priority, deque(maxlen=32)).append(job.busy_s)
         if job.callback_url is not None:
             job.callback = {"state": "pending", "attempts": 0}
         self._save_final(job)

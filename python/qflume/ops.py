@@ -6,7 +6,8 @@ reported with the reason and the others are still applied. Writes are batched on
 that write the same payload under the same key go out as one set-payload request over many ids.
 
 Results are lists of dicts, one per item, in input order:
-``{"index": i, "ok": True, "points": n}`` or ``{"index": i, "ok": False, "error": "why"}``.
+``{"index": i, "ok": True, "points": n}`` or ``{"index": i, "ok": False, "error": "why", "type":
+t}``, where `t` says what kind of failure it is (`ERROR_TYPES`).
 """
 
 from __future__ import annotations
@@ -27,7 +28,12 @@ import numpy as np
 from qflume.exceptions import InvalidInputError, QflumeError
 from qflume.sinks.base import PointRecord, Sink
 
-__all__ = ["MANAGED_FIELDS", "delete", "update_payload"]
+__all__ = ["ERROR_TYPES", "MANAGED_FIELDS", "delete", "update_payload"]
+
+#: The ``type`` of a failed item: ``invalid`` (the item itself is wrong: fix it), ``not_found``
+#: (it names a point or document the collection does not hold), ``target_error`` (Qdrant failed
+#: on it: sending it again may work). `qflume serve` adds ``conflict`` and ``job_failed``.
+ERROR_TYPES = ("invalid", "not_found", "target_error")
 
 #: Payload fields qflume owns (the sync contract): updates may not write them.
 MANAGED_FIELDS = (
@@ -289,8 +295,8 @@ def update_payload(
     items = list(updates)
     results: list[dict[str, Any] | None] = [None] * len(items)
 
-    def fail(i: int, msg: str) -> None:
-        results[i] = {"index": i, "ok": False, "error": msg}
+    def fail(i: int, msg: str, kind: str = "invalid") -> None:
+        results[i] = {"index": i, "ok": False, "error": msg, "type": kind}
 
     parsed: list[tuple[int, str | None, str | None, list[_Op]]] = []
     for i, item in enumerate(items):
@@ -329,13 +335,19 @@ def update_payload(
         for i, pid, src, ops in parsed:
             if pid is not None:
                 if pid not in current:
-                    fail(i, f"unknown id {pid}: no such point in collection {sink.collection!r}")
+                    fail(
+                        i,
+                        f"unknown id {pid}: no such point in collection {sink.collection!r}",
+                        "not_found",
+                    )
                     continue
                 pids = [pid]
             else:
                 pids = [p for p in by_source.get(src or "", []) if p in current]
                 if not pids:
-                    fail(i, f"unknown source {src!r}: no points of it in the collection")
+                    fail(
+                        i, f"unknown source {src!r}: no points of it in the collection", "not_found"
+                    )
                     continue
             trial: dict[str, dict[str, Any]] = {}
             writes: dict[str, list[str]] = {}
@@ -402,7 +414,12 @@ def _after_failed_update(
     except Exception as e:  # the sink is gone: nothing can be confirmed
         for who in (w for leaves in touched.values() for w in leaves.values()):
             for i in who:
-                results[i] = {"index": i, "ok": False, "error": f"{error} (then: {e})"}
+                results[i] = {
+                    "index": i,
+                    "ok": False,
+                    "error": f"{error} (then: {e})",
+                    "type": "target_error",
+                }
         return
     for p, leaves in touched.items():
         rec = after.get(p)
@@ -415,6 +432,7 @@ def _after_failed_update(
                     "index": i,
                     "ok": False,
                     "error": f"not applied to point {p} ({leaf}): {error}",
+                    "type": "target_error",
                 }
 
 
@@ -517,7 +535,9 @@ def delete(
 
     One result per item, ids first, then sources, then the filter (``"kind"``: "id" | "source" |
     "filter"; ``"index"``: the position in its own list): ``{"kind", "index", "ok", "deleted": n}``
-    or ``{..., "ok": False, "error"}``. Deleting what is not there is not an error (deleted: 0).
+    or ``{..., "ok": False, "error", "type"}`` (`ERROR_TYPES`). Deleting what is not there is not
+    an error (deleted: 0), nor is deleting from a collection that does not exist yet; deletes
+    never load the embedding model.
 
     With a Pipeline, the state follows: a deleted source is forgotten, so the next ingest adds it
     again only if its file (or record) is still given; points deleted by id or filter are dropped
@@ -557,7 +577,7 @@ def _delete_ids(sink: Sink, state: Any, ids: list[Any]) -> list[dict[str, Any]]:
             valid.setdefault(_norm_id(x), []).append(i)
             res.append({"kind": "id", "index": i, "ok": True, "deleted": 0})
         except ValueError as e:
-            res.append({"kind": "id", "index": i, "ok": False, "error": str(e)})
+            res.append({"kind": "id", "index": i, "ok": False, "error": str(e), "type": "invalid"})
     if not valid:
         return res
     present = _retrieve(sink, list(valid))
@@ -571,7 +591,13 @@ def _delete_ids(sink: Sink, state: Any, ids: list[Any]) -> list[dict[str, Any]]:
         still = _retrieve(sink, targets)  # deletes are idempotent: see what went
         for pid in still:
             for i in valid[pid]:
-                res[i] = {"kind": "id", "index": i, "ok": False, "error": f"{pid}: {e}"}
+                res[i] = {
+                    "kind": "id",
+                    "index": i,
+                    "ok": False,
+                    "error": f"{pid}: {e}",
+                    "type": "target_error",
+                }
         present = {p: r for p, r in present.items() if p not in still}
     for pid in present:
         first = valid[pid][0]
@@ -595,6 +621,7 @@ def _delete_sources(sink: Sink, state: Any, sources: list[Any]) -> list[dict[str
                     "index": i,
                     "ok": False,
                     "error": f"source {s!r} must be a non-empty document key",
+                    "type": "invalid",
                 }
             )
     if not keys:
@@ -602,12 +629,19 @@ def _delete_sources(sink: Sink, state: Any, sources: list[Any]) -> list[dict[str
     uniq = sorted(set(keys))
     counts = {k: len(v) for k, v in _source_ids(state, uniq).items()}
     try:
-        sink.delete_by_source(uniq)
-        sink.flush()
+        # An empty or missing collection holds nothing to delete; a delete request sent to a
+        # missing one would fail (NOT_FOUND on a server, no shard in the embedded store).
+        if sink.count():
+            sink.delete_by_source(uniq)
+            sink.flush()
+        else:
+            counts = dict.fromkeys(counts, 0)
     except QflumeError as e:
         for r in res:
             if r["ok"]:
-                r.update(ok=False, error=f"source {sources[r['index']]!r}: {e}")
+                r.update(
+                    ok=False, error=f"source {sources[r['index']]!r}: {e}", type="target_error"
+                )
                 r.pop("deleted", None)
         return res
     if state is not None:
@@ -630,7 +664,8 @@ def _delete_filter(sink: Sink, state: Any, flt: Mapping[str, Any]) -> dict[str, 
             raise InvalidInputError("an empty filter would delete everything: refused")
         matched = list(_scroll_filter(sink, qf))
     except (QflumeError, ValueError) as e:
-        return {"kind": "filter", "index": 0, "ok": False, "error": f"filter: {e}"}
+        kind = "invalid" if isinstance(e, ValueError) else "target_error"
+        return {"kind": "filter", "index": 0, "ok": False, "error": f"filter: {e}", "type": kind}
     if not matched:
         return {"kind": "filter", "index": 0, "ok": True, "deleted": 0}
     targets = [r.id for r in matched]
@@ -645,6 +680,7 @@ def _delete_filter(sink: Sink, state: Any, flt: Mapping[str, Any]) -> dict[str, 
             "index": 0,
             "ok": False,
             "error": f"{len(still)} of {len(targets)} matching points not deleted: {e}",
+            "type": "target_error",
         }
     _forget_points(state, matched)
     return {"kind": "filter", "index": 0, "ok": True, "deleted": len(targets)}

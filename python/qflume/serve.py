@@ -18,6 +18,11 @@ Searches never queue: they run concurrently in the server's thread pool on the s
 Edge is safe for concurrent reads and writes; a server gets a separate read connection), and they
 go first on the shared embedding model (background writes embed in short slices and yield to
 waiting searches).
+
+Every batch answer carries ``summary: {total, successful, failed}`` and ``errors: [{index, id |
+key, reason, type}]`` (one entry per failed item; see `_error_entry`): a bad item fails alone. The
+queue is bounded (``--max-queued``): past it a write is refused with 429 and ``Retry-After``. The
+embedding model is loaded on first use, so deletes, health and the status page never need it.
 """
 
 from __future__ import annotations
@@ -38,7 +43,7 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
-from qflume._validate import printable, redact_url
+from qflume._validate import printable, redact_url, text_problem
 from qflume.exceptions import InvalidInputError, QflumeError, SinkError
 from qflume.jobs import (
     BULK,
@@ -49,6 +54,7 @@ from qflume.jobs import (
     Job,
     JobQueue,
     QueueClosedError,
+    QueueFullError,
     StepResult,
 )
 
@@ -101,6 +107,9 @@ class ServeConfig:
     callback_hosts: tuple[str, ...] = ()  # host:port pairs callback URLs may point to
     token: str | None = None  # bearer token every route but /health requires
     max_concurrent_searches: int = 8
+    # jobs waiting (not started) that would run before or with a new one; past it: 429. A store
+    # counts every waiting job, a small update or delete only the small ones (see qflume.jobs)
+    max_queued: int = 100
     jobs_path: str | None = None  # default: beside the state, <collection>.jobs.sqlite
     pipeline_options: dict[str, Any] = field(default_factory=dict)
 
@@ -134,25 +143,52 @@ class _Gate:
                 self._cond.wait()
 
 
+class _LazyModel:
+    """The shared embedding model, loaded on first use by one thread (a delete never loads it).
+    A load that fails raises to that caller and is tried again by the next one."""
+
+    def __init__(self, load: Callable[[], Any] | None = None, *, model: Any = None) -> None:
+        self._load = load
+        self._model = model
+        self._lock = threading.Lock()
+
+    @property
+    def loaded(self) -> bool:
+        return self._model is not None
+
+    def get(self) -> Any:
+        if self._model is None:
+            with self._lock:
+                if self._model is None:
+                    assert self._load is not None
+                    self._model = self._load()
+        return self._model
+
+
 class _EmbedderView:
     """The shared Embedder as one side sees it: searches embed at once (urgent); background
     writes embed in slices of `slice` texts and let waiting searches go between slices."""
 
-    def __init__(self, inner: Any, gate: _Gate, *, urgent: bool, slice: int = 8) -> None:
-        self._inner = inner
+    def __init__(self, model: _LazyModel, gate: _Gate, *, urgent: bool, slice: int = 8) -> None:
+        self._model = model
         self._gate = gate
         self._urgent = urgent
         self._slice = max(1, slice)
 
+    @property
+    def _inner(self) -> Any:
+        return self._model.get()
+
     def embed(self, texts: Any) -> np.ndarray:
+        inner = self._inner
         if self._urgent:
             with self._gate.urgent():
-                return np.asarray(self._inner.embed(texts))
+                return np.asarray(inner.embed(texts))
         texts = list(texts)
-        out = np.empty((len(texts), int(self._inner.dim)), np.float32)
+        out = np.empty((len(texts), int(inner.dim)), np.float32)
         for lo in range(0, len(texts), self._slice):
             self._gate.wait_turn()
-            out[lo : lo + self._slice] = self._inner.embed(texts[lo : lo + self._slice])
+            out[lo : lo + self._slice] = inner.embed(texts[lo : lo + self._slice])
         return out
 
     def embed_query(self, text: str) -> np.ndarray:
@@ -162,20 +198,27 @@ class _EmbedderView:
         """The service closes the real embedder (once), not its views."""
 
     def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
         return getattr(self._inner, name)
 
 
 class _SearchTarget:
     """What `qflume.search.search` needs: an embedder and a sink (plus what health reads)."""
 
-    def __init__(self, pipeline: Any, embedder: Any, sink: Any) -> None:
+    def __init__(self, pipeline: Any, embedder: _EmbedderView, sink: Any) -> None:
         self.embedder = embedder
-        self._embedder = embedder
         self.sink = sink
         self.state = pipeline.state
         self.store = pipeline.store
         self.state_path = pipeline.state_path
         self.model = pipeline.model
+
+    @property
+    def _embedder(self) -> Any:
+        """The loaded model for health's vector-size check (None: read from the model's config,
+        without loading it)."""
+        return self.embedder if self.embedder._model.loaded else None
 
 
 class _LockedSink:
@@ -259,8 +302,50 @@ class HitModel(BaseModel):
     metadata: dict[str, Any]
 
 
+class Summary(BaseModel):
+    """How the items of one batch request fared (successful + failed == total once it is done)."""
+
+    total: int = Field(
+        description="items in the request: records, updates, ids + sources + filter, queries"
+    )
+    successful: int
+    failed: int = Field(description="== len(errors)")
+
+
+class ItemError(BaseModel):
+    """One failed item of a batch request."""
+
+    index: int = Field(
+        description="its position in the request's list (for deletes: in the list named by kind)"
+    )
+    kind: Literal["id", "source", "filter"] | None = Field(None, description="deletes only")
+    id: str | None = Field(None, description="the point id, when the item names one")
+    key: str | None = Field(None, description="the document key (record id or source), if known")
+    reason: str
+    type: Literal["invalid", "not_found", "conflict", "target_error", "job_failed"] = Field(
+        description="invalid: fix the item; not_found: no such point or document; conflict: the "
+        "key belongs to another root; target_error: Qdrant failed (retry); job_failed: the job "
+        "failed before this item was confirmed (resend it: writes are idempotent)"
+    )
+
+
 class SearchResponse(BaseModel):
-    results: list[list[HitModel]]
+    results: list[list[HitModel]] = Field(
+        description="one list of hits per query, in order (empty for a query that failed)"
+    )
+    summary: Summary
+    errors: list[ItemError]
+
+
+class BatchResult(BaseModel):
+    """A store, update or delete job's result: the kind's report plus `summary` and `errors`.
+    Store: the ingest report (documents_new, ..., skipped with index, key and reason); update:
+    results (one per update), ok, failed; delete: results (kind, index, ok, deleted), ok,
+    failed, deleted."""
+
+    model_config = ConfigDict(extra="allow")
+    summary: Summary
+    errors: list[ItemError]
 
 
 class JobModel(BaseModel):
@@ -270,7 +355,7 @@ class JobModel(BaseModel):
     priority: int
     items: int
     items_done: int
-    result: dict[str, Any] | None
+    result: BatchResult | None = Field(description="None until the first step ends")
     error: str | None
     callback: dict[str, Any] | None
     created_at: float
@@ -334,6 +419,8 @@ def _record_problem(i: int, raw: Any) -> str | None:
         return f"records[{i}]: nested too deeply to read"
     if isinstance(rec.id, str) and not rec.id.strip():
         return f"records[{i}].id: id is empty"
+    if isinstance(rec.id, str) and (bad := text_problem(rec.id, f"records[{i}].id")):
+        return printable(bad)
     if not rec.text.strip():
         return f"records[{i}].text: text is empty"
     return None
@@ -373,7 +460,8 @@ class Service:
     """One collection served: the pipeline, its job queue, and the shared model.
 
     ``pipeline`` may be given (the service then does not close it); otherwise one is built from
-    the config. ``embedder`` is the model to share (default: the pipeline's).
+    the config. ``embedder`` is the model to share (default: the pipeline's, or the config's
+    model, loaded when a store or search first needs it).
     """
 
     def __init__(
@@ -389,15 +477,21 @@ class Service:
         self.config = config
         self._gate = _Gate()
         self._own_pipeline = pipeline is None
-        self._embedder = embedder
-        if pipeline is None:
-            if embedder is None:
+        self._own_embedder = False
+        if embedder is not None:
+            self._model = _LazyModel(model=embedder)
+        elif pipeline is not None:
+            self._model = _LazyModel(lambda: pipeline.embedder)
+        else:
+
+            def load() -> Any:
                 from qflume.embed import Embedder
 
-                self._embedder = Embedder(config.model)
-                self._own_embedder = True
-            else:
-                self._own_embedder = False
+                return Embedder(config.model)
+
+            self._model = _LazyModel(load)
+            self._own_embedder = True
+        if pipeline is None:
             opts = dict(config.pipeline_options)
             opts.setdefault("progress", False)
             pipeline = Pipeline(
@@ -410,12 +504,9 @@ class Service:
                 sparse=config.sparse,
                 chunk_chars=config.chunk_chars,
                 chunk_tokens=config.chunk_tokens,
-                embedder=_EmbedderView(self._embedder, self._gate, urgent=False),
+                embedder=_EmbedderView(self._model, self._gate, urgent=False),
                 **opts,
             )
-        else:
-            self._own_embedder = False
-            self._embedder = embedder if embedder is not None else pipeline.embedder
         self.pipeline = pipeline
         try:
             # Build the sink now, on this thread: built lazily, two threads could race to it.
@@ -430,7 +521,7 @@ class Service:
                 )
                 read_sink = _LockedSink(self._read_sink_own)
             self.reader = _SearchTarget(
-                pipeline, _EmbedderView(self._embedder, self._gate, urgent=True), read_sink
+                pipeline, _EmbedderView(self._model, self._gate, urgent=True), read_sink
             )
             jobs_path = config.jobs_path or pipeline.state_path.with_name(
                 f"{pipeline.collection}.jobs.sqlite"
@@ -439,6 +530,8 @@ class Service:
                 jobs_path,
                 {"store": self._run_store, "update": self._run_update, "delete": self._run_delete},
                 deliver=deliver,
+                max_queued=config.max_queued,
+                on_failure=_failed_result,
             )
         except BaseException:
             if self._own_pipeline:
@@ -454,6 +547,18 @@ class Service:
     def start(self) -> None:
         self.jobs.start()
         self.monitor.start()
+        if not self._model.loaded:  # load it now, off the request path; deletes never wait on it
+            threading.Thread(target=self._load_model, name="qflume-model", daemon=True).start()
+
+    def _load_model(self) -> None:
+        try:
+            self._model.get()
+        except Exception as e:
+            log.warning(
+                "qflume serve: the embedding model cannot be loaded (%s); stores and searches "
+                "fail until it can, deletes work",
+                e,
+            )
 
     def close(self, *, drain: float | None = None) -> int:
         """Stop the worker (drain for up to `drain` seconds, default the config's), persist what is
@@ -469,9 +574,10 @@ class Service:
                 self._read_sink_own.close()
         if self._own_pipeline:
             self.pipeline.close()
-            if self._own_embedder and hasattr(self._embedder, "close"):
+            model = self._model.get() if self._model.loaded else None
+            if self._own_embedder and hasattr(model, "close"):
                 with contextlib.suppress(Exception):
-                    self._embedder.close()
+                    model.close()
         return left
 
     # -- jobs (run on the worker thread) -----------------------------------------------------
@@ -482,20 +588,50 @@ class Service:
         hi = min(len(records), lo + max(1, self.config.slice_records))
         report = self.pipeline.ingest_records(records[lo:hi]).as_dict()
         rejected = payload.get("rejected") or []
+        # the pipeline's skips of this slice, by the record's index in the request
+        where = _store_indices(payload)
+        at = {str(r["id"]): where[lo + j] for j, r in enumerate(records[lo:hi])}
+        at.update({f"#{j}": where[lo + j] for j in range(hi - lo) if f"#{j}" not in at})
+        errors = [
+            _error_entry(
+                at.get(str(s["key"])),
+                s["reason"],
+                "conflict" if str(s["reason"]).startswith("key-conflict") else "invalid",
+                key=printable(str(s["key"])),
+            )
+            for s in report.get("skipped", [])
+        ]
+        for s in report.get("skipped", []):
+            s.setdefault("index", at.get(str(s["key"])))
         if lo == 0 and rejected:  # records refused on arrival count with the first slice
             report["documents_seen"] = report.get("documents_seen", 0) + len(rejected)
             report["documents_skipped"] = report.get("documents_skipped", 0) + len(rejected)
             report["skipped"] = list(rejected) + list(report.get("skipped", []))
+            errors = [_rejected_error(r) for r in rejected] + errors
         self.monitor.add_skips(job.id, report.get("skipped", ()))
         merged = _merge_reports(job.result, report)
+        merged["errors"] = sorted(
+            list((job.result or {}).get("errors", [])) + errors,
+            key=lambda e: (e["index"] is None, e["index"] or 0),
+        )
+        merged["summary"] = _summary(len(records) + len(rejected), merged["errors"])
+        if hi < len(records):  # not all seen yet: what is neither stored nor failed yet
+            merged["summary"]["successful"] -= len(records) - hi
         return StepResult(hi, merged, hi >= len(records))
 
     def _run_update(self, job: Job, payload: Any) -> StepResult:
         from qflume import ops
 
-        results = ops.update_payload(self.pipeline, payload["updates"])
+        updates = payload["updates"]
+        results = ops.update_payload(self.pipeline, updates)
         failed = sum(not r["ok"] for r in results)
         out = {"results": results, "ok": len(results) - failed, "failed": failed}
+        errors = [
+            _error_entry(r["index"], r["error"], r.get("type", "invalid"), **_names(updates[i]))
+            for i, r in enumerate(results)
+            if not r["ok"]
+        ]
+        out.update(summary=_summary(len(results), errors), errors=errors)
         return StepResult(len(results), out, True)
 
     def _run_delete(self, job: Job, payload: Any) -> StepResult:
@@ -511,6 +647,18 @@ class Service:
         deleted = sum(int(r.get("deleted", 0)) for r in results)
         out = {"results": results, "ok": len(results) - failed, "failed": failed}
         out["deleted"] = deleted
+        errors = [
+            _error_entry(
+                r["index"],
+                r["error"],
+                r.get("type", "invalid"),
+                kind=r["kind"],
+                **_delete_names(payload, r["kind"], r["index"]),
+            )
+            for r in results
+            if not r["ok"]
+        ]
+        out.update(summary=_summary(len(results), errors), errors=errors)
         return StepResult(len(results), out, True)
 
     # -- requests ----------------------------------------------------------------------------
@@ -638,9 +786,19 @@ class Service:
             )
         if req.limit > cfg.max_limit:
             raise ApiError(422, f"invalid request: limit {req.limit} is above {cfg.max_limit}")
+        # A query that cannot be searched (empty, or not valid Unicode) fails alone: its row of
+        # results is empty and `errors` says why; the request's own settings fail it whole.
+        errors = []
         for i, q in enumerate(req.queries):
-            if not q.strip():
-                raise ApiError(422, f"invalid request: queries[{i}] is empty")
+            problem = (
+                f"queries[{i}] is empty"
+                if not q.strip()
+                else text_problem(q, f"queries[{i}] '{printable(q)}'")
+            )
+            if problem is not None:
+                errors.append(_error_entry(i, problem, "invalid"))
+        failed = {e["index"] for e in errors}
+        good = [q for i, q in enumerate(req.queries) if i not in failed]
         if req.mode != "dense" and self.pipeline.sparse_kind != "bm25":
             raise ApiError(
                 422,
@@ -648,12 +806,23 @@ class Service:
                 f"{self.pipeline.collection!r}: start qflume serve with --sparse bm25",
             )
         try:
-            hits = search(
-                self.reader, req.queries, limit=req.limit, filter=req.filter, mode=req.mode
+            found = iter(
+                search(self.reader, good, limit=req.limit, filter=req.filter, mode=req.mode)
+                if good
+                else []
             )
+            if not good and req.filter is not None:
+                from qflume.search import qdrant_filter
+
+                qdrant_filter(req.filter)  # a bad filter is still the request's error
         except InvalidInputError as e:
             raise ApiError(422, f"invalid request: {e}") from None
-        return {"results": [[h.as_dict() for h in row] for row in hits]}
+        rows = [[] if i in failed else next(found) for i in range(len(req.queries))]
+        return {
+            "results": [[h.as_dict() for h in row] for row in rows],
+            "summary": _summary(len(req.queries), errors),
+            "errors": errors,
+        }
 
     def health(self) -> tuple[int, dict[str, Any]]:
         from qflume import metrics
@@ -680,6 +849,121 @@ class Service:
         for status, n in self.jobs.counts().items():
             metrics.gauge("serve_jobs", n, status=status)
         metrics.gauge("serve_job_queue_depth", self.jobs.depth())
+
+
+# ---------------------------------------------------------------------------------------------
+# Per-item results: summary and errors, the same for every batch route
+
+
+def _error_entry(
+    index: int | None,
+    reason: str,
+    type: str,
+    *,
+    kind: str | None = None,
+    id: str | None = None,
+    key: str | None = None,
+) -> dict[str, Any]:
+    """One failed item: ``{index, [kind], [id], [key], reason, type}`` (see `ItemError`)."""
+    out: dict[str, Any] = {"index": index}
+    if kind is not None:
+        out["kind"] = kind
+    if id is not None:
+        out["id"] = id
+    if key is not None:
+        out["key"] = key
+    out["reason"] = reason
+    out["type"] = type
+    return out
+
+
+def _summary(total: int, errors: list[dict[str, Any]]) -> dict[str, int]:
+    return {"total": total, "successful": total - len(errors), "failed": len(errors)}
+
+
+def _rejected_error(r: dict[str, Any]) -> dict[str, Any]:
+    """The error entry of a record refused on arrival (its key only when it has a usable id)."""
+    key = r.get("key")
+    known = isinstance(key, str) and key != f"records[{r['index']}]"
+    return _error_entry(r["index"], r["reason"], "invalid", key=key if known else None)
+
+
+def _store_indices(payload: dict[str, Any]) -> list[int]:
+    """The request index of each record a store job stores: the request's records, in order,
+    less those refused on arrival (whose indices the payload keeps)."""
+    refused = {int(r["index"]) for r in payload.get("rejected") or ()}
+    n = len(payload["records"]) + len(refused)
+    return [i for i in range(n) if i not in refused]
+
+
+def _names(item: Any) -> dict[str, str]:
+    """The id and/or key an update item names, as given (printable), when it names them."""
+    out: dict[str, str] = {}
+    if isinstance(item, dict):
+        if isinstance(item.get("id"), str):
+            out["id"] = printable(item["id"])
+        if isinstance(item.get("source"), str):
+            out["key"] = printable(item["source"])
+    return out
+
+
+def _delete_names(payload: dict[str, Any], kind: str, index: int) -> dict[str, str]:
+    items = payload.get("ids" if kind == "id" else "sources") if kind != "filter" else None
+    if not items or not 0 <= index < len(items) or not isinstance(items[index], str):
+        return {}
+    return {"id" if kind == "id" else "key": printable(items[index])}
+
+
+def _failed_result(job: Job, payload: Any, error: str) -> dict[str, Any]:
+    """A failed job's result: what its finished steps did, and every item it did not confirm
+    as an error of type ``job_failed`` (sending those again is safe: writes are idempotent)."""
+    out = dict(job.result or {})
+    errors: list[dict[str, Any]] = list(out.get("errors") or [])
+    reason = f"not confirmed: the job failed ({error}); send it again"
+    if not isinstance(payload, dict):  # the payload could not be read back
+        errors = [_error_entry(i, reason, "job_failed") for i in range(job.items)]
+        total = job.items
+    elif job.kind == "store":
+        records, rejected = payload["records"], payload.get("rejected") or []
+        where = _store_indices(payload)
+        if job.result is None:  # the first step failed: its refusals were not counted yet
+            errors = [_rejected_error(r) for r in rejected]
+        for j in range(job.items_done, len(records)):
+            rid = records[j].get("id") if isinstance(records[j], dict) else None
+            errors.append(_error_entry(where[j], reason, "job_failed", key=printable(str(rid))))
+        errors.sort(key=lambda e: e["index"])
+        total = len(records) + len(rejected)
+    elif job.kind == "update":
+        updates = payload.get("updates") or []
+        errors = [_error_entry(i, reason, "job_failed", **_names(u)) for i, u in enumerate(updates)]
+        total = len(updates)
+        out["results"] = [
+            {"index": i, "ok": False, "error": reason, "type": "job_failed"} for i in range(total)
+        ]
+        out.update(ok=0, failed=total)
+    else:
+        errors = []
+        for kind, name in (("id", "ids"), ("source", "sources")):
+            for i in range(len(payload.get(name) or ())):
+                names = _delete_names(payload, kind, i)
+                errors.append(_error_entry(i, reason, "job_failed", kind=kind, **names))
+        if payload.get("filter") is not None:
+            errors.append(_error_entry(0, reason, "job_failed", kind="filter"))
+        total = len(errors)
+        out["results"] = [
+            {
+                "kind": e["kind"],
+                "index": e["index"],
+                "ok": False,
+                "error": reason,
+                "type": e["type"],
+            }
+            for e in errors
+        ]
+        out.update(ok=0, failed=total, deleted=0)
+    out["errors"] = errors
+    out["summary"] = _summary(total, errors)
+    return out
 
 
 def _merge_reports(acc: dict[str, Any] | None, rep: dict[str, Any]) -> dict[str, Any]:
@@ -858,6 +1142,14 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     413: {"model": ErrorModel, "description": "over the size or item limits"},
     422: {"model": ErrorModel, "description": "invalid input (the message names the item)"},
 }
+_JOB_ERRORS: dict[int | str, dict[str, Any]] = {
+    **_ERRORS,
+    429: {
+        "model": ErrorModel,
+        "description": "the job queue is full (--max-queued): retry after Retry-After seconds",
+        "headers": {"Retry-After": {"schema": {"type": "integer"}, "description": "seconds"}},
+    },
+}
 
 
 def create_app(service: Service, *, manage: bool = True) -> FastAPI:
@@ -890,6 +1182,16 @@ def create_app(service: Service, *, manage: bool = True) -> FastAPI:
     async def closing(request: Request, exc: QueueClosedError) -> JSONResponse:
         return _error(503, f"shutting down: {exc}")
 
+    @app.exception_handler(QueueFullError)
+    async def queue_full(request: Request, exc: QueueFullError) -> JSONResponse:
+        msg = (
+            f"the job queue is full: {exc.waiting} job(s) wait that would run before or with "
+            f"this one (--max-queued {exc.limit}); retry in {exc.retry_after} s"
+        )
+        resp = _error(429, msg)
+        resp.headers["Retry-After"] = str(exc.retry_after)
+        return resp
+
     @app.exception_handler(SinkError)
     async def sink_error(request: Request, exc: SinkError) -> JSONResponse:
         return _error(503, f"the Qdrant target failed: {exc}")
@@ -916,7 +1218,7 @@ def create_app(service: Service, *, manage: bool = True) -> FastAPI:
         "/batch/store",
         summary="Store records (a background job)",
         openapi_extra=_body_doc(StoreRequest),
-        responses={202: {"model": JobModel}, 200: {"model": JobModel}, **_ERRORS},
+        responses={202: {"model": JobModel}, 200: {"model": JobModel}, **_JOB_ERRORS},
         status_code=202,
     )
     async def batch_store(request: Request, wait: bool = False) -> JSONResponse:
@@ -940,7 +1242,7 @@ def create_app(service: Service, *, manage: bool = True) -> FastAPI:
         "/batch/update",
         summary="Update payloads (per-item results)",
         openapi_extra=_body_doc(UpdateRequest),
-        responses={200: {"model": JobModel}, 202: {"model": JobModel}, **_ERRORS},
+        responses={200: {"model": JobModel}, 202: {"model": JobModel}, **_JOB_ERRORS},
     )
     async def batch_update(request: Request, wait: bool = True) -> JSONResponse:
         """Set / merge / increment / set_now payload fields by point id or source."""
@@ -950,7 +1252,7 @@ def create_app(service: Service, *, manage: bool = True) -> FastAPI:
         "/batch/delete",
         summary="Delete by ids, sources or filter (per-item results)",
         openapi_extra=_body_doc(DeleteRequest),
-        responses={200: {"model": JobModel}, 202: {"model": JobModel}, **_ERRORS},
+        responses={200: {"model": JobModel}, 202: {"model": JobModel}, **_JOB_ERRORS},
     )
     async def batch_delete(request: Request, wait: bool = True) -> JSONResponse:
         return await submit(service.submit_delete, request, wait)
@@ -1093,6 +1395,13 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--max-queries", type=int, default=d.max_queries, help="queries per search")
     ap.add_argument("--slice-records", type=int, default=d.slice_records)
     ap.add_argument(
+        "--max-queued",
+        type=int,
+        default=d.max_queued,
+        help=f"jobs that may wait ahead of a new one; past it a write gets 429 with Retry-After "
+        f"(default {d.max_queued}; small updates and deletes count only the small ones ahead)",
+    )
+    ap.add_argument(
         "--drain",
         type=float,
         default=d.drain,
@@ -1132,7 +1441,14 @@ def _callback_target(value: str) -> str:
 
 
 def config_from_args(args: argparse.Namespace) -> ServeConfig:
-    for name in ("max_body_bytes", "max_items", "max_queries", "slice_records", "port"):
+    for name in (
+        "max_body_bytes",
+        "max_items",
+        "max_queries",
+        "slice_records",
+        "max_queued",
+        "port",
+    ):
         if getattr(args, name) < (0 if name == "port" else 1):
             raise InvalidInputError(f"--{name.replace('_', '-')} must be positive")
     if not _is_loopback(args.host) and not args.token:
@@ -1156,6 +1472,7 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
         max_items=args.max_items,
         max_queries=args.max_queries,
         slice_records=args.slice_records,
+        max_queued=args.max_queued,
         drain=args.drain,
         callback_hosts=tuple(_callback_target(h) for h in args.callback_host),
         token=args.token or None,
