@@ -702,6 +702,16 @@ def test_every_batch_answer_has_summary_and_per_item_errors(served: Server) -> N
     r = c.post("/batch/search", json={"queries": ["", "moons"], "filter": {"colour": "x"}})
     assert r.status_code == 422 and "colour" in r.json()["error"]  # the request's own settings
 
+    # The shape is in the OpenAPI document.
+    spec = c.get("/openapi.json").json()
+    schemas = spec["components"]["schemas"]
+    assert {"summary", "errors"} <= set(schemas["SearchResponse"]["properties"])
+    assert {"summary", "errors"} <= set(schemas["BatchResult"]["properties"])
+    assert set(schemas["Summary"]["properties"]) == {"total", "successful", "failed"}
+    assert {"index", "id", "key", "reason", "type"} <= set(schemas["ItemError"]["properties"])
+    for route in ("/batch/store", "/batch/update", "/batch/delete"):
+        assert "429" in spec["paths"][route]["post"]["responses"], route
+
 
 class _Broken:
     """An embedding model that fails every call (as one whose files went bad would)."""
@@ -757,6 +767,10 @@ def test_deletes_over_http_need_no_model(tmp_path: Path) -> None:
         r = c.post("/batch/store?wait=true", json={"records": [{"id": "a", "text": "x"}]})
         assert r.status_code == 500 and "no-model" in r.json()["error"]
         assert r.json()["result"]["summary"] == {"total": 1, "successful": 0, "failed": 1}
+        r = c.get("/health")  # not fatal: deletes work
+        assert r.status_code == 200 and not r.json()["ok"]
+        (problem,) = [p for p in r.json()["problems"] if p["code"] == "model_unavailable"]
+        assert "no-model" in problem["message"]
     finally:
         srv.stop()
 
@@ -791,6 +805,8 @@ def test_a_full_queue_answers_429_with_retry_after(tmp_path: Path, embedder: Any
         r = c.post("/batch/delete?wait=false", json={"sources": ["q1-0"]})
         assert r.status_code == 429 and "retry-after" in r.headers
         assert srv.service.jobs.waiting() == 4  # at most 2 x --max-queued wait
+        jobs = c.get("/health").json()["jobs"]
+        assert jobs["waiting"] == 4 and jobs["max_queued"] == 2
         gate.open.set()
         for jid in ids + small:
             assert srv.wait_job(jid)["status"] == "done"

@@ -151,6 +151,7 @@ class _LazyModel:
         self._load = load
         self._model = model
         self._lock = threading.Lock()
+        self.error: str | None = None  # why the last load failed (health shows it)
 
     @property
     def loaded(self) -> bool:
@@ -161,7 +162,12 @@ class _LazyModel:
             with self._lock:
                 if self._model is None:
                     assert self._load is not None
-                    self._model = self._load()
+                    try:
+                        self._model = self._load()
+                    except Exception as e:
+                        self.error = f"{type(e).__name__}: {e}"
+                        raise
+                    self.error = None
         return self._model
 
 
@@ -832,8 +838,20 @@ class Service:
         report["jobs"] = {
             **self.jobs.counts(),
             "depth": self.jobs.depth(),
+            "waiting": self.jobs.waiting(),  # not started yet (what --max-queued bounds)
+            "max_queued": self.jobs.max_queued,
             "worker_alive": bool(worker is not None and worker.is_alive()),
         }
+        if self._model.error is not None and not self._model.loaded:
+            report["problems"].append(
+                {
+                    "code": "model_unavailable",
+                    "message": f"the embedding model cannot be loaded ({self._model.error}): "
+                    "stores and searches fail, deletes work",
+                }
+            )
+            report["ok"] = False
+            report["score"] = min(report["score"], 50)
         if not report["jobs"]["worker_alive"] and not self._closed:
             report["problems"].append(
                 {"code": "worker_stopped", "message": "the job worker thread is not running"}
