@@ -580,10 +580,9 @@ class Service:
                 self._read_sink_own.close()
         if self._own_pipeline:
             self.pipeline.close()
-            model = self._model.get() if self._model.loaded else None
-            if self._own_embedder and hasattr(model, "close"):
+            if self._own_embedder and self._model.loaded:
                 with contextlib.suppress(Exception):
-                    model.close()
+                    self._model.get().close()
         return left
 
     # -- jobs (run on the worker thread) -----------------------------------------------------
