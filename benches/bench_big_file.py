@@ -104,7 +104,7 @@ def test_peak_memory_of_one_large_file(
     def run(folder: Path, name: str) -> int:
         store = [] if target else ["--store", str(tmp_path / f"store-{name}")]
         state = ["--state-dir", str(tmp_path / f"state-{name}")] if target else []
-        limits = ["--max-memory", str(MAX_MEMORY)]
+        limits = ["--max-memory", str(MAX_MEMORY), "--max-file-size", str(4 * MB << 20)]
         args = [str(folder), "-c", name, "--no-progress", *target, *store, *state, *model]
         return _peak_kb([*args, *limits])
 

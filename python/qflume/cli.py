@@ -72,6 +72,15 @@ def _parser() -> argparse.ArgumentParser:
         type=int,
         help="skip files over this many bytes as too-large (default 256 MiB)",
     )
+    p.add_argument(
+        "--outage-deadline",
+        type=float,
+        help="--url: seconds an unreachable server is waited for while updates are spooled to "
+        "the outbox (default 900)",
+    )
+    p.add_argument(
+        "--outbox-bytes", type=int, help="--url: the outbox's disk budget (default 1 GiB)"
+    )
     prog = p.add_mutually_exclusive_group()
     prog.add_argument(
         "--progress",
@@ -299,7 +308,11 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         overlap=args.overlap,
         wait=args.wait,
         max_memory=args.max_memory,
-        **({} if args.max_file_size is None else {"max_file_size": args.max_file_size}),
+        **{
+            k: getattr(args, k)
+            for k in ("max_file_size", "outage_deadline", "outbox_bytes")
+            if getattr(args, k) is not None
+        },
         progress=args.progress,  # on stderr: --json keeps stdout one JSON object
     )
     reports = []

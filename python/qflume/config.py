@@ -75,6 +75,8 @@ _TABLES: dict[str, dict[str, tuple[str, str, Any]]] = {
     "limits": {
         "max_memory": ("max_memory", "int", 1),
         "max_file_size": ("max_file_size", "int", 1),
+        "outbox_bytes": ("outbox_bytes", "int", 1),
+        "outage_deadline": ("outage_deadline", "seconds", None),
     },
 }
 _SOURCE_KEYS = ("path", "records", "include", "exclude", "keep_missing", "delete_missing")
@@ -268,6 +270,10 @@ def parse_config(
             if v < arg:
                 raise fail(key, f"must be at least {arg}, not {v}")
             return v
+        if kind == "seconds":
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < float("inf"):
+                raise fail(key, f"must be a positive number of seconds, not {v!r}")
+            return float(v)
         raise AssertionError(kind)  # pragma: no cover
 
     options: dict[str, Any] = {}

@@ -88,6 +88,13 @@ class IngestReport:
     elapsed_s: float = 0.0
     interrupted: bool = False
     dry_run: bool = False
+    #: requests the sink sent again after a transient failure
+    retried: int = 0
+    #: times the server was unreachable past the retries, requests spooled to the outbox then,
+    #: and seconds the ended outages lasted (the run went on embedding meanwhile)
+    outages: int = 0
+    spooled_requests: int = 0
+    outage_s: float = 0.0
     stages: dict[str, StageStats] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
@@ -129,47 +136,120 @@ class _DocPlan:
     moved: list[tuple[str, dict[str, int]]]  # kept chunks whose offsets changed: (id, fields)
 
 
-class _DocDiff:
-    """One document's new chunks against its state row, chunk by chunk: which to (re)send,
-    which kept chunks moved (a payload update), and at the end which are lost (deleted)."""
+def _rows16(blob: bytes | bytearray | npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:
+    """Concatenated 16-byte hashes as an (n, 16) uint8 array (a view where possible)."""
+    if isinstance(blob, np.ndarray):
+        return np.ascontiguousarray(blob, np.uint8).reshape(-1, HASH_LEN)
+    return np.frombuffer(blob, np.uint8).reshape(-1, HASH_LEN) if blob else _NO_HASHES
 
-    def __init__(self, d: _Doc, fp: str) -> None:
+
+_NO_HASHES = np.zeros((0, HASH_LEN), np.uint8)
+
+
+def _prefix(rows: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint64]:
+    return np.ascontiguousarray(rows[:, :8]).view("<u8").ravel()
+
+
+class _HashIndex:
+    """Exact membership of 16-byte hashes, compact: a sorted array of their first 8 bytes with
+    each one's row in the buffer holding them in full (16 bytes a hash, where a Python set of
+    bytes costs ~140: what a document of a million chunks holds while it is diffed)."""
+
+    def __init__(self, blob: bytes | bytearray = b"") -> None:
+        self.blob = blob  # the hashes in full, row by row (may grow: rows are added in order)
+        rows = _rows16(blob) if len(blob) else _NO_HASHES
+        pre = _prefix(rows)
+        order = np.argsort(pre, kind="stable")
+        self.pre = pre[order]
+        self.row = order.astype(np.int64)
+
+    def find(self, rows: npt.NDArray[np.uint8]) -> npt.NDArray[np.int64]:
+        """The row of each of ``rows`` (k, 16) in the buffer, or -1."""
+        out = np.full(len(rows), -1, np.int64)
+        if not len(self.pre) or not len(rows):
+            return out
+        pre = _prefix(rows)
+        pos = np.searchsorted(self.pre, pre)
+        at = np.minimum(pos, len(self.pre) - 1)
+        cand = np.flatnonzero(self.pre[at] == pre)
+        if not len(cand):
+            return out
+        full = _rows16(self.blob)
+        r = self.row[at[cand]]
+        same = (full[r] == rows[cand]).all(axis=1)
+        out[cand[same]] = r[same]
+        for i in cand[~same]:  # the same first 8 bytes, another hash: look further
+            h, p = rows[i].tobytes(), int(pos[i]) + 1
+            while p < len(self.pre) and self.pre[p] == pre[i]:
+                q = int(self.row[p])
+                if bytes(full[q]) == h:
+                    out[i] = q
+                    break
+                p += 1
+        return out
+
+    def add(self, rows: npt.NDArray[np.uint8], at: npt.NDArray[np.int64]) -> None:
+        """``rows`` are (or are about to be) rows ``at`` of the buffer."""
+        if not len(rows):
+            return
+        pre = np.concatenate([self.pre, _prefix(rows)])
+        row = np.concatenate([self.row, at.astype(np.int64)])
+        order = np.argsort(pre, kind="stable")
+        self.pre, self.row = pre[order], row[order]
+
+
+class _DocDiff:
+    """One document's new chunks against its state row, block by block: which to (re)send,
+    which kept chunks moved (a payload update), and at the end which are lost (deleted).
+
+    What it holds per distinct chunk is ~56 bytes (its hash, offsets and index entry), so that a
+    document streamed block by block stays small whatever its size."""
+
+    def __init__(self, d: _Doc, fp: str, *, streamed: bool = False) -> None:
         prev = d.prev
         self.doc = d
+        self.streamed = streamed  # written ahead block by block: no upsert list kept
         self.fp = fp
-        # committed hash -> its row in the committed offsets (compact: a large document's
-        # state row is held once, as arrays, not as Python tuples per chunk)
-        self.committed: dict[bytes, int] = (
-            {h: i for i, h in enumerate(_split_hashes(prev.chunks))} if prev else {}
-        )
-        self.prev_rows = array("q")
+        self.committed = _HashIndex(prev.chunks if prev else b"")
+        self.prev_rows = array("q")  # (chunk_index, start, end) per committed chunk
         if prev is not None and prev.offsets:
             self.prev_rows.frombytes(prev.offsets)
         self.resend_all = prev is None or prev.fingerprint != fp or prev.meta_json != d.meta_json
-        self.seen: set[bytes] = set()
-        self.uniq = bytearray()
+        self.uniq = bytearray()  # distinct chunk hashes, in order
+        self.seen = _HashIndex(self.uniq)
         self.rows = array("q")  # (chunk_index, start, end) per distinct chunk
         self.upsert = bytearray()
-        self.sent: list[bytes] = []  # hashes sent that were not committed before
+        self.count = 0
         self.plan = _DocPlan(d, None, b"", [], [])
 
-    @property
-    def count(self) -> int:
-        return len(self.seen)
+    def block(
+        self, hashes: npt.NDArray[np.uint8]
+    ) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.int64]]:
+        """For the next block's (k, 16) chunk hashes: whether each is its text's first chunk in
+        the document, and its row in the committed version (-1: not committed)."""
+        hashes = np.ascontiguousarray(hashes, np.uint8)
+        first = np.zeros(len(hashes), bool)
+        if len(hashes):
+            _, idx = np.unique(hashes.view("V16").ravel(), return_index=True)
+            first[idx] = True
+            first &= self.seen.find(hashes) < 0
+            new = np.flatnonzero(first)
+            self.seen.add(hashes[new], self.count + np.arange(len(new)))
+        return first, self.committed.find(hashes)
 
-    def add(self, h: bytes, j: int, start: int, end: int) -> bool:
-        """Chunk ``j`` with hash ``h`` at ``start:end``: True when it is to be sent."""
-        if h in self.seen:  # the same text twice in one document: one point
+    def add(self, h: bytes, j: int, start: int, end: int, first: bool, committed: int) -> bool:
+        """Chunk ``j`` with hash ``h`` at ``start:end`` (``first`` and ``committed`` as `block`
+        gave them): True when it is to be sent."""
+        if not first:  # the same text twice in one document: one point
             return False
-        self.seen.add(h)
+        self.count += 1
         self.uniq += h
         self.rows.extend((j, start, end))
-        if self.resend_all or h not in self.committed:
-            self.upsert += h
-            if h not in self.committed:
-                self.sent.append(h)
+        if self.resend_all or committed < 0:
+            if not self.streamed:
+                self.upsert += h
             return True
-        i = 3 * self.committed[h]
+        i = 3 * committed
         if self.prev_rows[i : i + 3] != array("q", (j, start, end)):
             fields = {"chunk_index": j, "start": start, "end": end}
             self.plan.moved.append((point_id(self.doc.key, h), fields))
@@ -177,9 +257,15 @@ class _DocDiff:
 
     def finish(self) -> _DocPlan:
         d, prev = self.doc, self.doc.prev
-        possibly = prev.possibly_present() if prev else set()
-        self.plan.lost_ids = [point_id(d.key, h) for h in sorted(possibly - self.seen)]
+        if prev is not None:
+            possibly = _rows16(bytes(prev.chunks) + bytes(prev.pending))
+            if len(possibly):
+                possibly = np.unique(possibly.view("V16").ravel()).view(np.uint8)
+                possibly = possibly.reshape(-1, HASH_LEN)
+                gone = possibly[self.seen.find(possibly) < 0]
+                self.plan.lost_ids = [point_id(d.key, bytes(h)) for h in gone]
         self.plan.upsert_hashes = bytes(self.upsert)
+        self.upsert = bytearray()
         self.plan.update = DocUpdate(
             key=d.key,
             root=d.root,
@@ -191,12 +277,15 @@ class _DocDiff:
             chunks=bytes(self.uniq),
             offsets=self.rows.tobytes(),
         )
+        self.seen = _HashIndex()
         return self.plan
 
     def abandon(self) -> None:
         """The document could not be read to its end: take back what was sent of it (points
         that were not in its committed version) and keep its state row as it was."""
-        self.plan.lost_ids = [point_id(self.doc.key, h) for h in self.sent]
+        sent = _rows16(self.uniq)
+        sent = sent[self.committed.find(sent) < 0]
+        self.plan.lost_ids = [point_id(self.doc.key, bytes(h)) for h in sent]
         self.plan.moved = []
         self.plan.update = None
 
@@ -304,6 +393,12 @@ class Pipeline:
     file is streamed (read, chunked and sent block by block) instead of read whole:
     ``max_memory / 16``, at least 1 MiB (8 MiB by default). Files over ``max_file_size`` bytes
     (256 MiB by default) are skipped as ``too-large``.
+
+    A server that stays unreachable (``url``) does not stop the run: updates are spooled to an
+    outbox beside the state (at most ``outbox_bytes``) while planning and embedding go on, sent
+    in order when the server is back, and the state commits only what it acknowledged. An
+    outage longer than ``outage_deadline`` seconds, or a full outbox, fails the run with the
+    server's error; the next run resumes.
     """
 
     def __init__(
@@ -323,6 +418,8 @@ class Pipeline:
         batch_chunks: int = 256,
         max_memory: int | None = None,
         max_file_size: int = 256 << 20,
+        outbox_bytes: int = 1 << 30,
+        outage_deadline: float = 900.0,
         cache_entries: int = 1_000_000,
         progress: bool | str | None = None,
         on_progress: Callable[[ProgressEvent], object] | None = None,
@@ -365,6 +462,8 @@ class Pipeline:
         if not isinstance(max_file_size, int) or max_file_size < 1:
             raise InvalidInputError(f"max_file_size must be a positive int, got {max_file_size!r}")
         self.max_file_size = max_file_size
+        self.outbox_bytes = outbox_bytes
+        self.outage_deadline = outage_deadline
         self.stream_bytes = 8 << 20 if max_memory is None else max(1 << 20, max_memory // 16)
         self.stream_block = min(1 << 20, self.stream_bytes)
         resolve_mode(progress)  # refuses an unknown mode now, not at the first ingest
@@ -426,7 +525,13 @@ class Pipeline:
                 from qflume.sinks.grpc import GrpcSink
 
                 self._sink = GrpcSink(
-                    self.url, self.collection, api_key=self.api_key, wait=self.wait
+                    self.url,
+                    self.collection,
+                    api_key=self.api_key,
+                    wait=self.wait,
+                    outbox=self.state_path.with_name(f"{self.collection}.outbox"),
+                    outbox_bytes=self.outbox_bytes,
+                    outage_deadline=self.outage_deadline,
                 )
             else:
                 from qflume.sinks.edge import EdgeSink
@@ -948,9 +1053,11 @@ class Pipeline:
             lo, hi = int(indptr[di]), int(indptr[di + 1])
             h_bytes = hashes[lo:hi].tobytes()
             diff = _DocDiff(d, fp)
+            first, committed = diff.block(hashes[lo:hi])
             for j in range(hi - lo):
                 h = h_bytes[j * HASH_LEN : (j + 1) * HASH_LEN]
-                if diff.add(h, j, int(offsets[lo + j, 0]), int(offsets[lo + j, 1])):
+                at = (int(offsets[lo + j, 0]), int(offsets[lo + j, 1]))
+                if diff.add(h, j, *at, bool(first[j]), int(committed[j])):
                     sel.append(lo + j)
                     doc_index.append(len(out.plans))
                     chunk_index.append(j)
@@ -978,7 +1085,7 @@ class Pipeline:
         (the file changed or vanished since the scan) sends back to the collection what it had
         and skips the document."""
         assert d.path is not None
-        diff = _DocDiff(d, self.fingerprint())
+        diff = _DocDiff(d, self.fingerprint(), streamed=True)
         plan = diff.plan
         j = 0
         first = True
@@ -994,9 +1101,11 @@ class Pipeline:
                 h_bytes = hashes.tobytes()
                 sel: list[int] = []
                 chunk_index: list[int] = []
+                is_first, committed = diff.block(hashes)
                 for i in range(len(texts)):
                     h = h_bytes[i * HASH_LEN : (i + 1) * HASH_LEN]
-                    if diff.add(h, j, int(offsets[i, 0]), int(offsets[i, 1])):
+                    at = (int(offsets[i, 0]), int(offsets[i, 1]))
+                    if diff.add(h, j, *at, bool(is_first[i]), int(committed[i])):
                         sel.append(i)
                         chunk_index.append(j)
                     j += 1
@@ -1277,12 +1386,25 @@ class Pipeline:
         group_points = 0
         group_docs = 0  # documents finished in this group (for progress: abandoned ones too)
         last_commit = time.perf_counter()
+        # Groups sent while the server was unreachable (held in the sink's outbox): committed,
+        # in order, once the server has acknowledged them.
+        held: list[tuple[list[DocUpdate], list[str]]] = []
+        before = {k: getattr(sink, k, 0) for k in ("retried", "spooled", "outage_s", "outages")}
 
-        def commit() -> None:
+        def commit(final: bool = False) -> None:
             nonlocal group_updates, group_deleted, group_points, group_docs, last_commit
-            if group_updates or group_deleted:
-                sink.flush()  # barrier: everything sent is acknowledged and searchable
-                self.state.commit(group_updates, group_deleted)
+            if group_updates or group_deleted or (final and held):
+                if group_updates or group_deleted:
+                    held.append((group_updates, group_deleted))
+                if final:
+                    sink.flush()  # waits out an outage (up to the sink's deadline)
+                    acked = True
+                else:  # everything sent is acknowledged and searchable, or held back
+                    acked = sink.barrier()
+                if acked:
+                    for ups, dels in held:
+                        self.state.commit(ups, dels)
+                    held.clear()
             self._progress.advance(documents=group_docs)
             group_updates, group_deleted, group_points, group_docs = [], [], 0, 0
             last_commit = time.perf_counter()
@@ -1340,10 +1462,16 @@ class Pipeline:
                 t = time.perf_counter()
                 commit()
                 stats.busy_s += time.perf_counter() - t
-        if not self._abort.is_set():
-            t = time.perf_counter()
-            commit()
-            stats.busy_s += time.perf_counter() - t
+        try:
+            if not self._abort.is_set():
+                t = time.perf_counter()
+                commit(final=True)
+                stats.busy_s += time.perf_counter() - t
+        finally:
+            report.retried += getattr(sink, "retried", 0) - before["retried"]
+            report.spooled_requests += getattr(sink, "spooled", 0) - before["spooled"]
+            report.outages += getattr(sink, "outages", 0) - before["outages"]
+            report.outage_s += getattr(sink, "outage_s", 0.0) - before["outage_s"]
 
 
 def _record(report: IngestReport, stage: str, seconds: float, chunks: int, docs: int = -1) -> None:

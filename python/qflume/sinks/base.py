@@ -188,6 +188,13 @@ class Sink(ABC):
     def flush(self) -> None:
         """Barrier: when it returns, everything sent before is durable and searchable."""
 
+    def barrier(self) -> bool:
+        """`flush` that need not wait out an outage: True when everything sent before is
+        durable and searchable, False when some of it is held back (a sink that spools while
+        its server is unreachable) and will be sent later; `flush` then waits for it."""
+        self.flush()
+        return True
+
     @abstractmethod
     def close(self) -> None:
         """Flush and release the connection or the shard."""

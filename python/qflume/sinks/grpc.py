@@ -26,6 +26,8 @@ time.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import random
 import time
 from collections import deque
@@ -63,6 +65,7 @@ from qflume.sinks.base import (
     Sink,
     SparseBatch,
 )
+from qflume.sinks.outbox import Outbox
 
 __all__ = ["GrpcSink"]
 
@@ -131,6 +134,13 @@ class GrpcSink(Sink):
     `tls=None` uses TLS for https:// URLs; `root_certificates` (PEM bytes) trusts a private CA.
     `batch_bytes` / `batch_points` bound each request; `max_in_flight` bounds concurrent ones;
     `retries` and `backoff=(first, max)` seconds govern retries of transient failures.
+
+    With ``outbox`` (a file path), a server that stays unreachable after the retries does not
+    fail the writes: updates are spooled in order to that file (at most ``outbox_bytes``) while
+    the caller goes on, the server is probed every ``probe_interval`` seconds, and the outbox is
+    sent in order when it is back. `barrier()` answers False while anything is held back;
+    `flush()` waits for it. If the outage outlasts ``outage_deadline`` seconds or the outbox is
+    full, the next call raises the error the failed request gave, saying so.
     """
 
     def __init__(
@@ -148,6 +158,10 @@ class GrpcSink(Sink):
         wait: bool = False,
         retries: int = 6,
         backoff: tuple[float, float] = (0.05, 5.0),
+        outbox: str | os.PathLike[str] | None = None,
+        outbox_bytes: int = 1 << 30,
+        outage_deadline: float = 900.0,
+        probe_interval: float = 1.0,
     ) -> None:
         if not collection:
             raise InvalidInputError("GrpcSink: collection name must not be empty")
@@ -162,6 +176,11 @@ class GrpcSink(Sink):
                 f"batch_bytes must be between 1024 and {_HARD_LIMIT} (Qdrant's request limit), "
                 f"got {batch_bytes}"
             )
+        if isinstance(outbox_bytes, bool) or not isinstance(outbox_bytes, int) or outbox_bytes < 1:
+            raise InvalidInputError(f"outbox_bytes must be a positive int, got {outbox_bytes!r}")
+        for name, v in (("outage_deadline", outage_deadline), ("probe_interval", probe_interval)):
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < float("inf"):
+                raise InvalidInputError(f"{name} must be a positive number of seconds, got {v!r}")
         self.url = url
         self.collection = collection
         self.timeout = float(timeout)
@@ -196,6 +215,22 @@ class GrpcSink(Sink):
         self.requests = 0
         self.retried = 0
         self.points_written = 0
+        # The outbox while the server is unreachable (see the class docstring).
+        self._outbox_path = None if outbox is None else os.fspath(outbox)
+        if self._outbox_path is not None:
+            # left by a killed run: never acknowledged, so never committed: replanned, not sent
+            with contextlib.suppress(OSError):
+                os.unlink(self._outbox_path)
+        self.outbox_bytes = int(outbox_bytes)
+        self.outage_deadline = float(outage_deadline)
+        self.probe_interval = float(probe_interval)
+        self._outbox: Outbox | None = None
+        self._down_since: float | None = None
+        self._down_error = ""
+        self._last_probe = 0.0
+        self.spooled = 0  # requests written to the outbox
+        self.outage_s = 0.0  # seconds spent with the server unreachable (ended outages)
+        self.outages = 0
 
     # --- plumbing ------------------------------------------------------------------------------
 
@@ -252,11 +287,17 @@ class GrpcSink(Sink):
                 self._sleep_before(attempt)
 
     def _harvest(self, p: _Pending) -> None:
-        """Waits for a pending request; retries it (blocking) if it failed transiently."""
+        """Waits for a pending request (popped already); retries it (blocking) if it failed
+        transiently; when the server stays unreachable and there is an outbox, spools it and
+        everything after it."""
         try:
             p.future.result()
         except grpc.RpcError as err:
             if not isinstance(err, grpc.Call) or err.code() not in RETRYABLE or self.retries == 0:
+                if self._outbox_path is not None and isinstance(err, grpc.Call):
+                    if err.code() in RETRYABLE:
+                        self._go_down(str(self._error(p.method, err, 1)), [p])
+                        return
                 self._abort_pending()
                 raise self._error(p.method, err, 1) from None
             self.retried += 1
@@ -264,6 +305,9 @@ class GrpcSink(Sink):
             try:
                 self._call(p.method, qg.PointsOperationResponse, p.request, attempt=1)
             except _RpcFailure as e:
+                if self._can_spool(e):
+                    self._go_down(f"{e} (a request of {p.points} points)", [p])
+                    return
                 self._abort_pending()
                 raise _RpcFailure(f"{e} (a request of {p.points} points)", e.code) from None
         self.points_written += p.points
@@ -274,8 +318,7 @@ class GrpcSink(Sink):
 
     def _drain(self) -> None:
         while self._pending:
-            self._harvest(self._pending[0])
-            self._pending.popleft()
+            self._harvest(self._pending.popleft())
 
     def _send(
         self, kind: str, method: str, messages: Sequence[bytes], points: Sequence[int]
@@ -283,15 +326,126 @@ class GrpcSink(Sink):
         self._check_open()
         if self._pending and self._pending[0].kind != kind:
             self._drain()
+        if self._down_since is not None:
+            self._try_recover()
         fn = self._method(method, qg.PointsOperationResponse)
-        for msg, n in zip(messages, points, strict=True):
-            while len(self._pending) >= self.max_in_flight:
-                self._harvest(self._pending[0])
-                self._pending.popleft()
+        for i, (msg, n) in enumerate(zip(messages, points, strict=True)):
+            if self._down_since is not None:  # unreachable: the rest waits in the outbox
+                self._spool_all(kind, method, messages[i:], points[i:])
+                return
+            while len(self._pending) >= self.max_in_flight and self._down_since is None:
+                self._harvest(self._pending.popleft())
+            if self._down_since is not None:
+                self._spool_all(kind, method, messages[i:], points[i:])
+                return
             self.requests += 1
             fut = fn.future(msg, timeout=self.timeout, metadata=self._metadata)
             self._pending.append(_Pending(kind, method, msg, n, fut))
             self._dirty = True
+
+    # --- the outbox ----------------------------------------------------------------------------
+
+    def _can_spool(self, e: _RpcFailure) -> bool:
+        return self._outbox_path is not None and e.code in RETRYABLE
+
+    def _go_down(self, message: str, failed: list[_Pending]) -> None:
+        """The server is unreachable: ``failed`` and every request still in flight that was not
+        acknowledged go to the outbox, in order."""
+        if self._down_since is None:
+            self._down_since = time.monotonic()
+            self._last_probe = self._down_since
+            self._down_error = message
+            self.outages += 1
+        rest = list(self._pending)
+        self._pending.clear()
+        for q in failed + rest:
+            ok = q.future.done() and not q.future.cancelled() and q.future.exception() is None
+            if q in rest and ok:
+                self.points_written += q.points
+                continue
+            q.future.cancel()
+            self._spool(q.kind, q.method, q.request, q.points)
+
+    def _spool_all(
+        self, kind: str, method: str, messages: Sequence[bytes], points: Sequence[int]
+    ) -> None:
+        self._check_deadline()
+        for msg, n in zip(messages, points, strict=True):
+            self._spool(kind, method, msg, n)
+        self._dirty = True
+
+    def _spool(self, kind: str, method: str, request: bytes, points: int) -> None:
+        if self._outbox is None:
+            assert self._outbox_path is not None
+            self._outbox = Outbox(self._outbox_path, self.outbox_bytes)
+        if not self._outbox.fits(request):
+            raise self._outage_failure(f"the outbox is full ({self.outbox_bytes} bytes)")
+        self._outbox.put(kind, method, points, request)
+        self.spooled += 1
+
+    def _outage_failure(self, why: str) -> SinkError:
+        waiting = len(self._outbox) if self._outbox is not None else 0
+        return SinkError(
+            f"{self._down_error}; {why}: {waiting} requests waiting in the outbox were not sent "
+            "(nothing of them was committed to the state: the next run sends them again)"
+        )
+
+    def _check_deadline(self) -> None:
+        if self._down_since is None:
+            return
+        down = time.monotonic() - self._down_since
+        if down > self.outage_deadline:
+            raise self._outage_failure(
+                f"the server stayed unreachable for {down:.0f} s "
+                f"(outage_deadline={self.outage_deadline:g} s)"
+            )
+
+    def _try_recover(self) -> bool:
+        """Probe the server (at most every probe_interval s); when it answers, send the outbox in
+        order. True when the outage is over."""
+        if self._down_since is None:
+            return True
+        now = time.monotonic()
+        if now - self._last_probe < self.probe_interval:
+            return False
+        self._last_probe = now
+        probe = self._method("/qdrant.Qdrant/HealthCheck", qg.HealthCheckReply)
+        try:
+            probe(
+                qg.HealthCheckRequest().SerializeToString(),
+                timeout=min(self.timeout, 5.0),
+                metadata=self._metadata,
+            )
+        except grpc.RpcError:
+            return False
+        box = self._outbox
+        while box is not None and len(box):
+            entries = box.peek(self.max_in_flight)
+            sent = []
+            for e in entries:
+                fn = self._method(e.method, qg.PointsOperationResponse)
+                self.requests += 1
+                sent.append(fn.future(e.request, timeout=self.timeout, metadata=self._metadata))
+            for i, (e, fut) in enumerate(zip(entries, sent, strict=True)):
+                try:
+                    fut.result()
+                except grpc.RpcError as err:
+                    for later in sent[i + 1 :]:
+                        later.cancel()  # sent again with the rest: every update is idempotent
+                    if isinstance(err, grpc.Call) and err.code() in RETRYABLE:
+                        self._last_probe = time.monotonic()
+                        return False
+                    raise self._error(e.method, err, 1) from None
+                box.pop(e)
+                self.points_written += e.points
+        self.outage_s += time.monotonic() - self._down_since
+        self._down_since = None
+        return True
+
+    @property
+    def spooling(self) -> bool:
+        """Whether the server is unreachable and updates wait in the outbox."""
+        return self._down_since is not None
 
     # --- collection ----------------------------------------------------------------------------
 
@@ -519,25 +673,54 @@ class GrpcSink(Sink):
         msgs = _core.pack_set_payload(self.collection, payload, arr, key=key, **self._pack_opts())
         self._send("set_payload", "/qdrant.Points/SetPayload", msgs, [0] * len(msgs))
 
-    def flush(self) -> None:
+    def _barrier_request(self) -> bytes:
+        # An update that matches nothing, applied after everything before it.
+        req = qg.DeletePoints(
+            collection_name=self.collection,
+            wait=True,
+            points=qg.PointsSelector(
+                filter=qg.Filter(
+                    must=[qg.Condition(has_id=qg.HasIdCondition(has_id=[qg.PointId(uuid=_NIL_ID)]))]
+                )
+            ),
+        )
+        return req.SerializeToString()
+
+    def _acknowledge(self) -> bool:
+        """Drain, then the barrier; False when the server went (or is) unreachable."""
         self._drain()
+        if self._down_since is not None:
+            return False
         if self._dirty and not self.wait:
-            # The barrier: an update that matches nothing, applied after everything before it.
-            req = qg.DeletePoints(
-                collection_name=self.collection,
-                wait=True,
-                points=qg.PointsSelector(
-                    filter=qg.Filter(
-                        must=[
-                            qg.Condition(
-                                has_id=qg.HasIdCondition(has_id=[qg.PointId(uuid=_NIL_ID)])
-                            )
-                        ]
-                    )
-                ),
-            )
-            self._call("/qdrant.Points/Delete", qg.PointsOperationResponse, req.SerializeToString())
+            try:
+                self._call(
+                    "/qdrant.Points/Delete", qg.PointsOperationResponse, self._barrier_request()
+                )
+            except _RpcFailure as e:
+                if not self._can_spool(e):
+                    raise
+                self._go_down(str(e), [])
+                return False
         self._dirty = False
+        return True
+
+    def barrier(self) -> bool:
+        self._check_open()
+        if self._down_since is not None and not self._try_recover():
+            self._check_deadline()
+            return False
+        return self._acknowledge()
+
+    def flush(self) -> None:
+        """Everything sent is acknowledged when it returns: while the server is unreachable
+        (with an outbox), it waits for the server, up to outage_deadline."""
+        while True:
+            if self._down_since is not None and not self._try_recover():
+                self._check_deadline()
+                time.sleep(min(0.1, self.probe_interval))
+                continue
+            if self._acknowledge():
+                return
 
     # --- reads ---------------------------------------------------------------------------------
 
@@ -688,7 +871,13 @@ class GrpcSink(Sink):
         finally:
             self._closed = True
             self._abort_pending()
+            self._close_outbox()
             self._channel.close()
+
+    def _close_outbox(self) -> None:
+        if self._outbox is not None:
+            self._outbox.close()
+            self._outbox = None
 
     def __enter__(self) -> GrpcSink:
         return self
@@ -700,6 +889,7 @@ class GrpcSink(Sink):
         # Leaving on an error: do not wait on (or raise from) the barrier, just let go.
         self._closed = True
         self._abort_pending()
+        self._close_outbox()
         self._channel.close()
 
     def __repr__(self) -> str:
