@@ -46,11 +46,11 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _ingest(
-    server: QdrantServer, collection: str, state: Path, corpus: Path
+    server: QdrantServer, collection: str, state: Path, corpus: Path, *extra: str
 ) -> subprocess.Popen[str]:
     cmd = [sys.executable, "-m", "qflume", "ingest", str(corpus), "-c", collection,
            "--url", server.url, "--state-dir", str(state), "--sparse", "bm25", "--json",
-           "--no-progress"]  # fmt: skip
+           "--no-progress", *extra]  # fmt: skip
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -96,14 +96,18 @@ def _uninterrupted(server: QdrantServer, corpus: Path, tmp_path: Path) -> dict[s
 
 
 def test_killed_server_fails_the_run_clearly_and_the_rerun_converges(server, corpus, tmp_path):
+    """Killed for longer than --outage-deadline: the run spools, then fails naming the server
+    and the deadline; the rerun converges."""
     expected = _uninterrupted(server, corpus, tmp_path)
     state = tmp_path / "s_out"
-    run = _ingest(server, "out", state, corpus)
+    run = _ingest(server, "out", state, corpus, "--outage-deadline", "3")
     _wait_for_upserts(state, "out", run)
     server.kill()
     _, err = run.communicate(timeout=600)
     assert run.returncode != 0
     assert f"Qdrant at {server.url}" in err and "collection 'out'" in err, err
+    assert "stayed unreachable for" in err and "outage_deadline=3 s" in err, err
+    assert "Traceback" not in err
     server.start()  # same storage: what the server acknowledged survived
     rerun = _ingest(server, "out", state, corpus)
     out, err = rerun.communicate(timeout=600)
@@ -138,3 +142,27 @@ def test_restarted_server_is_ridden_through(server, corpus, tmp_path):
     _, err = run.communicate(timeout=600)
     assert run.returncode == 0, err
     assert _points(server, "restart", state) == expected
+
+
+def test_a_server_down_for_a_while_is_spooled_through(server, corpus, tmp_path):
+    """Killed, and started again only once the run has spooled updates to its outbox: the run
+    goes on embedding meanwhile, sends the outbox in order when the server is back and ends
+    with exit 0 and the uninterrupted point set."""
+    expected = _uninterrupted(server, corpus, tmp_path)
+    state = tmp_path / "s_spool"
+    run = _ingest(server, "spool", state, corpus)
+    _wait_for_upserts(state, "spool", run)
+    server.kill()
+    box = state / "spool.outbox"
+    deadline = time.monotonic() + 300
+    while not (box.exists() and box.stat().st_size > 0):
+        assert run.poll() is None, run.communicate()
+        assert time.monotonic() < deadline, "the run spooled nothing"
+        time.sleep(0.05)
+    server.start()
+    out, err = run.communicate(timeout=600)
+    assert run.returncode == 0, err
+    report = json.loads(out)
+    assert report["outages"] >= 1 and report["spooled_requests"] > 0, report
+    assert not box.exists()
+    assert _points(server, "spool", state) == expected
