@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from qflume import choice
 from qflume import model as qmodel
 
 QEMU = shutil.which("qemu-x86_64")
@@ -52,12 +53,13 @@ def _emulated(code: str, *args: str, env: dict[str, str] | None = None) -> str:
 
 def test_the_emulated_cpu_lacks_vnni_and_gets_the_7bit_recipe():
     out = _emulated(
-        "import json; from qflume import _core, model as m; print(json.dumps(["
-        "_core.cpu_features(), m.int8_kind(), m.default_kind(), m.int8_path()]))"
+        "import json; from qflume import _core, choice, model as m; print(json.dumps(["
+        "_core.cpu_features(), m.int8_kind(), m.int8_path(), choice.cpu_key()]))"
     )
-    features, recipe, default, path = json.loads(out)
+    features, recipe, path, key = json.loads(out)
     assert features["avx2"] and not features["avx512_vnni"] and not features["avx_vnni"]
-    assert (recipe, default, path) == ("int8-r7", "int8-r7", "x86-64 AVX2, no VNNI")
+    assert (recipe, path) == ("int8-r7", "x86-64 AVX2, no VNNI")
+    assert key.endswith("[x86_64: avx2]") and key != choice.cpu_key()  # decides for itself
 
 
 def _probe(folder: Path) -> tuple[Path, Path, Path, np.ndarray]:
@@ -130,19 +132,72 @@ def test_7bit_recipe_is_exact_where_full_range_saturates(tmp_path):
     np.testing.assert_allclose(out(emulated, fp32), ref, rtol=1e-5, atol=1e-4)
 
 
+CHOOSE_TINY = """
+import json, sys
+from qflume import Embedder, choice, model as m
+src, texts = sys.argv[1], json.loads(sys.argv[2])
+rec = choice.choose(src, texts=texts, repeats=1, quiet=True)
+r7 = Embedder(m.build(src, int8="int8-r7", quiet=True))
+print(json.dumps({"rec": rec, "kind": m.default_kind(src), "r7": r7.model_path.name,
+                  "per_text": r7.per_text, "vecs": r7.embed(texts[:3]).tolist()}))
+"""
+
+
+def test_the_emulated_cpu_measures_its_own_choice_and_its_7bit_build_holds_the_bar(
+    tmp_path, monkeypatch
+):
+    """The int8-vs-fp32 decision on a CPU without VNNI, for real: its candidate is the 7-bit
+    build, which meets the fidelity bar on the AVX2 kernels, and it is chosen exactly when the
+    measurement says it is faster there; the host's decision in the same cache stays its own.
+    The builds are made here (they are the same files on any CPU: the same cache names), so the
+    emulator only measures; the emulator's speed says nothing about real hardware."""
+    sys.path.insert(0, str(TESTS))
+    from tiny_bert import WORDS, make_tiny_bert
+
+    src = tmp_path / "tiny"
+    make_tiny_bert(src, hidden=64, intermediate=128)
+    monkeypatch.setenv("QFLUME_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv(choice.ENV_KIND, raising=False)
+    for kind in qmodel.KINDS:
+        qmodel.build(src, int8=kind, quiet=True)
+    words = [
+        " ".join(WORDS[(7 * i + j) % len(WORDS)] for j in range(1 + i % 20)) for i in range(24)
+    ]
+    here = choice.choose(src, texts=words, repeats=1, quiet=True)
+    got = json.loads(_emulated(CHOOSE_TINY, str(src), json.dumps(words)))
+    rec = got["rec"]
+    assert rec["cpu"].endswith("[x86_64: avx2]") and rec["candidate"] == "int8-r7"
+    assert rec["int8_path"] == "x86-64 AVX2, no VNNI"
+    cos, speed = rec["cosine"], rec["chunks_per_s"]
+    assert cos["mean"] >= choice.FIDELITY_BAR[0] and cos["min"] >= choice.FIDELITY_BAR[1], rec
+    faster = speed["int8-r7"] > speed["fp32"]
+    assert rec["kind"] == got["kind"] == ("int8-r7" if faster else "fp32"), rec
+    # both CPUs' decisions in one file, each under its own key
+    decisions = choice.recorded(src)
+    assert decisions == {here["cpu"]: here, rec["cpu"]: rec}
+    assert qmodel.info(src)["other_cpus"] == {rec["cpu"]: rec}
+    # the 7-bit build computes there what it computes here
+    assert got["r7"].endswith("-int8-r7") and got["per_text"]
+    from qflume import Embedder
+
+    native = Embedder(qmodel.build(src, int8="int8-r7", quiet=True)).embed(words[:3])
+    np.testing.assert_allclose(np.array(got["vecs"]), native, atol=1e-5)
+
+
 EMBED_TINY = """
 import json, sys
 from qflume import Embedder, model as m
-built = m.ensure_built(sys.argv[1])
+built = m.build(sys.argv[1], int8=True)
 emb = Embedder(built)
 vecs = emb.embed(["w1 w2 w3", "w4 w5 w6 w7", "w8"])
 print(json.dumps({"folder": built.name, "per_text": emb.per_text, "vecs": vecs.tolist()}))
 """
 
 
-def test_default_model_on_the_emulated_cpu_builds_7bit_and_embeds(tmp_path):
-    """The whole first-use path on a CPU without VNNI: its default build is the 7-bit recipe,
-    and its vectors equal the same build's here."""
+def test_the_int8_build_made_on_the_emulated_cpu_is_7bit_and_the_one_made_here(tmp_path):
+    """Building on a CPU without VNNI (``--int8``: that CPU's recipe, the 7-bit one; quantizer
+    and optimizer run there) gives the build made here: the same cache name, the same vectors.
+    (Which build the emulated CPU then runs by default it measures: the test above.)"""
     sys.path.insert(0, str(TESTS))
     from tiny_bert import make_tiny_bert
 
@@ -153,7 +208,7 @@ def test_default_model_on_the_emulated_cpu_builds_7bit_and_embeds(tmp_path):
     assert got["folder"].endswith("-int8-r7") and got["per_text"]
     env = dict(os.environ, QFLUME_CACHE_DIR=str(tmp_path / "native-cache"))
     code = EMBED_TINY.replace(
-        "m.ensure_built(sys.argv[1])", "m.ensure_built(sys.argv[1], int8='int8-r7')"
+        "m.build(sys.argv[1], int8=True)", "m.build(sys.argv[1], int8='int8-r7')"
     )
     res = subprocess.run(
         [sys.executable, "-c", code, str(src)], capture_output=True, text=True, env=env, timeout=120

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import qflume
-from qflume import Embedder
+from qflume import Embedder, choice
 from qflume import embed as qembed
 from qflume import model as qmodel
 from tiny_bert import forward, make_tiny_bert
@@ -31,20 +31,51 @@ def private_cache(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         root = tmp_path_factory.mktemp("cache")
         mp.setenv("QFLUME_CACHE_DIR", str(root))
+        mp.delenv(choice.ENV_KIND, raising=False)
         yield root
 
 
 @pytest.fixture(scope="module")
-def builds(tmp_path_factory):
-    """all-MiniLM-L6-v2 built into a private cache (a few seconds each): fp32, both int8
+def builds(private_cache):
+    """all-MiniLM-L6-v2 built into the private cache (a few seconds each): fp32, both int8
     recipes (``full``, ``r7``), and ``int8``: the one of the two this CPU gets."""
-    root = tmp_path_factory.mktemp("models")
     src = qmodel.default_source()
-    out = {"fp32": qmodel.build(src, out=root / "fp32", quiet=True)}
+    out = {"fp32": qmodel.build(src, quiet=True)}
     for key, kind in (("full", qmodel.INT8), ("r7", qmodel.INT8_7BIT)):
-        out[key] = qmodel.build(src, int8=kind, out=root / kind, quiet=True)
+        out[key] = qmodel.build(src, int8=kind, quiet=True)
     out["int8"] = out["full" if qmodel.int8_kind() == qmodel.INT8 else "r7"]
+    assert {p.parent for p in out.values()} == {qmodel.cache_dir()}
     return out
+
+
+@pytest.fixture(scope="module")
+def decided(builds):
+    """The default model's build chosen for this CPU in the private cache, measured on a small
+    held-out sample (64 standard-library passages, one timed pass each: a few seconds; the
+    first real use measures on 200, best of 2)."""
+    src = qmodel.default_source()
+    texts, _ = choice.sample_texts(src / "tokenizer.json", 64)
+    return choice.choose(src, texts=texts, repeats=1, quiet=True)
+
+
+def test_the_default_model_gets_a_build_meeting_the_bar(decided, builds):
+    """The int8-vs-fp32 decision on whatever CPU runs this: the int8 candidate is this CPU's
+    recipe (7-bit on x86 without VNNI), it meets the fidelity bar on held-out text against fp32
+    (with VNNI or without), and it is chosen exactly when it is also faster; what is chosen is
+    what the default Embedder then runs."""
+    rec = decided
+    assert rec["candidate"] == qmodel.int8_kind() and rec["cpu"] == choice.cpu_key()
+    cos, speed = rec["cosine"], rec["chunks_per_s"]
+    print(f"{rec['cpu']}: {rec['reason']}")
+    assert cos["mean"] >= choice.FIDELITY_BAR[0] and cos["min"] >= choice.FIDELITY_BAR[1], rec
+    faster = speed[rec["candidate"]] > speed["fp32"]
+    assert rec["kind"] == (rec["candidate"] if faster else "fp32"), rec
+    if rec["kind"] == "fp32":
+        assert rec["reason"].startswith(f"{rec['candidate']} is not faster"), rec
+    assert choice.recorded(qmodel.default_source())[choice.cpu_key()] == rec
+    emb = Embedder()  # the default model: the decided build, nothing measured again
+    assert emb.model_path == builds["fp32" if rec["kind"] == "fp32" else "int8"]
+    assert emb.per_text == (rec["kind"] != "fp32")
 
 
 @pytest.fixture(scope="module")
@@ -223,7 +254,7 @@ def test_cls_pooling_and_no_normalize_on_tiny_model(tmp_path, monkeypatch):
     w = make_tiny_bert(src, pooling="cls")  # modules.json without Normalize
     built = Embedder(src)  # a weights folder: built on first use, this CPU's default kind
     assert built.model_path.parent == tmp_path / "cache" / "models"
-    assert built.model_path.name.endswith("-" + qmodel.default_kind())
+    assert built.model_path.name.endswith("-" + qmodel.default_kind(src))  # measured, recorded
     emb = Embedder(qmodel.build(src, quiet=True))  # fp32: exact comparison
     texts = ["w1 w2 w3", "w4", "w5 w6 w7 w8 w9 w10 w11"]
     got = emb.embed(texts)
@@ -246,13 +277,24 @@ def test_mean_pooling_on_tiny_model_ignores_padding(tmp_path, monkeypatch):
         np.testing.assert_allclose(vec, want, atol=2e-4, rtol=1e-3)
 
 
-def test_default_model_builds_on_first_use(tmp_path, monkeypatch, capfd, builds):
+def test_default_model_builds_on_first_use(tmp_path, monkeypatch, capfd, builds, decided):
+    """A fresh cache that holds this CPU's decision (as after a first use): only the decided
+    kind is built, nothing measured (the measuring first use: test_choice.py, tiny model)."""
+    src = qmodel.default_source()
+    decision = choice.choice_file(src)
     monkeypatch.setenv("QFLUME_CACHE_DIR", str(tmp_path))
+    (tmp_path / "models").mkdir()
+    shutil.copyfile(decision, choice.choice_file(src))
+    capfd.readouterr()
     fingerprint = qembed.model_fingerprint()  # builds the default model, loads no session
-    assert "qflume: building" in capfd.readouterr().err
+    err = capfd.readouterr().err
+    assert f"qflume: building {decided['kind']}" in err and "measuring" not in err, err
     emb = Embedder()
     assert capfd.readouterr().err == ""  # second time: from the cache
     kind = qmodel.default_kind()
+    assert kind == decided["kind"] and [p.name for p in (tmp_path / "models").glob("*-*/")] == [
+        emb.model_path.name
+    ]
     assert emb.model_path.name.endswith("-" + kind) and emb.model_path.parent == tmp_path / "models"
     assert emb.model_id == fingerprint == Embedder().model_id
     assert qembed.model_fingerprint(max_tokens=128) == Embedder(max_tokens=128).model_id

@@ -28,6 +28,7 @@ def _run(path, ids, mask):
 @pytest.fixture
 def cache(tmp_path, monkeypatch):
     monkeypatch.setenv("QFLUME_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("QFLUME_MODEL_KIND", raising=False)
     return tmp_path / "cache" / "models"
 
 
@@ -175,26 +176,33 @@ def test_missing_tensor_is_named(tmp_path, cache):
         qmodel.build(src, quiet=True)
 
 
-CPUS = {  # name: (features present, int8 recipe, default build)
-    "Xeon with AVX-512 VNNI": ({"x86_64", "avx2", "avx512bw", "avx512_vnni"}, "int8", "int8"),
-    "Alder Lake with AVX-VNNI": ({"x86_64", "avx2", "avx_vnni"}, "int8", "int8"),
-    "EPYC Zen 2/3, AVX2 only": ({"x86_64", "avx2"}, "int8-r7", "int8-r7"),
-    "Skylake-X, AVX-512 without VNNI": ({"x86_64", "avx2", "avx512bw"}, "int8-r7", "int8-r7"),
-    "old x86, SSE only": ({"x86_64"}, "int8-r7", "fp32"),
-    "Graviton 2+, ARM dot product": ({"aarch64", "asimddp"}, "int8", "int8"),
-    "ARM without dot product": ({"aarch64"}, "int8", "fp32"),
+CPUS = {  # name: (features present, int8 recipe: the int8 candidate measured against fp32)
+    "Xeon with AVX-512 VNNI": ({"x86_64", "avx2", "avx512bw", "avx512_vnni"}, "int8"),
+    "Alder Lake with AVX-VNNI": ({"x86_64", "avx2", "avx_vnni"}, "int8"),
+    "EPYC Zen 2/3, AVX2 only": ({"x86_64", "avx2"}, "int8-r7"),
+    "Skylake-X, AVX-512 without VNNI": ({"x86_64", "avx2", "avx512bw"}, "int8-r7"),
+    "old x86, SSE only": ({"x86_64"}, "int8-r7"),
+    "Graviton 2+, ARM dot product": ({"aarch64", "asimddp"}, "int8"),
+    "ARM without dot product": ({"aarch64"}, "int8"),
 }
 
 
 @pytest.mark.parametrize("cpu", sorted(CPUS))
-def test_recipe_and_default_kind_per_cpu(monkeypatch, cpu):
-    present, recipe, default = CPUS[cpu]
+def test_int8_recipe_and_cache_key_per_cpu(monkeypatch, cpu):
+    from qflume import choice
+
+    present, recipe = CPUS[cpu]
     names = qflume._core.cpu_features().keys()
     features = {name: name in present for name in names}
     monkeypatch.setattr(qmodel._core, "cpu_features", lambda: dict(features))
     assert qmodel.cpu_has_vnni() == bool(present & {"avx512_vnni", "avx_vnni", "asimddp"})
-    assert (qmodel.int8_kind(), qmodel.default_kind()) == (recipe, default)
+    assert qmodel.int8_kind() == recipe
     assert qmodel._kind_of(True) == recipe and qmodel._kind_of(False) == "fp32"
+    # the choice between that recipe and fp32 is recorded per CPU: its flags are in the key
+    arch = "x86_64" if "x86_64" in present else "aarch64"
+    flags = " ".join(f for f in ("avx2", "avx512bw", "avx512_vnni", "avx_vnni", "asimddp")
+                     if f in present) or "no SIMD flags"  # fmt: skip
+    assert choice.cpu_key() == f"{qmodel.cpu_model()} [{arch}: {flags}]"
 
 
 def test_cpu_features_read_the_cpu_itself():
@@ -222,7 +230,7 @@ def test_model_info(tmp_path, cache, capsys):
     make_tiny_bert(src)
     qmodel.build(src, int8=True, quiet=True)
     data = qmodel.info(src)
-    assert data["int8_path"] == qmodel.int8_path() and data["default_kind"] == qmodel.default_kind()
+    assert data["int8_path"] == qmodel.int8_path() and data["default_kind"] is None  # undecided
     assert list(data["builds"]) == [qmodel.int8_kind()]
     assert data["builds"][qmodel.int8_kind()]["built_on"] == qmodel.int8_path()
     assert qmodel.main(["info", str(src), "--json"]) == 0

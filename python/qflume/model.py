@@ -12,11 +12,12 @@ quantize_dynamic's default (per-tensor) 0.927 mean / 0.788 min cosine, per-chann
 (``model.onnx`` + tokenizer + configs) that :class:`qflume.Embedder` loads.
 
 Built models are cached under ``$XDG_CACHE_HOME/qflume/models`` (default ``~/.cache/qflume/models``,
-or ``$QFLUME_CACHE_DIR/models``) in ``<hash of the source files>-{fp32,int8}/``, built in a temporary
+or ``$QFLUME_CACHE_DIR/models``) in ``<hash of the source files>-<kind>/``, built in a temporary
 folder and renamed into place, so a crash or a concurrent build never leaves a half-written model.
+Which kind a model gets when none is named is measured once per CPU (:mod:`qflume.choice`).
 
-CLI: ``qflume model build SRC [--int8] [--out DIR]``, ``qflume model info`` (also
-``python -m qflume.model ...``).
+CLI: ``qflume model build SRC [--int8] [--out DIR]``, ``qflume model info``, ``qflume model
+choose`` (also ``python -m qflume.model ...``).
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ __all__ = [
     "build_graph",
     "cache_dir",
     "cpu_has_vnni",
+    "cpu_model",
     "default_kind",
     "default_source",
     "ensure_built",
@@ -141,12 +143,14 @@ def int8_kind() -> str:
     return INT8_7BIT if _core.cpu_features()["x86_64"] and not cpu_has_vnni() else INT8
 
 
-def default_kind() -> str:
-    """What :func:`ensure_built` builds when not told: int8 where ONNX Runtime has fast int8
-    kernels for this CPU (every x86-64 with AVX2, with 7-bit weights where it lacks VNNI: see
-    :func:`int8_kind`; ARM with the dot product), else fp32."""
-    f = _core.cpu_features()
-    return int8_kind() if cpu_has_vnni() or f["avx2"] else "fp32"
+def default_kind(src: str | os.PathLike[str] | None = None) -> str:
+    """What :func:`ensure_built` builds for ``src`` (default: all-MiniLM-L6-v2) when not told:
+    the kind measured fastest on this CPU among those meeting the fidelity bar (int8, with this
+    CPU's recipe :func:`int8_kind`, or fp32), measured on first call and recorded per CPU; or
+    ``$QFLUME_MODEL_KIND``. See :mod:`qflume.choice`."""
+    from qflume import choice
+
+    return choice.chosen_kind(default_source() if src is None else Path(src))
 
 
 def _check_source(src: Path) -> dict[str, Any]:
@@ -592,29 +596,45 @@ def ensure_built(
 ) -> Path:
     """The cached build of ``src`` (default: all-MiniLM-L6-v2), building it on first use.
 
-    ``int8`` None means this CPU's default (:func:`default_kind`); else as for :func:`build`.
+    ``int8`` None means the kind chosen for this CPU (:func:`default_kind`: measured on first
+    use, recorded per CPU); else as for :func:`build`.
     """
     source = default_source() if src is None else Path(src)
-    return build(source, int8=default_kind() if int8 is None else int8)
+    return build(source, int8=default_kind(source) if int8 is None else int8)
 
 
 # --------------------------------------------------------------------------- CLI
 
 
 def info(src: str | os.PathLike[str] | None = None) -> dict[str, Any]:
-    """What this CPU gets and why: its int8 kernel path, the CPU features read, the int8 recipe
-    and default build kind, and the cached builds of ``src`` (default: all-MiniLM-L6-v2) with
-    their recorded metadata. ``qflume model info`` prints it."""
+    """What this CPU gets and why: its int8 kernel path, the CPU features read, the int8 recipe,
+    the default build kind of ``src`` (default: all-MiniLM-L6-v2) with the measurement that chose
+    it on this CPU (``choice``; None before the first use; other CPUs' in ``other_cpus``), and the
+    cached builds with their recorded metadata. Measures nothing. ``qflume model info`` prints it."""
+    from qflume import choice
+
     features = _core.cpu_features()
     out: dict[str, Any] = {
-        "cpu": _cpu_model(),
+        "cpu": cpu_model(),
+        "cpu_key": choice.cpu_key(),
         "int8_path": int8_path(),
         "features": sorted(k for k, v in features.items() if v),
         "int8_kind": int8_kind(),
-        "default_kind": default_kind(),
+        "default_kind": None,
+        "forced_by": None,
+        "choice": None,
+        "other_cpus": {},
         "cache": str(cache_dir()),
         "builds": {},
     }
+    try:
+        forced = choice.forced_kind()
+    except ModelError as e:
+        forced = None
+        out["forced_by"] = str(e)
+    if forced is not None:
+        out["default_kind"] = forced
+        out["forced_by"] = f"{choice.ENV_KIND}={forced}"
     try:
         source = default_source() if src is None else Path(src).resolve()
         _check_source(source)
@@ -623,6 +643,12 @@ def info(src: str | os.PathLike[str] | None = None) -> dict[str, Any]:
         out["source_error"] = str(e)
         return out
     out["source"] = str(source)
+    decisions = choice.recorded(source)
+    out["choice"] = mine = decisions.pop(out["cpu_key"], None)
+    out["other_cpus"] = decisions
+    out["choice_file"] = str(choice.choice_file(source))
+    if forced is None and mine is not None:
+        out["default_kind"] = mine["kind"]
     for kind in KINDS:
         meta_file = cache_dir() / f"{prefix}-{kind}" / "qflume_build.json"
         if meta_file.is_file():
@@ -633,7 +659,8 @@ def info(src: str | os.PathLike[str] | None = None) -> dict[str, Any]:
     return out
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), else what the platform module says."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
             for line in f:
@@ -650,12 +677,26 @@ def _print_info(data: dict[str, Any]) -> None:
     print(f"cpu            {data['cpu']}")
     print(f"int8 kernels   {data['int8_path']} ({' '.join(data['features']) or 'no SIMD flags'})")
     print(f"int8 recipe    {data['int8_kind']}")
-    why = (
-        "int8 where ONNX Runtime has fast int8 kernels"
-        if data["default_kind"] != "fp32"
-        else "no fast int8 kernels on this CPU"
-    )
-    print(f"default build  {data['default_kind']} ({why})")
+    mine = data["choice"]
+    if data["forced_by"] and data["default_kind"]:
+        print(f"default build  {data['default_kind']} ({data['forced_by']}: not measured)")
+    elif mine is not None:
+        print(f"default build  {mine['kind']} (measured on this CPU, {mine.get('date', '?')})")
+    elif "source_error" not in data:
+        print("default build  not measured on this CPU yet: the first use measures int8 vs fp32 "
+              "(or: qflume model choose)")  # fmt: skip
+    if data["forced_by"] and not data["default_kind"]:
+        print(f"  error        {data['forced_by']}")
+    if mine is not None:
+        sample = mine.get("sample", {})
+        print(f"  why          {mine.get('reason', '?')}")
+        print(f"  sample       {sample.get('texts', '?')} passages ({sample.get('from', '?')}), "
+              f"{mine.get('threads', '?')} threads, best of {mine.get('repeats', '?')}, "
+              f"onnxruntime {mine.get('onnxruntime', '?')}")  # fmt: skip
+    if data.get("choice_file") and (mine is not None or data["other_cpus"]):
+        print(f"  recorded in  {data['choice_file']}")
+    for key, rec in data["other_cpus"].items():
+        print(f"  other CPU    {key}: {rec['kind']} ({rec.get('reason', '?')})")
     print(f"cache          {data['cache']}")
     if "source_error" in data:
         print(f"source         {data['source_error']}")
@@ -669,7 +710,8 @@ def _print_info(data: dict[str, Any]) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``qflume model build SRC [--int8 | --kind K] [--out DIR] [--force]``, which prints the
-    built folder, and ``qflume model info [SRC] [--json]``."""
+    built folder, ``qflume model info [SRC] [--json]`` and ``qflume model choose [SRC] [--json]``
+    (measure int8 vs fp32 on this CPU again and record the choice)."""
     parser = argparse.ArgumentParser(prog="qflume model", description="Build ONNX embedding models")
     sub = parser.add_subparsers(dest="command", required=True)
     b = sub.add_parser("build", help="build an ONNX model folder from a BERT-family folder")
@@ -691,8 +733,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     i = sub.add_parser("info", help="this CPU's int8 path, the default build and cached builds")
     i.add_argument("src", nargs="?", default=None, help=src_help)
     i.add_argument("--json", action="store_true", help="print one JSON object")
+    c = sub.add_parser(
+        "choose", help="measure int8 vs fp32 on this CPU (again) and record the default build"
+    )
+    c.add_argument("src", nargs="?", default=None, help=src_help)
+    c.add_argument("--json", action="store_true", help="print the decision as one JSON object")
     args = parser.parse_args(argv)
     try:
+        if args.command == "choose":
+            from qflume import choice
+
+            source = default_source() if args.src is None else Path(args.src)
+            _check_source(source)
+            decision = choice.choose(source)
+            print(json.dumps(decision, indent=1) if args.json else decision["kind"])
+            return 0
         if args.command == "info":
             data = info(args.src)
             if args.json:
