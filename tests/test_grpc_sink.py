@@ -397,3 +397,56 @@ def test_real_server_returns_payload_doubles_within_one_ulp(collection: str) -> 
     ulps = np.abs(returned.view(np.int64) - np.array(values).view(np.int64))
     assert ulps.max() <= 1
     print(f"{int((ulps > 0).sum())} of {len(values)} doubles came back 1 ulp off")
+
+
+# --------------------------------------------------------------------------- adaptive batching
+
+
+def _many(sink: GrpcSink, n_batches: int, size: int, seed: int = 1000) -> None:
+    for i in range(n_batches):
+        sink.upsert_batch(batch(size, seed=seed + i))
+
+
+def test_adaptive_grows_requests_in_flight_against_a_slow_server(collection: str) -> None:
+    """A server that answers every upsert 50 ms late, whatever the load: the sink keeps adding
+    requests in flight (up to its bound) and everything lands; a fixed sink stays at 4."""
+    with QdrantGrpcServer() as srv:
+        srv.set_latency(0.05, methods=["Upsert"])
+        with GrpcSink(srv.url, collection, batch_points=32, **FAST) as sink:
+            sink.ensure_collection(CollectionSpec(dim=8, sparse=("bm25",)))
+            assert sink.adaptive is not None and sink.adaptive.in_flight == 4
+            _many(sink, 60, 32)
+            sink.flush()
+            assert sink.adaptive.in_flight > 8, vars(sink.adaptive)
+            assert sink.count() == 60 * 32
+        with GrpcSink(srv.url, collection + "_f", batch_points=32, adaptive=False, **FAST) as sink:
+            sink.ensure_collection(CollectionSpec(dim=8, sparse=("bm25",)))
+            _many(sink, 10, 32)
+            assert sink._in_flight() == 4
+
+
+def test_adaptive_backs_off_on_failures_and_timeouts(collection: str) -> None:
+    """Overload (a timeout, RESOURCE_EXHAUSTED) halves the requests in flight and the request
+    size, a dropped connection takes one request in flight away (the same batches then travel in more, smaller requests); nothing is
+    lost, and the size grows back once the server answers again."""
+    with QdrantGrpcServer() as srv:
+        with GrpcSink(srv.url, collection, batch_points=128, max_in_flight=8, **FAST) as sink:
+            sink.ensure_collection(CollectionSpec(dim=8, sparse=("bm25",)))
+            ad = sink.adaptive
+            assert ad is not None
+            srv.fail_next(1, grpc.StatusCode.RESOURCE_EXHAUSTED, methods=["Upsert"])
+            sink.upsert_batch(batch(128, seed=1))
+            sink.flush()
+            assert ad.in_flight == 4 and ad.points == 64, vars(ad)
+            before = srv.calls["Points/Upsert"]
+            sink.upsert_batch(batch(128, seed=2))
+            sink.flush()
+            assert srv.calls["Points/Upsert"] - before == 2  # 128 points in two requests of 64
+            srv.fail_next(2, grpc.StatusCode.UNAVAILABLE, methods=["Upsert"])
+            _many(sink, 4, 128)
+            sink.flush()
+            assert ad.in_flight <= 3 and ad.shrunk >= 3
+            _many(sink, 40, 128, seed=2000)  # answers again: the request size grows back to its bound
+            sink.flush()
+            assert ad.points == 128
+            assert sink.count() == 2 * 128 + 44 * 128

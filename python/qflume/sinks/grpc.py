@@ -32,6 +32,7 @@ import random
 import time
 from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -115,7 +116,7 @@ class _RpcFailure(SinkError):
 
 
 class _Pending:
-    __slots__ = ("attempt", "future", "kind", "method", "points", "request")
+    __slots__ = ("attempt", "done_at", "future", "kind", "method", "points", "request", "sent_at")
 
     def __init__(
         self, kind: str, method: str, request: bytes, points: int, future: grpc.Future
@@ -126,6 +127,68 @@ class _Pending:
         self.points = points
         self.future = future
         self.attempt = 0
+        self.sent_at = time.monotonic()
+        self.done_at = 0.0
+        future.add_done_callback(self._done)
+
+    def _done(self, _: Any) -> None:
+        self.done_at = time.monotonic()
+
+
+class Adaptive:
+    """Requests in flight and points per request, steered by the server's answers (AIMD).
+
+    Every ``window`` acknowledged requests: while their median latency stays within 1.5x the
+    best median seen (the server is not slowing down), one more request may be in flight;
+    past 2.5x, one fewer; and a request size cut earlier grows back by an eighth. A timeout or
+    RESOURCE_EXHAUSTED (an overloaded server) halves both the requests in flight and the
+    request size; another transient failure (a dropped connection) takes one request in
+    flight away. Both stay within their bounds.
+    """
+
+    def __init__(
+        self,
+        in_flight: int,
+        points: int,
+        *,
+        in_flight_bounds: tuple[int, int] = (1, 32),
+        points_bounds: tuple[int, int] = (16, 256),
+        window: int = 8,
+    ) -> None:
+        self.lo, self.hi = in_flight_bounds
+        self.plo, self.phi = points_bounds
+        self.in_flight = max(self.lo, min(self.hi, in_flight))
+        self.points = max(self.plo, min(self.phi, points))
+        self.window = window
+        self._lat: list[float] = []
+        self._best = float("inf")
+        self.grown = self.shrunk = 0  # adjustments made, for reports
+
+    def ok(self, latency: float) -> None:
+        self._lat.append(latency)
+        if len(self._lat) < self.window:
+            return
+        med = sorted(self._lat)[len(self._lat) // 2]
+        self._lat.clear()
+        self._best = min(self._best, med)
+        if med <= 1.5 * self._best and self.in_flight < self.hi:
+            self.in_flight += 1
+            self.grown += 1
+        elif med > 2.5 * self._best and self.in_flight > self.lo:
+            self.in_flight -= 1
+            self.shrunk += 1
+        if self.points < self.phi:
+            self.points = min(self.phi, self.points + max(1, self.points // 8))
+
+    def failed(self, code: grpc.StatusCode | None) -> None:
+        self._lat.clear()
+        if code in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED):
+            # the server is overloaded (or the request too big for it): back off hard
+            self.in_flight = max(self.lo, self.in_flight // 2)
+            self.points = max(self.plo, self.points // 2)
+        else:  # a dropped connection, a restart: one fewer, the size is not the cause
+            self.in_flight = max(self.lo, self.in_flight - 1)
+        self.shrunk += 1
 
 
 class GrpcSink(Sink):
@@ -162,6 +225,8 @@ class GrpcSink(Sink):
         outbox_bytes: int = 1 << 30,
         outage_deadline: float = 900.0,
         probe_interval: float = 1.0,
+        adaptive: bool = True,
+        in_flight_bounds: tuple[int, int] = (1, 32),
     ) -> None:
         if not collection:
             raise InvalidInputError("GrpcSink: collection name must not be empty")
@@ -185,6 +250,22 @@ class GrpcSink(Sink):
         self.collection = collection
         self.timeout = float(timeout)
         self.max_in_flight = max_in_flight
+        lo, hi = in_flight_bounds
+        if not 1 <= lo <= hi:
+            raise InvalidInputError(
+                f"in_flight_bounds must be 1 <= lo <= hi, got {in_flight_bounds}"
+            )
+        #: requests in flight and points per request now (see Adaptive); fixed when not adaptive
+        self.adaptive: Adaptive | None = (
+            Adaptive(
+                max_in_flight,
+                batch_points,
+                in_flight_bounds=(lo, max(hi, max_in_flight)),
+                points_bounds=(min(16, batch_points), batch_points),
+            )
+            if adaptive
+            else None
+        )
         self.batch_bytes = batch_bytes
         self.batch_points = batch_points
         self.wait = wait
@@ -293,6 +374,9 @@ class GrpcSink(Sink):
         try:
             p.future.result()
         except grpc.RpcError as err:
+            if self.adaptive is not None and isinstance(err, grpc.Call):
+                if err.code() in RETRYABLE:
+                    self.adaptive.failed(err.code())
             if not isinstance(err, grpc.Call) or err.code() not in RETRYABLE or self.retries == 0:
                 if self._outbox_path is not None and isinstance(err, grpc.Call):
                     if err.code() in RETRYABLE:
@@ -310,6 +394,9 @@ class GrpcSink(Sink):
                     return
                 self._abort_pending()
                 raise _RpcFailure(f"{e} (a request of {p.points} points)", e.code) from None
+        else:
+            if self.adaptive is not None and p.done_at:
+                self.adaptive.ok(p.done_at - p.sent_at)
         self.points_written += p.points
 
     def _abort_pending(self) -> None:
@@ -333,7 +420,7 @@ class GrpcSink(Sink):
             if self._down_since is not None:  # unreachable: the rest waits in the outbox
                 self._spool_all(kind, method, messages[i:], points[i:])
                 return
-            while len(self._pending) >= self.max_in_flight and self._down_since is None:
+            while len(self._pending) >= self._in_flight() and self._down_since is None:
                 self._harvest(self._pending.popleft())
             if self._down_since is not None:
                 self._spool_all(kind, method, messages[i:], points[i:])
@@ -578,7 +665,11 @@ class GrpcSink(Sink):
         return {"wait": self.wait, "max_bytes": self.batch_bytes}
 
     def _upsert_opts(self) -> dict[str, Any]:
-        return {**self._pack_opts(), "max_points": self.batch_points, "return_counts": True}
+        points = self.adaptive.points if self.adaptive is not None else self.batch_points
+        return {**self._pack_opts(), "max_points": points, "return_counts": True}
+
+    def _in_flight(self) -> int:
+        return self.adaptive.in_flight if self.adaptive is not None else self.max_in_flight
 
     def _send_upserts(self, packed: tuple[list[bytes], list[int]]) -> None:
         messages, counts = packed
@@ -625,14 +716,18 @@ class GrpcSink(Sink):
         elif batch.texts is not None:
             if batch.chunk_hash is None or batch.doc_metadata is None:
                 raise InvalidInputError("PointBatch with texts needs chunk_hash and doc_metadata")
+            doc_index = int64_array(batch.doc_index, "doc_index", n)
+            docs: Sequence[Mapping[str, Any]] = batch.doc_metadata
+            if batch.chunk_meta_index is not None:  # pages, headings: folded into the docs
+                docs, doc_index = replace(batch, doc_index=doc_index).merged_metadata()
             msgs = _core.pack_upsert(
                 self.collection,
                 arr,
                 vecs,
                 sparse=sparse,
                 texts=list(batch.texts),
-                doc_index=int64_array(batch.doc_index, "doc_index", n),
-                doc_metadata=batch.doc_metadata,
+                doc_index=doc_index,
+                doc_metadata=docs,
                 chunk_index=int64_array(batch.chunk_index, "chunk_index", n),
                 start=int64_array(batch.start, "start", n),
                 end=int64_array(batch.end, "end", n),
