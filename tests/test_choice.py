@@ -153,6 +153,9 @@ def test_a_broken_choice_file_or_a_failed_measurement(cache, tmp_path, capsys):
     assert rec["kind"] == "fp32" and "failed, fp32 is used: cannot build into" in rec["reason"]
     assert qmodel.main(["choose", str(tmp_path / "nope")]) == 1
     assert "nope is not a folder" in capsys.readouterr().err
+    (fresh / "tokenizer.json").unlink()  # a bad weights folder is named before any measuring
+    with pytest.raises(qflume.ModelError, match=r"fresh lacks tokenizer\.json"):
+        qflume.Embedder(fresh)
 
 
 def test_cli_choose_and_info(cache, tmp_path, capsys, monkeypatch):

@@ -236,8 +236,10 @@ def choose(
     source = Path(src).resolve()
     candidate = builder.int8_kind()
     key = cpu_key()
+    t0 = time.perf_counter()
+    fp32 = builder.build(source, int8="fp32", quiet=quiet)  # checks the source folder first
     if texts is None:
-        texts, about = sample_texts(source / "tokenizer.json")
+        texts, about = sample_texts(fp32 / "tokenizer.json")
     else:
         texts = list(texts)
         about = {"texts": len(texts), "from": "given by the caller",
@@ -253,11 +255,9 @@ def choose(
         "onnxruntime": _ort_version(),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
-    t0 = time.perf_counter()
     if texts:
         _say(quiet, f"measuring {candidate} vs fp32 on this CPU ({key}), {len(texts)} held-out "
              f"passages, once per CPU for this model ({ENV_KIND}=fp32|{candidate} skips it) ...")  # fmt: skip
-    fp32 = builder.build(source, int8="fp32", quiet=quiet)
     if not texts:
         record.update(kind="fp32", reason="no sample text to measure on (the Python standard "
                       "library's sources are not installed): fp32 without measuring")  # fmt: skip
