@@ -13,6 +13,7 @@ moment is repaired by the next one: no duplicates, no orphans, nothing lost.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import queue
@@ -20,6 +21,7 @@ import signal
 import threading
 import time
 from array import array
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -33,6 +35,9 @@ from qflume._core import content_hash, point_id
 from qflume._validate import metadata_problem, printable, text_problem, url_problem
 from qflume.exceptions import InvalidInputError, QflumeError, StateCorruptError
 from qflume.progress import Progress, ProgressEvent, resolve_interval, resolve_mode
+from qflume.readers import Document, Readers, ReaderSkip
+from qflume.readers.meta import KEYS as CHUNK_META_KEYS
+from qflume.readers.meta import NO_META, ChunkMeta, heading_index
 from qflume.sinks.base import CollectionSpec, PointBatch, Sink, SparseBatch
 from qflume.state import HASH_LEN, DocState, DocUpdate, State
 
@@ -47,6 +52,10 @@ RECOVERED_ROOT = "<recovered>"
 #: overflow the model's 256-token window and their tail is invisible to dense search.
 DEFAULT_CHUNK_TOKENS = 64
 _STOP = object()
+#: A PDF of more pages than this is read, chunked and sent page window by page window.
+PDF_WHOLE_PAGES = 64
+#: Files whose headings (Markdown "#" lines) give their chunks a heading path.
+_MARKDOWN_EXT = (".md", ".markdown", ".mdown", ".mkd")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -125,6 +134,13 @@ class _Doc:
     prev: DocState | None
     text: str | None = None
     path: str | None = None
+    #: Its reader (a built-in kind or a plug-in), None for plain text.
+    reader: Any = None
+    #: Set by the read-ahead: the structure its chunks' pages and headings come from, where
+    #: chunking segments start (chunks never cross one), and for a large PDF its page count.
+    structure: ChunkMeta | None = None
+    segments: list[int] | None = None
+    pages_total: int = 0
 
 
 @dataclass
@@ -134,6 +150,8 @@ class _DocPlan:
     upsert_hashes: bytes  # concatenated hashes that are (re)sent
     lost_ids: list[str]  # point ids of chunks the document no longer has
     moved: list[tuple[str, dict[str, int]]]  # kept chunks whose offsets changed: (id, fields)
+    #: Kept chunks whose page or heading changed: (id, the chunk's whole new metadata).
+    restated: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
 
 
 def _rows16(blob: bytes | bytearray | npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:
@@ -221,6 +239,10 @@ class _DocDiff:
         self.upsert = bytearray()
         self.count = 0
         self.plan = _DocPlan(d, None, b"", [], [])
+        # per distinct chunk, a digest of its page/heading metadata (readers.meta.digest)
+        self.prev_meta = bytes(prev.chunk_meta) if prev is not None else b""
+        self.meta_digests = bytearray()
+        self.any_meta = False
 
     def block(
         self, hashes: npt.NDArray[np.uint8]
@@ -237,18 +259,38 @@ class _DocDiff:
             self.seen.add(hashes[new], self.count + np.arange(len(new)))
         return first, self.committed.find(hashes)
 
-    def add(self, h: bytes, j: int, start: int, end: int, first: bool, committed: int) -> bool:
+    def add(
+        self,
+        h: bytes,
+        j: int,
+        start: int,
+        end: int,
+        first: bool,
+        committed: int,
+        digest: bytes = NO_META,
+        meta: dict[str, Any] | None = None,
+    ) -> bool:
         """Chunk ``j`` with hash ``h`` at ``start:end`` (``first`` and ``committed`` as `block`
-        gave them): True when it is to be sent."""
+        gave them; ``meta`` its page/heading metadata, ``digest`` that's digest): True when it
+        is to be sent."""
         if not first:  # the same text twice in one document: one point
             return False
         self.count += 1
         self.uniq += h
         self.rows.extend((j, start, end))
+        self.meta_digests += digest
+        if digest != NO_META:
+            self.any_meta = True
         if self.resend_all or committed < 0:
             if not self.streamed:
                 self.upsert += h
             return True
+        was = self.prev_meta[8 * committed : 8 * committed + 8] or NO_META
+        if was != digest:  # same text, another page or heading: its metadata is restated
+            full = {**self.doc.meta, **(meta or {})}
+            full.update(chunk_index=j, start=start, end=end, content_hash=h.hex())
+            self.plan.restated.append((point_id(self.doc.key, h), full))
+            return False
         i = 3 * committed
         if self.prev_rows[i : i + 3] != array("q", (j, start, end)):
             fields = {"chunk_index": j, "start": start, "end": end}
@@ -276,6 +318,7 @@ class _DocDiff:
             fingerprint=self.fp,
             chunks=bytes(self.uniq),
             offsets=self.rows.tobytes(),
+            chunk_meta=bytes(self.meta_digests) if self.any_meta else b"",
         )
         self.seen = _HashIndex()
         return self.plan
@@ -287,6 +330,7 @@ class _DocDiff:
         sent = sent[self.committed.find(sent) < 0]
         self.plan.lost_ids = [point_id(self.doc.key, bytes(h)) for h in sent]
         self.plan.moved = []
+        self.plan.restated = []
         self.plan.update = None
 
 
@@ -310,6 +354,10 @@ class _Batch:
     #: A write-ahead to record before this batch is sent (a streamed document's blocks carry
     #: their own); None: the plans' upsert hashes, with the first slice.
     ahead: dict[str, tuple[str, bytes]] | None = None
+    #: Per-chunk metadata (pages, headings): the distinct dicts and each chunk's index into
+    #: them (-1: none); None when no chunk has any.
+    extra_meta: list[dict[str, Any]] = field(default_factory=list)
+    extra_index: npt.NDArray[np.int64] | None = None
 
     def slices(self, rows: int) -> Iterator[_Batch]:
         """This batch as consecutive slices of at most ``rows`` chunks, so that one large
@@ -332,6 +380,8 @@ class _Batch:
                 deleted=self.deleted if hi == n else [],
                 final=hi == n,
                 first=lo == 0,
+                extra_meta=self.extra_meta,
+                extra_index=None if self.extra_index is None else self.extra_index[lo:hi],
             )
 
 
@@ -428,6 +478,7 @@ class Pipeline:
         sink: Sink | None = None,
         lock: bool = True,
         recover_state: bool = False,
+        readers: Mapping[str, Callable[[str], Any]] | None = None,
     ) -> None:
         if not collection or "/" in collection or collection.startswith("."):
             raise InvalidInputError(
@@ -441,6 +492,9 @@ class Pipeline:
             raise InvalidInputError("give store (embedded Qdrant Edge) or url (a server), not both")
         if url is not None and (problem := url_problem(url)):
             raise InvalidInputError(problem)
+        #: Which files a reader turns into text (PDF, HTML, DOCX, plug-ins: qflume.readers).
+        self.readers = Readers(readers)
+        self._reader_pool: Any = None
         self.collection = collection
         self.url = url
         self.api_key = api_key
@@ -585,6 +639,11 @@ class Pipeline:
                 f"{self.model_id()}|{chunking}|overlap={self.overlap}|sparse={self.sparse_kind}"
             )
         return self._fingerprint
+
+    def reader_fingerprint(self) -> str:
+        """The fingerprint of documents a reader made (PDF, HTML, DOCX, plug-ins): a file
+        ingested before as plain text (HTML) is read again by its reader."""
+        return f"{self.fingerprint()}|reader=1"
 
     def _model_folder(self) -> Path:
         """The model folder, without loading the model into ONNX Runtime."""
@@ -731,7 +790,7 @@ class Pipeline:
         start, end). Contents and settings are unknown, so the next ingest re-reads each
         document and re-sends its points (embeddings come from the cache): nothing is lost, and
         what the documents no longer have is deleted then."""
-        per_chunk = ("chunk_index", "start", "end", "content_hash")  # the rest is the doc's
+        per_chunk = ("chunk_index", "start", "end", "content_hash", *CHUNK_META_KEYS)
         chunks: dict[str, dict[bytes, tuple[int, int, int]]] = {}
         metas: dict[str, str] = {}
         for rec in self.sink.scroll(with_payload=True):
@@ -805,6 +864,7 @@ class Pipeline:
         self._stop.set()
 
     def close(self) -> None:
+        self._close_readers()
         for comp in (self._sink, self._cache):
             if comp is not None:
                 with contextlib.suppress(Exception):
@@ -841,6 +901,7 @@ class Pipeline:
                 exclude=exclude,
                 known=known,
                 max_file_size=self.max_file_size,
+                raw_extensions=self.readers.extensions(),
             )
             report.documents_seen += len(entries)
             self._progress.add_documents(
@@ -880,7 +941,7 @@ class Pipeline:
         if not known:
             return known
         fp = self.fingerprint()
-        for key in self.state.not_current(root, fp):
+        for key in self.state.not_current(root, fp, self.reader_fingerprint()):
             known.pop(key, None)
         return known
 
@@ -899,9 +960,15 @@ class Pipeline:
                 continue
             meta = {"source": e.key}
             meta_json = json.dumps(meta, sort_keys=True, ensure_ascii=False)
+            reader = self.readers.get(e.path)
             if p is not None and p.content_hash == e.hash and not p.pending:
                 fp = fp or self.fingerprint()
-                if p.fingerprint == fp and p.meta_json == meta_json:
+                # a reader's document metadata (a title) comes from the bytes: same bytes, same
+                if (
+                    p.fingerprint == self.reader_fingerprint()
+                    if reader is not None
+                    else p.fingerprint == fp and p.meta_json == meta_json
+                ):
                     report.documents_unchanged += 1
                     touched.append((e.key, e.size, e.mtime_ns))
                     self._progress.advance(documents=1, dropped_bytes=e.size)
@@ -910,7 +977,10 @@ class Pipeline:
                 report.documents_new += 1
             else:
                 report.documents_changed += 1
-            yield _Doc(e.key, root, e.hash, e.size, e.mtime_ns, meta, meta_json, p, path=e.path)
+            yield _Doc(
+                e.key, root, e.hash, e.size, e.mtime_ns, meta, meta_json, p, path=e.path,
+                reader=reader,
+            )  # fmt: skip
         if touched and not self._dry_run:
             self.state.touch(touched)
 
@@ -1026,7 +1096,12 @@ class Pipeline:
 
         if not docs:  # a batch of deletions only: no chunker (and no model) needed
             return _empty_batch()
+        # One text per chunking segment (a document has one, a PDF one per page window), so
+        # that one parallel chunk_batch call serves the whole batch.
         texts: list[str] = []
+        keys: list[str] = []
+        seg_base: list[int] = []
+        first_seg: list[int] = []
         ok: list[_Doc] = []
         for d in docs:
             if d.text is None:
@@ -1037,30 +1112,61 @@ class Pipeline:
                     report.skipped.append({"key": d.key, "reason": f"unreadable: {e}"})
                     self._progress.advance(documents=1, dropped_bytes=d.size)
                     continue
+            if d.path is not None and d.reader is None and d.key.lower().endswith(_MARKDOWN_EXT):
+                st = ChunkMeta(headings=heading_index(d.text))
+                d.structure = st if st else None
             ok.append(d)
-            texts.append(d.text)
-        cb = self.chunker.chunk_batch(texts, [d.key for d in ok])
-        indptr = np.asarray(cb.doc_indptr)
+            first_seg.append(len(texts))
+            cuts = d.segments or [0]
+            for k, lo in enumerate(cuts):
+                hi = cuts[k + 1] if k + 1 < len(cuts) else len(d.text)
+                texts.append(d.text if len(cuts) == 1 else d.text[lo:hi])
+                keys.append(d.key)
+                seg_base.append(lo)
+        first_seg.append(len(texts))
+        cb = self.chunker.chunk_batch(texts, keys)
+        seg_indptr = np.asarray(cb.doc_indptr)
+        indptr = seg_indptr[np.asarray(first_seg, np.int64)]
         offsets = np.asarray(cb.offsets)
+        if len(texts) > len(ok):  # segment offsets into their whole document's text
+            shift = np.repeat(np.asarray(seg_base, np.int64), np.diff(seg_indptr))
+            offsets = offsets + shift[:, None]
         hashes = np.asarray(cb.hashes)
         ids = np.asarray(cb.ids)
-        fp = self.fingerprint()
+        fp, reader_fp = self.fingerprint(), self.reader_fingerprint()
         out = _empty_batch()
         sel: list[int] = []
         doc_index: list[int] = []
         chunk_index: list[int] = []
+        extra_meta: list[dict[str, Any]] = []
+        extra_index: list[int] = []
         for di, d in enumerate(ok):
             lo, hi = int(indptr[di]), int(indptr[di + 1])
             h_bytes = hashes[lo:hi].tobytes()
-            diff = _DocDiff(d, fp)
+            diff = _DocDiff(d, fp if d.reader is None else reader_fp)
             first, committed = diff.block(hashes[lo:hi])
+            st, d.structure = d.structure, None
+            uniq: list[dict[str, Any]] = []
+            base = 0
+            if st is not None:
+                uniq, idx, digests = st.rows(offsets[lo:hi, 0], offsets[lo:hi, 1])
+                base = len(extra_meta)
+                extra_meta.extend(uniq)
             for j in range(hi - lo):
                 h = h_bytes[j * HASH_LEN : (j + 1) * HASH_LEN]
                 at = (int(offsets[lo + j, 0]), int(offsets[lo + j, 1]))
-                if diff.add(h, j, *at, bool(first[j]), int(committed[j])):
+                m = -1
+                if st is None:
+                    send = diff.add(h, j, *at, bool(first[j]), int(committed[j]))
+                else:
+                    m = int(idx[j])
+                    meta = uniq[m] if m >= 0 else None
+                    send = diff.add(h, j, *at, bool(first[j]), int(committed[j]), digests[j], meta)
+                if send:
                     sel.append(lo + j)
                     doc_index.append(len(out.plans))
                     chunk_index.append(j)
+                    extra_index.append(base + m if m >= 0 else -1)
             out.plans.append(diff.finish())
             report.chunks_total += diff.count
         if sel:
@@ -1075,7 +1181,240 @@ class Pipeline:
             out.chunk_index = np.asarray(chunk_index, np.int64)
             out.start = offsets[s, 0].astype(np.int64)
             out.end = offsets[s, 1].astype(np.int64)
+            if extra_meta:
+                out.extra_meta = extra_meta
+                out.extra_index = np.asarray(extra_index, np.int64)
         return out
+
+    # -- documents a reader turns into text (qflume.readers) -----------------------------------
+
+    def _read_workers(self) -> int:
+        """Reader processes: qflume's thread count (`qflume.set_threads`), at most 8, and one
+        per 256 MiB of ``max_memory``."""
+        from qflume._core import get_threads
+
+        n = min(get_threads(), os.cpu_count() or 1, 8)
+        if self.max_memory is not None:
+            n = min(n, self.max_memory // (256 << 20))
+        return max(1, n)
+
+    def _readers_pool(self) -> Any:
+        if self._reader_pool is None:
+            from qflume.readers.pool import ReaderPool
+
+            self._reader_pool = ReaderPool(self._read_workers())
+        return self._reader_pool
+
+    def _close_readers(self) -> None:
+        pool, self._reader_pool = self._reader_pool, None
+        if pool is not None:
+            pool.close()
+
+    def _read_ahead(self, items: Iterator[Any], report: IngestReport) -> Iterator[Any]:
+        """The planned items, in order, with reader documents extracted ahead in the reader
+        pool: up to two per worker in flight, and at most ``4 * stream_bytes`` of their files."""
+        pending: deque[tuple[Any, Any]] = deque()
+        in_flight = 0
+        most = 2 * self._read_workers()
+        try:
+            for item in items:
+                if isinstance(item, _Doc) and item.reader is not None and item.path is not None:
+                    job = self._readers_pool().read(item.reader, item.path, PDF_WHOLE_PAGES)
+                    pending.append((item, job))
+                    in_flight += item.size
+                else:
+                    pending.append((item, None))
+                while pending and (
+                    pending[0][1] is None
+                    or pending[0][1].done()
+                    or len(pending) > most
+                    or in_flight > 4 * self.stream_bytes
+                ):
+                    head, job = pending.popleft()
+                    if job is not None:
+                        in_flight -= head.size
+                        head = self._take_read(head, job, report)
+                    if head is not None:
+                        yield head
+                if self._abort.is_set():
+                    return
+            while pending:
+                head, job = pending.popleft()
+                if job is not None:
+                    head = self._take_read(head, job, report)
+                if head is not None:
+                    yield head
+                if self._abort.is_set():
+                    return
+        finally:
+            for _, job in pending:
+                if job is not None:
+                    job.cancel()
+
+    def _skip_doc(self, d: _Doc, reason: str, detail: str, report: IngestReport) -> None:
+        report.documents_skipped += 1
+        skip = {"key": printable(d.key), "reason": reason}
+        if detail:
+            skip["detail"] = printable(detail)
+        report.skipped.append(skip)
+        self._progress.advance(documents=1, dropped_bytes=d.size)
+
+    def _take_read(self, d: _Doc, job: Any, report: IngestReport) -> _Doc | None:
+        """The document with its reader's text, or None when it is skipped."""
+        try:
+            got = job.result()
+        except ReaderSkip as e:
+            self._skip_doc(d, e.reason, e.detail, report)
+            return None
+        except Exception as e:
+            self._skip_doc(d, "unreadable", f"{type(e).__name__}: {e}", report)
+            return None
+        if isinstance(got, int):  # a large PDF: read page window by page window
+            d.pages_total = got
+            return d
+        problem = self._use_document(d, got)
+        if problem is not None:
+            self._skip_doc(d, *problem, report)
+            return None
+        return d
+
+    def _use_document(self, d: _Doc, doc: Document) -> tuple[str, str] | None:
+        """Takes a reader's Document into ``d``: (reason, detail) when it cannot be used."""
+        from qflume.readers.pdf import WINDOW_PAGES
+
+        text = doc.text
+        if not text.strip():
+            return ("no-text", "the reader found no text in it")
+        if callable(d.reader):  # a plug-in's text: checked as records' texts are
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError:
+                return ("unreadable", "the reader's text has lone surrogates (not UTF-8)")
+        meta = dict(doc.metadata or {})
+        if meta and (bad := metadata_problem(meta)):
+            return ("unreadable", f"the reader's metadata: {bad}")
+        meta["source"] = d.key
+        try:
+            meta_json = json.dumps(meta, sort_keys=True, ensure_ascii=False, allow_nan=False)
+        except (TypeError, ValueError, RecursionError) as e:
+            return ("unreadable", f"the reader's metadata is not JSON: {e}")
+        pages = None
+        if doc.pages is not None:
+            try:
+                pages = [int(p) for p in doc.pages]
+            except (TypeError, ValueError):
+                return ("unreadable", "the reader's page offsets are not integers")
+            if (
+                not pages
+                or pages[0] != 0
+                or any(b < a for a, b in itertools.pairwise(pages))
+                or pages[-1] > len(text)
+            ):
+                return ("unreadable", "the reader's page offsets must rise from 0 within the text")
+        d.text, d.meta, d.meta_json = text, meta, meta_json
+        st = ChunkMeta(pages, headings=heading_index(text) if doc.markdown else None)
+        d.structure = st if st else None
+        if pages is not None and len(pages) > WINDOW_PAGES:
+            d.segments = pages[::WINDOW_PAGES]
+        return None
+
+    def _stream_pages(self, d: _Doc, report: IngestReport) -> Iterator[_Batch]:
+        """A PDF of more than PDF_WHOLE_PAGES pages, read, chunked and sent page window by page
+        window (readers.pdf.WINDOW_PAGES pages; the next windows are read in parallel while one
+        is chunked): only those windows' text and chunks are held, whatever the page count. A
+        window is chunked on its own, so no chunk spans a window's end; a PDF read whole is cut
+        at the same page boundaries (its segments), so either route gives the same chunks."""
+        from qflume.readers.pdf import PAGE_SEP, WINDOW_PAGES, join_pages, no_text
+
+        assert d.path is not None
+        path, n = d.path, d.pages_total
+        diff = _DocDiff(d, self.reader_fingerprint(), streamed=True)
+        plan = diff.plan
+        pool = self._readers_pool()
+        windows: deque[tuple[int, Any]] = deque()
+        starts = iter(range(0, n, WINDOW_PAGES))
+
+        def read_next() -> None:
+            lo = next(starts, None)
+            if lo is not None:
+                windows.append((lo, pool.window(path, lo, min(n, lo + WINDOW_PAGES))))
+
+        for _ in range(pool.workers):
+            read_next()
+        j = base = 0
+        first, any_text, rows = True, False, self.batch_chunks
+        try:
+            while windows:
+                lo, job = windows.popleft()
+                page_texts = job.result()
+                read_next()
+                t = time.perf_counter()
+                text, page_starts = join_pages(page_texts, base)
+                any_text = any_text or bool(text.strip())
+                cb = self.chunker.chunk_batch([text], [d.key])
+                offsets = np.asarray(cb.offsets) + base
+                hashes, ids = np.asarray(cb.hashes), np.asarray(cb.ids)
+                meta = ChunkMeta(page_starts, first_page=lo + 1)
+                uniq, idx, digests = meta.rows(offsets[:, 0], offsets[:, 1])
+                is_first, committed = diff.block(hashes)
+                h_bytes = hashes.tobytes()
+                sel: list[int] = []
+                chunk_index: list[int] = []
+                for i in range(len(offsets)):
+                    h = h_bytes[i * HASH_LEN : (i + 1) * HASH_LEN]
+                    at = (int(offsets[i, 0]), int(offsets[i, 1]))
+                    m = int(idx[i])
+                    got = uniq[m] if m >= 0 else None
+                    if diff.add(h, j, *at, bool(is_first[i]), int(committed[i]), digests[i], got):
+                        sel.append(i)
+                        chunk_index.append(j)
+                    j += 1
+                s = np.asarray(sel, np.int64)
+                ahead = b"".join(h_bytes[i * HASH_LEN : (i + 1) * HASH_LEN] for i in sel)
+                _record(report, "plan", time.perf_counter() - t, len(sel), docs=0)
+                for a in range(0, len(sel), rows):
+                    b = min(len(sel), a + rows)
+                    part = s[a:b]
+                    yield _Batch(
+                        plans=[plan],
+                        texts=[
+                            text[int(offsets[i, 0]) - base : int(offsets[i, 1]) - base]
+                            for i in part
+                        ],
+                        hashes=hashes[part],
+                        ids=ids[part],
+                        doc_index=np.zeros(b - a, np.int64),
+                        chunk_index=np.asarray(chunk_index[a:b], np.int64),
+                        start=offsets[part, 0].astype(np.int64),
+                        end=offsets[part, 1].astype(np.int64),
+                        final=False,
+                        first=first,
+                        ahead={d.key: (d.root, ahead)} if a == 0 and ahead else None,
+                        extra_meta=uniq,
+                        extra_index=idx[part],
+                    )
+                    first = False
+                base += len(text) + len(PAGE_SEP)
+                if self._abort.is_set():
+                    return
+            if not any_text:
+                raise no_text(n)
+        except ReaderSkip as e:
+            self._skip_doc(d, e.reason, e.detail, report)
+            diff.abandon()
+        except (QflumeError, OSError) as e:
+            self._skip_doc(d, "unreadable", str(e), report)
+            diff.abandon()
+        else:
+            diff.finish()
+            report.chunks_total += diff.count
+        finally:
+            for _, job in windows:
+                job.cancel()
+        last = _empty_batch()
+        last.plans, last.first, last.final = [plan], first, True
+        _record(report, "plan", 0.0, 0, docs=1)
+        yield last
 
     def _stream_doc(self, d: _Doc, report: IngestReport) -> Iterator[_Batch]:
         """One large file, read, chunked and sent block by block: memory stays bounded by the
@@ -1171,6 +1510,7 @@ class Pipeline:
             outcome = "stopped" if self._stop.is_set() else "done"
         finally:
             restore()
+            self._close_readers()
             self._progress.close(outcome)
             report.elapsed_s = time.perf_counter() - t0
         report.interrupted = self._stop.is_set()
@@ -1218,12 +1558,19 @@ class Pipeline:
             return batch
 
         t = time.perf_counter()
-        for item in planner(report):
+        for item in self._read_ahead(planner(report), report):
             if isinstance(item, tuple):
                 _, key, prev = item
                 ids = [point_id(key, h) for h in sorted(prev.possibly_present())]
                 deleted.append((key, ids))
                 report.documents_deleted += 1
+            elif item.pages_total:  # a large PDF: page window by page window
+                if docs or deleted:
+                    yield from make(t).slices(self.batch_chunks)
+                    docs, deleted, text_chars = [], [], 0
+                yield from self._stream_pages(item, report)
+                t = time.perf_counter()
+                continue
             elif item.text is None and item.path is not None and item.size > self.stream_bytes:
                 if docs or deleted:  # keep the order: what was planned before goes first
                     yield from make(t).slices(self.batch_chunks)
@@ -1233,7 +1580,7 @@ class Pipeline:
                 continue
             else:
                 docs.append(item)
-                text_chars += item.size
+                text_chars += item.size if item.text is None else len(item.text)
             if text_chars >= budget or len(deleted) >= 1024:
                 # time blocked on a full queue is not counted as busy
                 yield from make(t).slices(self.batch_chunks)
@@ -1268,7 +1615,7 @@ class Pipeline:
             if batch.final:  # the plans of a sliced batch count once
                 report.points_deleted += sum(len(p.lost_ids) for p in batch.plans)
                 report.points_deleted += sum(len(ids) for _, ids in batch.deleted)
-                report.payload_updates += sum(len(p.moved) for p in batch.plans)
+                report.payload_updates += sum(len(p.moved) + len(p.restated) for p in batch.plans)
 
     def _stream(
         self,
@@ -1437,6 +1784,8 @@ class Pipeline:
                         start=batch.start,
                         end=batch.end,
                         chunk_hash=batch.hashes,
+                        chunk_metadata=batch.extra_meta or None,
+                        chunk_meta_index=batch.extra_index if batch.extra_meta else None,
                     )
                 )
                 report.points_upserted += n
@@ -1451,6 +1800,9 @@ class Pipeline:
                 for p in batch.plans:
                     for pid, fields in p.moved:
                         sink.set_payload(fields, [pid], key="metadata")
+                        report.payload_updates += 1
+                    for pid, meta in p.restated:  # the whole metadata: a page key may go
+                        sink.set_payload({"metadata": meta}, [pid])
                         report.payload_updates += 1
                 group_updates.extend(p.update for p in batch.plans if p.update is not None)
                 group_docs += len(batch.plans)

@@ -74,12 +74,15 @@ def scan(
     follow_links: bool = True,
     hidden: bool = False,
     ignore_files: bool = True,
+    raw_extensions: Iterable[str] | None = None,
 ) -> list[FileEntry]:
     """Walk `paths` (folders recursively; files as given), read and hash each file.
 
     Returns one `FileEntry` per file, sorted by key; see the module docstring for keys,
-    skip reasons, patterns and the `known` fast path. Runs on qflume's thread pool
-    (`qflume.set_threads`) with the GIL released.
+    skip reasons, patterns and the `known` fast path. Files whose extension is one of
+    ``raw_extensions`` (``"pdf"`` or ``".pdf"``, any case) are hashed as raw bytes and never
+    skipped as ``binary`` or ``not-utf8``: a document reader decodes them. Runs on qflume's
+    thread pool (`qflume.set_threads`) with the GIL released.
     """
     if isinstance(paths, (str, bytes, os.PathLike)):
         paths = [paths]  # type: ignore[list-item]
@@ -93,6 +96,7 @@ def scan(
         follow_links=follow_links,
         hidden=hidden,
         ignore_files=ignore_files,
+        raw_extensions=_str_list("raw_extensions", raw_extensions),
     )
 
 

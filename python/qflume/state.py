@@ -48,7 +48,8 @@ CREATE TABLE IF NOT EXISTS documents (
     chunks BLOB NOT NULL DEFAULT x'',
     offsets BLOB NOT NULL DEFAULT x'',
     pending BLOB NOT NULL DEFAULT x'',
-    updated_at REAL NOT NULL DEFAULT 0
+    updated_at REAL NOT NULL DEFAULT 0,
+    chunk_meta BLOB NOT NULL DEFAULT x''
 );
 CREATE INDEX IF NOT EXISTS documents_root ON documents(root);
 """
@@ -73,6 +74,9 @@ class DocState:
     chunks: bytes  # concatenated 16-byte chunk hashes, in chunk order (unique)
     offsets: bytes  # int64 (n, 3): chunk_index, start, end of each hash in `chunks`
     pending: bytes  # hashes sent (or about to be) but not yet acknowledged
+    #: 8 bytes per hash in `chunks`: a digest of the chunk's structural metadata (its page(s),
+    #: its heading path; zeros for none), or empty when no chunk has any
+    chunk_meta: bytes = b""
 
     def chunk_hashes(self) -> npt.NDArray[np.uint8]:
         return hashes_from_blob(self.chunks)
@@ -100,6 +104,7 @@ class DocUpdate:
     fingerprint: str
     chunks: bytes
     offsets: bytes
+    chunk_meta: bytes = b""  # see DocState.chunk_meta
 
 
 @dataclass
@@ -143,12 +148,16 @@ class State:
                     raise StateError(f"{self.path}: no state here yet (nothing was ingested)")
                 uri = f"file:{self.path}?mode=ro"
                 self.db = sqlite3.connect(uri, uri=True, check_same_thread=False)
+                have = {row[1] for row in self.db.execute("PRAGMA table_info(documents)")}
+                if have and "chunk_meta" not in have:  # written before the column existed
+                    self._COLS = self._COLS.replace("chunk_meta", "x'' AS chunk_meta")
             else:
                 self.db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
                 self.db.execute("PRAGMA journal_mode=WAL")
                 self.db.execute("PRAGMA synchronous=NORMAL")
                 self.db.executescript(_SCHEMA)
                 self._check_version()
+                self._add_columns()
         except sqlite3.DatabaseError as e:
             self._release_lock()
             with contextlib.suppress(Exception):
@@ -244,6 +253,12 @@ class State:
                 "remove the file (and the collection) to start over"
             )
 
+    def _add_columns(self) -> None:
+        """Columns added since schema 1 was first written (a state from before gets them)."""
+        have = {row[1] for row in self.db.execute("PRAGMA table_info(documents)")}
+        if "chunk_meta" not in have:
+            self.db.execute("ALTER TABLE documents ADD COLUMN chunk_meta BLOB NOT NULL DEFAULT x''")
+
     # -- meta --------------------------------------------------------------------
 
     def get_meta(self, name: str) -> Any:
@@ -260,7 +275,8 @@ class State:
     # -- reads ---------------------------------------------------------------------
 
     _COLS = (
-        "key, root, content_hash, size, mtime_ns, meta_json, fingerprint, chunks, offsets, pending"
+        "key, root, content_hash, size, mtime_ns, meta_json, fingerprint, chunks, offsets, "
+        "pending, chunk_meta"
     )
 
     def get_many(self, keys: Sequence[str]) -> dict[str, DocState]:
@@ -289,15 +305,17 @@ class State:
                     out[key] = (size, mtime_ns, h)
         return out
 
-    def not_current(self, root: str, fingerprint: str) -> list[str]:
-        """Keys under `root` made by another pipeline fingerprint or with writes pending."""
+    def not_current(self, root: str, fingerprint: str, *others: str) -> list[str]:
+        """Keys under `root` made by another pipeline fingerprint (than `fingerprint` and
+        `others`) or with writes pending."""
+        fps = (fingerprint, *others)
         with self._mutex:
             return [
                 key
                 for (key,) in self.db.execute(
-                    "SELECT key FROM documents WHERE root=? AND (fingerprint != ? OR "
-                    "LENGTH(pending) > 0)",
-                    (root, fingerprint),
+                    f"SELECT key FROM documents WHERE root=? AND (fingerprint NOT IN "
+                    f"({','.join('?' * len(fps))}) OR LENGTH(pending) > 0)",
+                    (root, *fps),
                 )
             ]
 
@@ -372,13 +390,14 @@ class State:
         with self.transaction() as db:
             db.executemany(
                 "INSERT INTO documents(key, root, content_hash, size, mtime_ns, meta_json, "
-                "fingerprint, chunks, offsets, pending, updated_at) "
-                "VALUES(?, ?, ?, ?, ?, ?, ?, ?, ?, x'', ?) "
+                "fingerprint, chunks, offsets, pending, updated_at, chunk_meta) "
+                "VALUES(?, ?, ?, ?, ?, ?, ?, ?, ?, x'', ?, ?) "
                 "ON CONFLICT(key) DO UPDATE SET root=excluded.root, "
                 "content_hash=excluded.content_hash, size=excluded.size, "
                 "mtime_ns=excluded.mtime_ns, meta_json=excluded.meta_json, "
                 "fingerprint=excluded.fingerprint, chunks=excluded.chunks, "
-                "offsets=excluded.offsets, pending=x'', updated_at=excluded.updated_at",
+                "offsets=excluded.offsets, pending=x'', updated_at=excluded.updated_at, "
+                "chunk_meta=excluded.chunk_meta",
                 [
                     (
                         u.key,
@@ -391,6 +410,7 @@ class State:
                         u.chunks,
                         u.offsets,
                         now,
+                        u.chunk_meta,
                     )
                     for u in updates
                 ],
@@ -414,7 +434,7 @@ class State:
         with self.transaction() as db:
             db.executemany(
                 "UPDATE documents SET content_hash=NULL, size=-1, pending=CAST(pending || chunks AS BLOB), "
-                "chunks=x'', offsets=x'' WHERE key=?",
+                "chunks=x'', offsets=x'', chunk_meta=x'' WHERE key=?",
                 [(k,) for k in keys],
             )
 

@@ -169,6 +169,9 @@ pub struct ScanOptions {
     pub ignore_files: bool,
     /// Walker threads; 0 means the current Rayon pool's size.
     pub threads: usize,
+    /// File name extensions (lowercase, without the dot) whose files are hashed as raw bytes
+    /// and never checked for text (a document reader decodes them: PDF, HTML, DOCX ...).
+    pub raw_extensions: Vec<String>,
 }
 
 impl Default for ScanOptions {
@@ -181,6 +184,7 @@ impl Default for ScanOptions {
             hidden: false,
             ignore_files: true,
             threads: 0,
+            raw_extensions: Vec::new(),
         }
     }
 }
@@ -677,6 +681,7 @@ pub fn scan_file(
         );
         return skip(entry, SkipReason::TooLarge, d);
     }
+    let raw = is_raw(path, &opts.raw_extensions);
     if let Some(k) = known.get(&entry.key) {
         if k.size == entry.size && k.mtime_ns == entry.mtime_ns {
             if let Some(hash) = k.hash {
@@ -685,7 +690,7 @@ pub fn scan_file(
                 return entry;
             }
             if let Some((reason, detail)) = &k.skip {
-                if reason.is_content() {
+                if reason.is_content() && !raw {
                     entry.skip = Some(*reason);
                     entry.detail = detail.clone();
                     entry.unchanged = true;
@@ -701,7 +706,7 @@ pub fn scan_file(
             return skip(entry, reason, detail);
         }
     };
-    match read_and_check(&mut file, entry.size, opts.max_file_size, buf) {
+    match read_and_check(&mut file, entry.size, opts.max_file_size, buf, raw) {
         Ok(Checked::Text(hash, read)) => {
             let after = file.metadata();
             match after {
@@ -745,14 +750,52 @@ enum Checked {
     Skip(SkipReason, String),
 }
 
+/// Whether `path`'s extension is one of `raw` (lowercase, no dot), case-insensitively.
+fn is_raw(path: &Path, raw: &[String]) -> bool {
+    if raw.is_empty() {
+        return false;
+    }
+    path.extension()
+        .and_then(OsStr::to_str)
+        .is_some_and(|ext| raw.iter().any(|r| r.eq_ignore_ascii_case(ext)))
+}
+
+/// Reads and hashes the whole file, checking nothing but its size.
+fn read_raw(file: &mut File, max: u64, buf: &mut Vec<u8>) -> io::Result<Checked> {
+    if buf.len() < READ_BUF {
+        buf.resize(READ_BUF, 0);
+    }
+    let mut hasher = ContentHasher::new();
+    let mut total: u64 = 0;
+    loop {
+        let n = read_full(file, &mut buf[..READ_BUF])?;
+        if n == 0 {
+            break;
+        }
+        total += n as u64;
+        if total > max {
+            return Ok(Checked::Skip(
+                SkipReason::ChangedDuringScan,
+                format!("grew past max_file_size={max} while being read"),
+            ));
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(Checked::Text(hasher.finish(), total))
+}
+
 /// Reads the whole file once: hashes it, rejects binary and non-UTF-8 content
-/// as soon as it shows, and stops if the file grows past the cap.
+/// as soon as it shows (unless `raw`), and stops if the file grows past the cap.
 fn read_and_check(
     file: &mut File,
     expected: u64,
     max: u64,
     buf: &mut Vec<u8>,
+    raw: bool,
 ) -> io::Result<Checked> {
+    if raw {
+        return read_raw(file, max, buf);
+    }
     // Small files are read whole and hashed in one call (cheaper than streaming).
     let cap = if expected < READ_BUF as u64 {
         (expected as usize) + 1
@@ -968,6 +1011,26 @@ mod tests {
         let again = run(&t.0, &ScanOptions::default(), &known);
         assert!(again[0].unchanged);
         assert_eq!(again[0].hash, Some(fake));
+    }
+
+    #[test]
+    fn raw_extensions_are_hashed_unchecked() {
+        let t = TempDir::new("raw");
+        let bytes = b"%PDF-1.4\0\xff\xfe binary";
+        t.write("a.PDF", bytes);
+        t.write("b.bin", bytes);
+        let opts = ScanOptions {
+            raw_extensions: vec!["pdf".into()],
+            ..ScanOptions::default()
+        };
+        let got = run(&t.0, &opts, &KnownMap::new());
+        assert_eq!(got[0].skip, None);
+        assert_eq!(got[0].hash, Some(content_hash(bytes)));
+        assert_eq!(got[1].skip, Some(SkipReason::Binary));
+        let big = vec![0u8; 3 * READ_BUF + 5];
+        t.write("c.pdf", &big);
+        let got = run(&t.0, &opts, &KnownMap::new());
+        assert_eq!(got[2].hash, Some(content_hash(&big)));
     }
 
     #[test]

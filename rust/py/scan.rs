@@ -258,7 +258,7 @@ fn known_map(py: Python<'_>, known: Option<&Bound<'_, PyAny>>) -> PyResult<Known
 
 /// Walks `paths` in parallel, reads and hashes each file; entries sorted by key.
 #[pyfunction]
-#[pyo3(signature = (paths, *, include=None, exclude=None, max_file_size=67108864, known=None, follow_links=true, hidden=false, ignore_files=true))]
+#[pyo3(signature = (paths, *, include=None, exclude=None, max_file_size=67108864, known=None, follow_links=true, hidden=false, ignore_files=true, raw_extensions=None))]
 #[allow(clippy::too_many_arguments)]
 fn scan<'py>(
     py: Python<'py>,
@@ -270,6 +270,7 @@ fn scan<'py>(
     follow_links: bool,
     hidden: bool,
     ignore_files: bool,
+    raw_extensions: Option<Vec<String>>,
 ) -> PyResult<Bound<'py, PyList>> {
     if max_file_size < 0 {
         return Err(CoreError::InvalidArgument(format!(
@@ -286,6 +287,11 @@ fn scan<'py>(
         hidden,
         ignore_files,
         threads: 0,
+        raw_extensions: raw_extensions
+            .unwrap_or_default()
+            .into_iter()
+            .map(|e| e.trim_start_matches('.').to_ascii_lowercase())
+            .collect(),
     };
     let entries = detach_parallel(py, || core_scan::scan(&paths, &opts, &known))?.py_err(py)?;
     drop(known);

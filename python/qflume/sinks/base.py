@@ -51,6 +51,8 @@ class PointBatch:
     as DESIGN.md says: {"page_content": texts[i], "metadata": {**doc_metadata[doc_index[i]],
     "chunk_index": chunk_index[i], "start": start[i], "end": end[i], "content_hash":
     chunk_hash[i].hex()}} — metadata shared by the chunks of one document is given (and encoded) once.
+    Per-chunk metadata (a chunk's ``page``, ``heading``), given the same way: point i's metadata
+    also has ``chunk_metadata[chunk_meta_index[i]]`` merged in (none where the index is -1).
     """
 
     ids: npt.NDArray[np.uint8]  # (n, 16) UUID bytes
@@ -64,9 +66,36 @@ class PointBatch:
     start: npt.NDArray[np.int64] | None = None
     end: npt.NDArray[np.int64] | None = None
     chunk_hash: npt.NDArray[np.uint8] | None = None  # (n, 16)
+    chunk_metadata: Sequence[Mapping[str, Any]] | None = None
+    chunk_meta_index: npt.NDArray[np.int64] | None = None  # (n,) into chunk_metadata, -1: none
 
     def __len__(self) -> int:
         return int(self.ids.shape[0])
+
+    def merged_metadata(self) -> tuple[list[Mapping[str, Any]], npt.NDArray[np.int64]]:
+        """``(doc_metadata, doc_index)`` with the per-chunk metadata folded in: one entry per
+        distinct (document, chunk metadata) pair, so a packer that encodes each document's
+        metadata once does the same for pages and headings."""
+        assert self.doc_metadata is not None and self.doc_index is not None
+        docs = list(self.doc_metadata)
+        if self.chunk_meta_index is None or not self.chunk_metadata:
+            return docs, np.asarray(self.doc_index, np.int64)
+        extra = list(self.chunk_metadata)
+        k = len(extra) + 1
+        idx = np.asarray(self.chunk_meta_index, np.int64)
+        if len(idx) != len(self.doc_index) or (
+            len(idx) and (idx.min() < -1 or idx.max() >= len(extra))
+        ):
+            raise InvalidInputError(
+                f"chunk_meta_index must have one entry per point, each -1 or below {len(extra)}"
+            )
+        pair = np.asarray(self.doc_index, np.int64) * k + idx + 1
+        uniq, inverse = np.unique(pair, return_inverse=True)
+        merged: list[Mapping[str, Any]] = [
+            {**docs[int(u) // k], **extra[int(u) % k - 1]} if int(u) % k else docs[int(u) // k]
+            for u in uniq
+        ]
+        return merged, inverse.astype(np.int64).ravel()
 
     def payload(self, i: int) -> dict[str, Any]:
         """The payload of point i as a dict (for sinks that need Python objects)."""
@@ -76,6 +105,9 @@ class PointBatch:
         assert self.doc_index is not None and self.chunk_index is not None
         assert self.start is not None and self.end is not None and self.chunk_hash is not None
         meta = dict(self.doc_metadata[int(self.doc_index[i])])
+        if self.chunk_meta_index is not None and self.chunk_metadata is not None:
+            if (m := int(self.chunk_meta_index[i])) >= 0:
+                meta.update(self.chunk_metadata[m])
         meta["chunk_index"] = int(self.chunk_index[i])
         meta["start"] = int(self.start[i])
         meta["end"] = int(self.end[i])

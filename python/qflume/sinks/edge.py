@@ -463,6 +463,12 @@ class EdgeSink(Sink):
         texts = batch.texts
         metas = [dict(m) for m in batch.doc_metadata]
         doc_index = batch.doc_index.tolist()
+        extra = list(batch.chunk_metadata or ())
+        extra_index = (
+            batch.chunk_meta_index.tolist()
+            if extra and batch.chunk_meta_index is not None
+            else None
+        )
         chunk_index = batch.chunk_index.tolist() if batch.chunk_index is not None else None
         start = batch.start.tolist() if batch.start is not None else None
         end = batch.end.tolist() if batch.end is not None else None
@@ -473,6 +479,8 @@ class EdgeSink(Sink):
 
         def payload_of(i: int) -> dict[str, Any]:
             meta = dict(metas[doc_index[i]])
+            if extra_index is not None and extra_index[i] >= 0:
+                meta.update(extra[extra_index[i]])
             if chunk_index is not None:
                 meta["chunk_index"] = chunk_index[i]
             if start is not None:
