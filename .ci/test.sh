@@ -21,6 +21,17 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}"
 fi
 
+# Real PDFs for the reader tests (tests/test_readers.py): TeX Live's font documentation, 2.8 MB,
+# unpacked into target/debian without the TeX packages that installing it would pull in.
+if [ ! -d /usr/share/doc/texlive-doc/fonts ] && [ ! -d target/debian/root/usr/share/doc/texlive-doc/fonts ]; then
+  step "TeX Live font docs (real PDFs) into target/debian"
+  mkdir -p target/debian
+  (cd target/debian \
+    && { apt-get download -q texlive-fonts-recommended-doc 2>/dev/null \
+         || { apt-get update -qq && apt-get download -q texlive-fonts-recommended-doc; }; } \
+    && dpkg-deb -x texlive-fonts-recommended-doc_*.deb root)
+fi
+
 step "Python environment (.venv)"
 if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv

@@ -272,7 +272,20 @@ def _paged(path: str) -> Document:
     return Document("".join(parts), pages=starts)
 
 
-def test_a_chunk_whose_page_changed_is_a_payload_update(tmp_path: Path, tiny: str) -> None:
+@pytest.fixture(scope="module")
+def grpc_server() -> Any:
+    from qflume.testing import QdrantGrpcServer
+
+    with QdrantGrpcServer() as srv:
+        yield srv
+
+
+@pytest.mark.parametrize("target", ["edge", "grpc"])
+def test_a_chunk_whose_page_changed_is_a_payload_update(
+    tmp_path: Path, tiny: str, target: str, request: pytest.FixtureRequest
+) -> None:
+    """Pages reach both sinks (the gRPC packer folds them into per-document metadata), and a
+    restated chunk's metadata is replaced whole on both."""
     corpus = tmp_path / "c"
     corpus.mkdir()
     f = corpus / "r.pages"
@@ -280,10 +293,14 @@ def test_a_chunk_whose_page_changed_is_a_payload_update(tmp_path: Path, tiny: st
     body = "\n\n".join(paras)
     cut = body.index("gamma")
     runs = []
-    kw = {"chunk_chars": 20, "readers": {".pages": _paged}}
+    kw: dict[str, Any] = {"chunk_chars": 20, "readers": {".pages": _paged}, "progress": False}
+    if target == "grpc":
+        kw.update(url=request.getfixturevalue("grpc_server").url, state_dir=tmp_path / "state")
+    else:
+        kw.update(store=tmp_path / "store")
     for text in (body[:cut] + "\f" + body[cut:], body[: cut + 3] + "\f" + body[cut + 3 :], body):
         f.write_text(text, encoding="utf-8")
-        with _pipe(tmp_path / "store", tiny, **kw) as p:
+        with Pipeline(f"pages_{target}", model=tiny, **kw) as p:
             runs.append((p.ingest(corpus), _payloads(p)["r.pages"]))
     (r1, c1), (r2, c2), (r3, c3) = runs
     assert [m["text"] for m in c1] == paras and r1.points_upserted == 4
