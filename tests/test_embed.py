@@ -219,7 +219,7 @@ def test_order_batching_and_windows_do_not_change_vectors(builds, monkeypatch):
     big = Embedder(builds["fp32"], batch_tokens=100_000)
     texts = TEXTS[:24]
     ref = big.embed(texts)
-    monkeypatch.setattr(qembed, "WINDOW", 5)  # several windows: the prefetch thread path
+    monkeypatch.setattr("qflume._onnx.WINDOW", 5)  # several windows: the prefetch thread path
     perm = np.random.default_rng(0).permutation(len(texts))
     shuffled = small.embed([texts[i] for i in perm])
     np.testing.assert_allclose(shuffled, ref[perm], atol=2e-5)

@@ -29,7 +29,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import qflume
-from qflume.exceptions import InvalidInputError, QflumeIOError
+from qflume.exceptions import InvalidInputError
 from qflume.sinks.base import SparseBatch
 
 DOCS = Path("/usr/share/doc/python3.11/html/_sources")
@@ -465,7 +465,7 @@ def test_splade_pool_direct() -> None:
 
 
 def test_splade_bad_folder(tmp_path: Path) -> None:
-    with pytest.raises(QflumeIOError, match=r"model\.onnx"):
+    with pytest.raises(qflume.ModelError, match=r"lacks model\.onnx"):
         qflume.Splade(tmp_path)
     with pytest.raises(ValueError, match="top_k"):
         make_splade(tmp_path / "m")

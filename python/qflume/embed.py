@@ -18,34 +18,29 @@ import hashlib
 import json
 import os
 import threading
-from collections.abc import Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from qflume._validate import text_problem
-from qflume.exceptions import InvalidInputError, ModelError, TokenizerError
+# The batching's knobs and helpers live with the session setup Embedder shares with Splade;
+# re-exported here under the names callers know.
+from qflume._onnx import (  # noqa: F401
+    ACCELERATOR_BATCH_TOKENS,
+    CPU_BATCH_TOKENS,
+    FIRST_WINDOW,
+    MAX_BATCH,
+    WINDOW,
+    OnnxModel,
+)
+from qflume._onnx import cpu_count as _cpu_count  # noqa: F401
+from qflume._onnx import has_cuda as _has_cuda
+from qflume._onnx import quantizes_dynamically as _quantizes_dynamically  # noqa: F401
+from qflume.exceptions import InvalidInputError, ModelError
 
 __all__ = ["Embedder", "model_fingerprint"]
-
-#: Texts tokenized, sorted and batched together; the next window is tokenized meanwhile.
-WINDOW = 512
-#: The first window of a call is shorter: the model waits for it.
-FIRST_WINDOW = 32
-#: At most this many texts per model call, whatever the token budget allows.
-MAX_BATCH = 256
-#: Default padded tokens per model call (see :class:`Embedder`).
-CPU_BATCH_TOKENS = 512
-ACCELERATOR_BATCH_TOKENS = 16384
-
-
-def _cpu_count() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):
-        return max(1, os.cpu_count() or 1)
 
 
 def _read_json(path: Path) -> Any:
@@ -168,7 +163,7 @@ def model_fingerprint(
     return _Spec(model, max_tokens=max_tokens, default_fp32=_has_cuda()).model_id()
 
 
-class Embedder:
+class Embedder(OnnxModel):
     """Dense text embeddings from an ONNX model folder (default: all-MiniLM-L6-v2, built on first
     use: int8 with per-channel weights on CPUs with VNNI, the most sensitive MatMuls kept fp32, see
     :func:`qflume.model.fp32_matmuls`; else fp32).
@@ -203,85 +198,16 @@ class Embedder:
         max_tokens: int | None = None,
         batch_tokens: int | None = None,
     ) -> None:
-        import onnxruntime as ort
-        from tokenizers import Tokenizer
-
-        from qflume.model import DISABLED_OPTIMIZERS
-
-        if batch_tokens is not None and batch_tokens < 1:
-            raise InvalidInputError(f"batch_tokens must be >= 1, got {batch_tokens}")
-        if threads is not None and threads < 1:
-            raise InvalidInputError(f"threads must be >= 1, got {threads}")
         spec = _Spec(model, max_tokens=max_tokens, default_fp32=providers is None and _has_cuda())
-        folder, layout = spec.folder, spec.layout
-        self._folder = folder
-        self.max_tokens = limit = spec.max_tokens
-        self._pooling = layout.pooling
-        self._normalize = layout.normalize
-
-        tok_path = folder / "tokenizer.json"
-        try:
-            tokenizer = Tokenizer.from_file(str(tok_path))
-        except Exception as e:  # tokenizers raises a bare Exception
-            raise TokenizerError(f"cannot load tokenizer {tok_path}: {e}") from e
-        # Follow the sentence-transformers limit, not tokenizer.json's; pad ourselves per batch.
-        tokenizer.enable_truncation(max_length=limit)
-        tokenizer.no_padding()
-        self._tokenizer = tokenizer
-
-        if providers is None:
-            providers = (
-                ["CUDAExecutionProvider", "CPUExecutionProvider"]
-                if _has_cuda()
-                else ["CPUExecutionProvider"]
-            )
-        model_file = folder / "model.onnx"
-        cores = threads or _cpu_count()
-        dynamic = _quantizes_dynamically(model_file)
-
-        def load(on_cpu: bool, intra: int) -> Any:
-            so = ort.SessionOptions()
-            so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-            so.intra_op_num_threads = intra
-            so.inter_op_num_threads = 1
-            so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-            so.log_severity_level = 3
-            try:
-                return ort.InferenceSession(
-                    str(model_file),
-                    so,
-                    providers=list(providers),
-                    # CPU kernels only: on a GPU the fused kernels are the fast ones.
-                    disabled_optimizers=DISABLED_OPTIMIZERS if on_cpu else [],
-                )
-            except Exception as e:  # ORT raises its own exception types
-                raise ModelError(f"cannot load {model_file}: {e}") from e
-
-        def sessions(on_cpu: bool) -> list[Any]:
-            # Dynamic int8 quantization scales a call's activations by the range of the whole
-            # call, so a text's vector would depend on the texts sharing its call (cosine down
-            # to 0.99 on real chunks) and a re-embedded or cached chunk would differ from the
-            # first. On a CPU such models give each text a call of its own, run side by side
-            # on one single-thread session per core: the same vector for the same text, always.
-            if on_cpu and dynamic:
-                return [load(True, 1) for _ in range(cores)]
-            return [load(on_cpu, cores)]
-
-        on_cpu = providers[0] == "CPUExecutionProvider"
-        self._sessions = sessions(on_cpu)
-        if not on_cpu and self._sessions[0].get_providers()[0] == "CPUExecutionProvider":
-            on_cpu = True  # the accelerator's provider did not load: run as on a CPU
-            self._sessions = sessions(on_cpu)
-        #: Whether every text gets a model call of its own (see above).
-        self.per_text = on_cpu and dynamic
-        if batch_tokens is None:
-            batch_tokens = CPU_BATCH_TOKENS if on_cpu else ACCELERATOR_BATCH_TOKENS
-        self.batch_tokens = batch_tokens
-        self._max_rows = 1 if self.per_text else MAX_BATCH
-        self._session = self._sessions[0]
-        self._inputs = {i.name for i in self._session.get_inputs()}
-        if "input_ids" not in self._inputs:
-            raise ModelError(f"{model_file} has no input named input_ids: {sorted(self._inputs)}")
+        self._pooling = spec.layout.pooling
+        self._normalize = spec.layout.normalize
+        self._load(
+            spec.folder,
+            max_tokens=spec.max_tokens,
+            threads=threads,
+            providers=providers,
+            batch_tokens=batch_tokens,
+        )
         output = self._session.get_outputs()[0]
         names = [o.name for o in self._session.get_outputs()]
         self._output = "last_hidden_state" if "last_hidden_state" in names else output.name
@@ -289,71 +215,20 @@ class Embedder:
         probe = self._run(self._session, np.zeros((1, 2), np.int64), np.ones((1, 2), np.int64))
         self.dim = int(probe.shape[1])
         self.model_id = spec.model_id()
-        self._pool: ThreadPoolExecutor | None = None  # tokenizes the next window
-        self._workers: ThreadPoolExecutor | None = None  # one per session when there are several
-        self._lock = threading.Lock()
-        self._counted = threading.local()  # tokens fed to the model, per calling thread
         self._async_pool: ThreadPoolExecutor | None = None  # runs aembed's calls
         self._async_lock = threading.Lock()  # held only to start that thread: never blocks long
 
     # ------------------------------------------------------------------ public
 
-    @property
-    def tokens_embedded(self) -> int:
-        """Tokens the calls made from this thread have fed to the model (after truncation,
-        special tokens included: what :meth:`count_tokens` counts). Per thread, so a caller
-        sharing the Embedder measures its own calls exactly: the difference around a call."""
-        return int(getattr(self._counted, "tokens", 0))
-
-    @property
-    def model_path(self) -> Path:
-        """The model folder in use (holding model.onnx and tokenizer.json)."""
-        return self._folder
-
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         """Embed ``texts`` -> float32 array (len(texts), dim), in the caller's order."""
         if isinstance(texts, str):
             raise InvalidInputError("embed() takes a sequence of texts; use embed_query(text)")
-        n = len(texts)
-        out = np.empty((n, self.dim), np.float32)
-        if n == 0:
+        out = np.empty((len(texts), self.dim), np.float32)
+        if len(texts) == 0:
             return out
-        for i, t in enumerate(texts):
-            if not isinstance(t, str):
-                raise InvalidInputError(f"text {i} is {type(t).__name__}, not str")
-            bad = text_problem(t, f"text {i}")
-            if bad:
-                raise InvalidInputError(bad)
-        n = len(self._sessions)
-        with self._lock:  # one embed at a time per Embedder: ORT already uses every core
-            if self._pool is None:  # first use, or used again after close()
-                self._pool = ThreadPoolExecutor(1, thread_name_prefix="qflume-tokenize")
-                if n > 1:
-                    self._workers = ThreadPoolExecutor(n, thread_name_prefix="qflume-embed")
-            tokens = 0
-            for batches in self._windows(texts, self._pool):
-                tokens += sum(int(mask.sum()) for _, _, mask in batches)
-                if self._workers is None:
-                    for rows, ids, mask in batches:
-                        out[rows] = self._run(self._session, ids, mask)
-                    continue
-                # Longest first, each session taking the next call when it is free: they finish
-                # together.
-                todo = iter(batches[::-1])
-                take = threading.Lock()
-
-                def work(k: int, todo: Iterator[Any] = todo, take: Any = take) -> None:
-                    while True:
-                        with take:
-                            item = next(todo, None)
-                        if item is None:
-                            return
-                        rows, ids, mask = item
-                        out[rows] = self._run(self._sessions[k], ids, mask)
-
-                for _ in self._workers.map(work, range(n)):
-                    pass
-            self._counted.tokens = self.tokens_embedded + tokens
+        self._check_texts(texts)
+        self._map(texts, out.__setitem__)
         return out
 
     def embed_query(self, text: str) -> np.ndarray:
@@ -386,24 +261,10 @@ class Embedder:
         result: np.ndarray = await asyncio.get_running_loop().run_in_executor(pool, fn, arg)
         return result
 
-    def count_tokens(self, texts: Sequence[str]) -> np.ndarray:
-        """Tokens per text after truncation (int64 array), as the model sees them. Encoded a
-        window at a time: a tokenizer Encoding costs ~100 bytes per token, so a whole corpus's
-        encodings at once would cost far more than its text."""
-        out = np.empty(len(texts), np.int64)
-        for lo in range(0, len(texts), WINDOW):
-            encs = self._tokenizer.encode_batch(list(texts[lo : lo + WINDOW]))
-            out[lo : lo + len(encs)] = [len(e.ids) for e in encs]
-        return out
-
     def close(self) -> None:
         """Stop the tokenizer and worker threads (the sessions are freed with the object); a
         later call starts them again."""
-        with self._lock:
-            for pool in (self._pool, self._workers):
-                if pool is not None:
-                    pool.shutdown(wait=False)
-            self._pool = self._workers = None
+        super().close()
         with self._async_lock:  # calls already queued there still run
             if self._async_pool is not None:
                 self._async_pool.shutdown(wait=False)
@@ -414,58 +275,8 @@ class Embedder:
 
     # ------------------------------------------------------------------ internals
 
-    def _tokenize(self, texts: Sequence[str]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-        """Tokenize one window, sort by length, cut into batches under the token budget."""
-        encs = self._tokenizer.encode_batch(list(texts))
-        lens = np.fromiter((len(e.ids) for e in encs), np.int64, len(encs))
-        order = np.argsort(lens, kind="stable")
-        batches = []
-        start = 0
-        n = len(order)
-        while start < n:
-            # Sorted ascending: the batch's width is its last (longest) member.
-            end = start + 1
-            while (
-                end < n
-                and end - start < self._max_rows
-                and lens[order[end]] * (end + 1 - start) <= self.batch_tokens
-            ):
-                end += 1
-            rows = order[start:end]
-            width = int(lens[rows[-1]])
-            ids = np.zeros((len(rows), width), np.int64)
-            for j, r in enumerate(rows):
-                ids[j, : lens[r]] = encs[r].ids
-            mask = (np.arange(width) < lens[rows][:, None]).astype(np.int64)
-            batches.append((rows, ids, mask))
-            start = end
-        return batches
-
-    def _windows(
-        self, texts: Sequence[str], pool: ThreadPoolExecutor
-    ) -> Iterator[list[tuple[Any, Any, Any]]]:
-        """The batches of each window in turn (rows in the caller's numbering); the next window
-        is tokenized meanwhile."""
-        # A short first window: the model starts soon, and the rest is tokenized meanwhile.
-        bounds = [0, min(FIRST_WINDOW, len(texts))]
-        while bounds[-1] < len(texts):
-            bounds.append(min(bounds[-1] + WINDOW, len(texts)))
-        pending: Future[list[Any]] | None = None
-        for a, b, c in zip(bounds[:-1], bounds[1:], [*bounds[2:], None], strict=True):
-            current = pending.result() if pending is not None else self._tokenize(texts[a:b])
-            pending = pool.submit(self._tokenize, texts[b:c]) if c is not None else None
-            yield [(rows + a, ids, mask) for rows, ids, mask in current]
-
     def _run(self, session: Any, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        feed = {"input_ids": ids}
-        if "attention_mask" in self._inputs:
-            feed["attention_mask"] = mask
-        if "token_type_ids" in self._inputs:
-            feed["token_type_ids"] = np.zeros_like(ids)
-        try:
-            hidden = session.run([self._output], feed)[0]
-        except Exception as e:
-            raise ModelError(f"running {self._folder / 'model.onnx'} failed: {e}") from e
+        hidden = self._infer(session, self._output, ids, mask)
         if self._pooled_output or hidden.ndim == 2:
             pooled = hidden.astype(np.float32, copy=False)
         elif self._pooling == "cls":
@@ -482,38 +293,3 @@ class Embedder:
             norms = np.linalg.norm(pooled, axis=1, keepdims=True)
             pooled /= np.maximum(norms, 1e-12)
         return pooled
-
-
-#: ONNX ops that quantize activations with a scale computed from the whole call.
-_DYNAMIC_OPS = {"DynamicQuantizeLinear", "DynamicQuantizeMatMul", "MatMulIntegerToFloat"}
-
-
-def _quantizes_dynamically(model_file: Path) -> bool:
-    """Whether the graph quantizes activations at run time (see :data:`_DYNAMIC_OPS`)."""
-    import onnx
-
-    try:
-        graph = onnx.load(str(model_file), load_external_data=False).graph
-    except Exception as e:  # onnx raises DecodeError and friends
-        raise ModelError(f"cannot read {model_file}: {e}") from e
-    return any(node.op_type in _DYNAMIC_OPS for node in graph.node)
-
-
-def _has_cuda() -> bool:
-    """True when the installed onnxruntime has the CUDA provider (onnxruntime-gpu), found by its
-    library file so that callers need not import onnxruntime."""
-    import importlib.util
-
-    try:
-        spec = importlib.util.find_spec("onnxruntime")
-    except (ImportError, ValueError):
-        return False
-    if spec is None or not spec.submodule_search_locations:
-        return False
-    for root in spec.submodule_search_locations:
-        capi = Path(root) / "capi"
-        if any(capi.glob("libonnxruntime_providers_cuda.*")) or any(
-            capi.glob("onnxruntime_providers_cuda.*")
-        ):
-            return True
-    return False

@@ -15,10 +15,11 @@ from typing import Any
 import numpy as np
 
 from qflume import _core
-from qflume.exceptions import ModelError, QflumeIOError, TokenizerError
+from qflume._onnx import OnnxModel
+from qflume.exceptions import InvalidInputError, ModelError
 from qflume.sinks.base import SparseBatch
 
-__all__ = ["Bm25", "Splade"]
+__all__ = ["Bm25", "Splade", "splade_fingerprint"]
 
 
 def _texts(texts: str | Iterable[str]) -> list[str]:
@@ -98,17 +99,89 @@ class Bm25:
         return f"Bm25(language={e.language!r}, k={e.k}, b={e.b}, avg_len={e.avg_len})"
 
 
-# Upper bound on one ORT call's logits (batch * seq * vocab float32): SPLADE logits are
-# large (a 512-token text with a 30k vocabulary is 62 MB).
+# Upper bound on one ORT call's logits (padded tokens * vocab float32): SPLADE logits are
+# large (a 512-token text with a 30k vocabulary is 62 MB). The CPU's call size (512 tokens)
+# is under it; an accelerator's (16384) is cut to it.
 _LOGITS_BUDGET = 256 * 1024 * 1024
+#: What the qflume-built graph outputs (see qflume.model.build_graph(splade=True)).
+_POOLED = "splade_max_logits"
 
 
-class Splade:
-    """SPLADE sparse vectors from any ONNX masked-LM folder (model.onnx + tokenizer.json).
+def _folder_of(model: str | os.PathLike[str]) -> Path:
+    """The ONNX folder of a SPLADE model: as given when it holds model.onnx, else built (once,
+    cached) from a BertForMaskedLM weights folder."""
+    folder = Path(model).expanduser()
+    if not folder.is_dir():
+        raise ModelError(
+            f"SPLADE model folder {folder} does not exist (or is not a folder): give a "
+            "BertForMaskedLM folder (config.json, model.safetensors, tokenizer.json) or an ONNX "
+            "masked-LM folder (model.onnx, tokenizer.json)"
+        )
+    if (folder / "model.onnx").is_file():
+        if not (folder / "tokenizer.json").is_file():
+            raise ModelError(f"SPLADE model folder {folder} lacks tokenizer.json")
+        return folder.resolve()
+    if (folder / "model.safetensors").is_file() and (folder / "config.json").is_file():
+        from qflume import model as builder
 
-    Weights are log(1 + relu(logits)) max-pooled over the attention mask (in Rust), keeping those
-    above `threshold` and then the `top_k` largest. Texts are sorted by length and batched so
-    one call's logits stay bounded.
+        return builder.ensure_built(folder, splade=True)
+    raise ModelError(
+        f"SPLADE model folder {folder} lacks model.onnx (or config.json + model.safetensors of a "
+        "BertForMaskedLM to build one)"
+    )
+
+
+def _max_tokens(folder: Path, max_tokens: int | None) -> int:
+    from qflume.embed import _Layout
+
+    limit = _Layout(folder).hard_limit
+    if max_tokens is None:
+        return min(512, limit or 512)
+    if max_tokens < 2:
+        raise InvalidInputError(f"Splade max_tokens must be >= 2, got {max_tokens}")
+    if limit and max_tokens > limit:
+        raise InvalidInputError(
+            f"Splade max_tokens {max_tokens} exceeds the model's {limit} positions "
+            f"({folder / 'config.json'})"
+        )
+    return max_tokens
+
+
+def _model_id(folder: Path, max_tokens: int, top_k: int | None, threshold: float) -> str:
+    from qflume import model as builder
+
+    h = hashlib.sha256(b"qflume-splade-1")
+    for name in ("model.onnx", "tokenizer.json"):
+        h.update(name.encode() + b"\0" + builder.file_digest(folder / name))
+    extra = ("" if top_k is None else f":top_k={top_k}") + (
+        f":threshold={threshold}" if threshold else ""
+    )
+    return f"splade:{folder.name[:40]}:{h.hexdigest()[:16]}:max={max_tokens}{extra}"
+
+
+def splade_fingerprint(
+    model: str | os.PathLike[str],
+    *,
+    max_tokens: int | None = None,
+    top_k: int | None = None,
+    threshold: float = 0.0,
+) -> str:
+    """Exactly ``Splade(model, ...).model_id``, without loading the model into ONNX Runtime (a
+    weights folder is built into the cache first if it is not there yet)."""
+    folder = _folder_of(model)
+    return _model_id(folder, _max_tokens(folder, max_tokens), top_k, float(threshold))
+
+
+class Splade(OnnxModel):
+    """SPLADE sparse vectors from a masked LM: a BertForMaskedLM weights folder (built into ONNX
+    once, cached, as ``qflume model build SRC --splade`` does) or an ONNX folder (model.onnx +
+    tokenizer.json) whose output is qflume's pooled logits or a masked LM's ``logits``.
+
+    The weight of a term is the max over the text's tokens of log(1 + relu(its logit)): pooled in
+    the graph for qflume's builds, in Rust for a ``logits`` output; then those above
+    ``threshold`` are kept, and of those the ``top_k`` largest. Batching, sessions and providers
+    are :class:`qflume.Embedder`'s (one session setup, :mod:`qflume._onnx`); a call's tokens
+    are bounded so its logits stay under 256 MiB.
     """
 
     name = "splade"
@@ -119,68 +192,60 @@ class Splade:
         *,
         top_k: int | None = None,
         threshold: float = 0.0,
-        max_tokens: int = 512,
+        max_tokens: int | None = None,
         threads: int | None = None,
         providers: Sequence[str] | None = None,
+        batch_tokens: int | None = None,
     ) -> None:
-        import onnxruntime as ort
-        from tokenizers import Tokenizer
-
-        folder = Path(model_path)
-        model_file = folder / "model.onnx"
-        tok_file = folder / "tokenizer.json"
-        for f in (model_file, tok_file):
-            if not f.is_file():
-                raise QflumeIOError(
-                    2, f"{f}: missing; a SPLADE model folder holds model.onnx and tokenizer.json"
-                )
+        if not isinstance(model_path, (str, os.PathLike)):
+            raise InvalidInputError(
+                f"Splade needs the folder of a SPLADE model, not {type(model_path).__name__}"
+            )
+        if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int)):
+            raise InvalidInputError(f"Splade top_k must be an int >= 1 or None, got {top_k!r}")
         if top_k is not None and top_k < 1:
-            raise ValueError(f"Splade top_k must be >= 1 or None, got {top_k}")
+            raise InvalidInputError(f"Splade top_k must be >= 1 or None, got {top_k}")
+        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)):
+            raise InvalidInputError(f"Splade threshold must be a number, got {threshold!r}")
         if not threshold >= 0.0:
-            raise ValueError(f"Splade threshold must be >= 0, got {threshold}")
-        if max_tokens < 2:
-            raise ValueError(f"Splade max_tokens must be >= 2, got {max_tokens}")
-        self.model_path = folder
+            raise InvalidInputError(f"Splade threshold must be >= 0, got {threshold}")
+        folder = _folder_of(model_path)
+        limit = _max_tokens(folder, max_tokens)
         self.top_k = top_k
         self.threshold = float(threshold)
-        self.max_tokens = max_tokens
+        self._load(
+            folder,
+            max_tokens=limit,
+            threads=threads,
+            providers=providers,
+            batch_tokens=batch_tokens,
+        )
         self._threads = threads
-
-        try:
-            tok = Tokenizer.from_file(str(tok_file))
-        except Exception as e:
-            raise TokenizerError(f"{tok_file}: cannot load tokenizer ({e})") from e
-        tok.enable_truncation(max_length=max_tokens)
-        tok.no_padding()
-        self._tok = tok
-
-        so = ort.SessionOptions()
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if threads:
-            so.intra_op_num_threads = threads
-        try:
-            self._session = ort.InferenceSession(
-                str(model_file), so, providers=list(providers or ["CPUExecutionProvider"])
+        model_file = folder / "model.onnx"
+        outs = {o.name: o for o in self._session.get_outputs()}
+        self._output = next((n for n in (_POOLED, "logits") if n in outs), next(iter(outs)))
+        self._pooled = self._output == _POOLED
+        vocab_size = self._tokenizer.get_vocab_size()
+        dim = outs[self._output].shape[-1] if outs[self._output].shape else None
+        if not isinstance(dim, int):  # a dynamic axis: ask the model
+            dim = int(self._infer(self._session, self._output, *self._probe()).shape[-1])
+        if dim != vocab_size:
+            raise ModelError(
+                f"{model_file}: output {self._output!r} has {dim} values per token, the "
+                f"tokenizer {vocab_size} tokens: not a masked LM (SPLADE needs one; a sentence "
+                "encoder gives hidden states, not vocabulary logits)"
             )
-        except Exception as e:
-            raise ModelError(f"{model_file}: ONNX Runtime cannot load it ({e})") from e
-        self._inputs = {i.name for i in self._session.get_inputs()}
-        if "input_ids" not in self._inputs:
-            raise ModelError(f"{model_file}: no input named input_ids (inputs: {self._inputs})")
-        outs = self._session.get_outputs()
-        names = [o.name for o in outs]
-        self._output = "logits" if "logits" in names else names[0]
-        vocab = next(o for o in outs if o.name == self._output).shape[-1]
-        self._vocab = vocab if isinstance(vocab, int) else tok.get_vocab_size()
-        h = hashlib.sha256()
-        for f in (model_file, tok_file):
-            with open(f, "rb") as fh:
-                for block in iter(lambda: fh.read(1 << 20), b""):
-                    h.update(block)
-        self.model_id = f"splade:{h.hexdigest()[:16]}:max={max_tokens}"
+        self._vocab = vocab_size
+        if batch_tokens is None:
+            self.batch_tokens = min(self.batch_tokens, max(1, _LOGITS_BUDGET // (4 * vocab_size)))
+        self.model_id = _model_id(folder, limit, top_k, self.threshold)
+
+    @staticmethod
+    def _probe() -> tuple[np.ndarray, np.ndarray]:
+        return np.zeros((1, 2), np.int64), np.ones((1, 2), np.int64)
 
     def embed(self, texts: str | Iterable[str]) -> SparseBatch:
-        """Sparse vectors of `texts` (documents)."""
+        """Sparse vectors of `texts` (documents), in the caller's order."""
         return self._embed(_texts(texts))
 
     def embed_query(self, texts: str | Iterable[str]) -> SparseBatch:
@@ -195,60 +260,52 @@ class Splade:
                 indices=np.zeros(0, np.uint32),
                 values=np.zeros(0, np.float32),
             )
-        encs = self._tok.encode_batch(texts)
-        lens = np.fromiter((len(e.ids) for e in encs), np.int64, n)
-        order = np.argsort(lens, kind="stable")
-        per_batch = max(1, _LOGITS_BUDGET // (4 * max(1, self._vocab)))
-        rows: list[Any] = [None] * n
-        i = 0
-        while i < n:
-            j = i + 1
-            # Ascending lengths: the text added last is the longest of the batch.
-            while j < n and (j - i + 1) * int(lens[order[j]]) <= per_batch:
-                j += 1
-            idx = order[i:j]
-            self._run([encs[k] for k in idx], idx, rows)
-            i = j
-        # Reassemble in the caller's order.
-        counts = np.fromiter((len(r[0]) for r in rows), np.int64, n)
+        self._check_texts(texts)
+        parts: list[tuple[np.ndarray, tuple[np.ndarray, np.ndarray, np.ndarray]]] = []
+        self._map(texts, lambda rows, csr: parts.append((rows, csr)))
+        # Reassemble in the caller's order, segment by segment, without a loop over rows.
+        rows = np.concatenate([r for r, _ in parts])
+        counts = np.concatenate([np.diff(c[0]) for _, c in parts])
+        starts = np.concatenate([c[0][:-1] for _, c in parts])
+        base = np.cumsum([0] + [len(c[1]) for _, c in parts[:-1]])
+        starts = starts + np.repeat(base, [len(r) for r, _ in parts])
+        all_indices = np.concatenate([c[1] for _, c in parts])
+        all_values = np.concatenate([c[2] for _, c in parts])
+        order = np.argsort(rows, kind="stable")
+        counts, starts = counts[order], starts[order]
         indptr = np.zeros(n + 1, np.int64)
         np.cumsum(counts, out=indptr[1:])
-        indices = np.concatenate([r[0] for r in rows]).astype(np.uint32, copy=False)
-        values = np.concatenate([r[1] for r in rows]).astype(np.float32, copy=False)
-        return SparseBatch(indptr=indptr, indices=indices, values=values)
+        take = np.repeat(starts - indptr[:-1], counts) + np.arange(int(indptr[-1]))
+        return SparseBatch(
+            indptr=indptr,
+            indices=all_indices[take].astype(np.uint32, copy=False),
+            values=all_values[take].astype(np.float32, copy=False),
+        )
 
-    def _run(self, encs: list[Any], idx: np.ndarray, rows: list[Any]) -> None:
-        seq = max(1, max(len(e.ids) for e in encs))
-        b = len(encs)
-        ids = np.zeros((b, seq), np.int64)
-        mask = np.zeros((b, seq), np.int64)
-        types = np.zeros((b, seq), np.int64)
-        for r, e in enumerate(encs):
-            m = len(e.ids)
-            ids[r, :m] = e.ids
-            mask[r, :m] = e.attention_mask
-            types[r, :m] = e.type_ids
-        feeds = {"input_ids": ids}
-        if "attention_mask" in self._inputs:
-            feeds["attention_mask"] = mask
-        if "token_type_ids" in self._inputs:
-            feeds["token_type_ids"] = types
-        try:
-            (logits,) = self._session.run([self._output], feeds)
-        except Exception as e:
-            raise ModelError(f"{self.model_path / 'model.onnx'}: inference failed ({e})") from e
-        logits = np.ascontiguousarray(logits, dtype=np.float32)
-        if logits.ndim != 3 or logits.shape[:2] != (b, seq):
-            raise ModelError(
-                f"{self.model_path / 'model.onnx'}: output {self._output!r} has shape "
-                f"{logits.shape}, a masked LM gives (batch, seq, vocab) = ({b}, {seq}, vocab)"
-            )
-        indptr, indices, values = _core.splade_pool(
+    def _run(
+        self, session: Any, ids: np.ndarray, mask: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        out = self._infer(session, self._output, ids, mask)
+        b, seq = ids.shape
+        if self._pooled:  # the max over tokens is taken: one row of logits per text
+            if out.shape != (b, self._vocab):
+                raise ModelError(
+                    f"{self._folder / 'model.onnx'}: output {self._output!r} has shape "
+                    f"{out.shape}, expected ({b}, {self._vocab})"
+                )
+            logits = np.ascontiguousarray(out, dtype=np.float32)[:, None, :]
+            mask = np.ones((b, 1), np.int64)
+        else:
+            if out.ndim != 3 or out.shape[:2] != (b, seq):
+                raise ModelError(
+                    f"{self._folder / 'model.onnx'}: output {self._output!r} has shape "
+                    f"{out.shape}, a masked LM gives (batch, seq, vocab) = ({b}, {seq}, vocab)"
+                )
+            logits = np.ascontiguousarray(out, dtype=np.float32)
+        csr: tuple[np.ndarray, np.ndarray, np.ndarray] = _core.splade_pool(
             logits, mask, top_k=self.top_k, threshold=self.threshold, threads=self._threads
         )
-        for r, k in enumerate(idx):
-            a, z = int(indptr[r]), int(indptr[r + 1])
-            rows[int(k)] = (indices[a:z], values[a:z])
+        return csr
 
     def __repr__(self) -> str:
-        return f"Splade({str(self.model_path)!r}, top_k={self.top_k}, threshold={self.threshold})"
+        return f"Splade({str(self._folder)!r}, top_k={self.top_k}, threshold={self.threshold})"
