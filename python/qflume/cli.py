@@ -81,6 +81,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--outbox-bytes", type=int, help="--url: the outbox's disk budget (default 1 GiB)"
     )
+    p.add_argument(
+        "--engine",
+        choices=["local", "ray"],
+        default="local",
+        help="local (default): this machine's threads; ray: a Ray cluster (needs --url)",
+    )
+    p.add_argument(
+        "--ray-address", help="--engine ray: the cluster to join (default $RAY_ADDRESS, else local)"
+    )
     prog = p.add_mutually_exclusive_group()
     prog.add_argument(
         "--progress",
@@ -300,6 +309,13 @@ def _merge_reports(reports: list[Any]) -> Any:
 
 def cmd_ingest(args: argparse.Namespace) -> int:
     runs = _ingest_runs(args)
+    if args.engine == "ray":
+        try:
+            from qflume import ray as ray_engine
+        except ImportError as e:
+            raise InvalidInputError(f"--engine ray: {e}") from None
+        if args.url is None:
+            raise InvalidInputError(f"--engine ray: {ray_engine.STORE_REFUSED}")
     pipe = _pipeline(
         args,
         sparse=args.sparse,
@@ -316,9 +332,19 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         progress=args.progress,  # on stderr: --json keeps stdout one JSON object
     )
     reports = []
-    with pipe:
+    since = time.time()
+    with pipe, _alert_monitor(args):
         for run in runs:
-            if run[0] == "records":
+            if args.engine == "ray":
+                if run[0] == "records":
+                    source, opts = _read_records(run[1]), {"delete_missing": run[2]}
+                else:
+                    source = run[1]
+                    opts = {"include": run[2], "exclude": run[3], "delete_missing": run[4]}
+                report = ray_engine.run(
+                    pipe, source, dry_run=args.dry_run, address=args.ray_address, **opts
+                )
+            elif run[0] == "records":
                 report = pipe.ingest_records(
                     _read_records(run[1]), delete_missing=run[2], dry_run=args.dry_run
                 )
