@@ -401,3 +401,36 @@ def test_touched_and_changed_files_in_one_run(tmp_path: Path, corpus: Path, embe
         again = p.ingest(corpus)
         assert again.documents_unchanged == len(files) and again.points_upserted == 0
         assert p.verify()["ok"]
+
+
+def test_an_edit_at_the_top_sends_moved_offsets_in_a_bounded_number_of_requests(
+    tmp_path: Path,
+) -> None:
+    """Every chunk after an edit near the top of a long document moves: their new offsets go as
+    payload updates batched into a few requests (UpdateBatch of up to 256 operations), not one
+    request per chunk; the payloads then hold the new offsets."""
+    from qflume.testing import QdrantGrpcServer
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    paras = [f"Paragraph {i} tells of lighthouse number {i} and its keeper." for i in range(300)]
+    (docs / "long.txt").write_text("\n\n".join(paras))
+    emb = qflume.Embedder()
+    with QdrantGrpcServer() as server, Pipeline(
+        "c", url=server.url, state_dir=tmp_path / "s", embedder=emb, progress=False,
+        chunk_chars=80) as p:  # fmt: skip
+        first = p.ingest([docs])
+        assert first.chunks_total == 300
+        (docs / "long.txt").write_text("A new opening line.\n\n" + "\n\n".join(paras))
+        server.reset_calls()
+        report = p.ingest([docs])
+        # the new line joins paragraph 0 in one new chunk; the 299 after it moved
+        assert report.points_upserted == 1 and report.points_deleted == 1
+        assert report.payload_updates == 299
+        assert server.calls["Points/SetPayload"] == 0
+        assert server.calls["Points/UpdateBatch"] == 2  # 256 + 43 operations
+        text = (docs / "long.txt").read_text()
+        for r in p.sink.scroll(with_payload=True):
+            md = r.payload["metadata"]
+            assert text[md["start"] : md["end"]] == r.payload["page_content"]
+        assert p.verify()["ok"]

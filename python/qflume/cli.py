@@ -70,7 +70,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--max-file-size",
         type=int,
-        help="skip files over this many bytes as too-large (default 256 MiB)",
+        help="skip files over this many bytes as too-large (default 256 MiB, or half of "
+        "--max-memory)",
     )
     p.add_argument(
         "--outage-deadline",

@@ -442,7 +442,9 @@ class Pipeline:
     Memory: ``max_memory`` bounds the queues between the stages and the size above which one
     file is streamed (read, chunked and sent block by block) instead of read whole:
     ``max_memory / 16``, at least 1 MiB (8 MiB by default). Files over ``max_file_size`` bytes
-    (256 MiB by default) are skipped as ``too-large``.
+    are skipped as ``too-large``: by default 256 MiB, or half of ``max_memory`` when it is given
+    (what a streamed file still holds is about one byte per byte of input: its chunk hashes,
+    offsets and their index, for its state row).
 
     A server that stays unreachable (``url``) does not stop the run: updates are spooled to an
     outbox beside the state (at most ``outbox_bytes``) while planning and embedding go on, sent
@@ -467,7 +469,7 @@ class Pipeline:
         state_dir: str | os.PathLike[str] | None = None,
         batch_chunks: int = 256,
         max_memory: int | None = None,
-        max_file_size: int = 256 << 20,
+        max_file_size: int | None = None,
         outbox_bytes: int = 1 << 30,
         outage_deadline: float = 900.0,
         cache_entries: int = 1_000_000,
@@ -513,7 +515,14 @@ class Pipeline:
         # A file read whole costs ~4 bytes per byte (text, chunk texts, arrays) while planned;
         # larger ones are streamed block by block (Pipeline._stream_doc).
         self.max_memory = max_memory
-        if not isinstance(max_file_size, int) or max_file_size < 1:
+        if max_file_size is None:  # a file's diff holds ~1 byte per byte: half the budget
+            max_file_size = 256 << 20 if max_memory is None else max(1 << 20, max_memory // 2)
+            max_file_size = min(256 << 20, max_file_size)
+        if (
+            isinstance(max_file_size, bool)
+            or not isinstance(max_file_size, int)
+            or max_file_size < 1
+        ):
             raise InvalidInputError(f"max_file_size must be a positive int, got {max_file_size!r}")
         self.max_file_size = max_file_size
         self.outbox_bytes = outbox_bytes
@@ -1797,13 +1806,14 @@ class Pipeline:
                 if lost:
                     sink.delete(lost)
                     report.points_deleted += len(lost)
-                for p in batch.plans:
-                    for pid, fields in p.moved:
-                        sink.set_payload(fields, [pid], key="metadata")
-                        report.payload_updates += 1
-                    for pid, meta in p.restated:  # the whole metadata: a page key may go
-                        sink.set_payload({"metadata": meta}, [pid])
-                        report.payload_updates += 1
+                # moved offsets and restated metadata in a bounded number of requests
+                moved = [item for p in batch.plans for item in p.moved]
+                sink.set_payloads(moved, key="metadata")
+                # the whole metadata: a page key may go
+                sink.set_payloads(
+                    [(pid, {"metadata": m}) for p in batch.plans for pid, m in p.restated]
+                )
+                report.payload_updates += len(moved) + sum(len(p.restated) for p in batch.plans)
                 group_updates.extend(p.update for p in batch.plans if p.update is not None)
                 group_docs += len(batch.plans)
                 group_deleted.extend(k for k, _ in batch.deleted)

@@ -202,6 +202,14 @@ class Sink(ABC):
     def set_payload(self, payload: Mapping[str, Any], ids: Ids, *, key: str | None = None) -> None:
         """Merge `payload` into the payload of `ids` (into the nested object at `key` if given)."""
 
+    def set_payloads(
+        self, items: Sequence[tuple[str, Mapping[str, Any]]], *, key: str | None = None
+    ) -> None:
+        """Many points, each its own payload to merge (under ``key`` if given): in a bounded
+        number of requests where the sink can batch them."""
+        for pid, payload in items:
+            self.set_payload(payload, [pid], key=key)
+
     @abstractmethod
     def count(self) -> int:
         """Exact number of points in the collection (0 if it does not exist)."""

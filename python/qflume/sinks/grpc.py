@@ -88,6 +88,13 @@ _HARD_LIMIT = 32 * 1024 * 1024
 
 
 def _parse_url(url: str) -> tuple[str, bool]:
+def _response_of(method: str) -> Any:
+    """The response message of an update method qflume sends."""
+    if method == "/qdrant.Points/UpdateBatch":
+        return qg.UpdateBatchResponse
+    return qg.PointsOperationResponse
+
+
     """(host:port target, https?) of a Qdrant gRPC URL such as http://localhost:6334."""
     problem = url_problem(url)
     if problem:
@@ -387,7 +394,7 @@ class GrpcSink(Sink):
             self.retried += 1
             self._sleep_before(1)
             try:
-                self._call(p.method, qg.PointsOperationResponse, p.request, attempt=1)
+                self._call(p.method, _response_of(p.method), p.request, attempt=1)
             except _RpcFailure as e:
                 if self._can_spool(e):
                     self._go_down(f"{e} (a request of {p.points} points)", [p])
@@ -415,7 +422,7 @@ class GrpcSink(Sink):
             self._drain()
         if self._down_since is not None:
             self._try_recover()
-        fn = self._method(method, qg.PointsOperationResponse)
+        fn = self._method(method, _response_of(method))
         for i, (msg, n) in enumerate(zip(messages, points, strict=True)):
             if self._down_since is not None:  # unreachable: the rest waits in the outbox
                 self._spool_all(kind, method, messages[i:], points[i:])
@@ -510,7 +517,7 @@ class GrpcSink(Sink):
             entries = box.peek(self.max_in_flight)
             sent = []
             for e in entries:
-                fn = self._method(e.method, qg.PointsOperationResponse)
+                fn = self._method(e.method, _response_of(e.method))
                 self.requests += 1
                 sent.append(fn.future(e.request, timeout=self.timeout, metadata=self._metadata))
             for i, (e, fut) in enumerate(zip(entries, sent, strict=True)):
@@ -879,6 +886,34 @@ class GrpcSink(Sink):
                 filter=flt,
                 with_payload=qg.WithPayloadSelector(enable=with_payload),
                 with_vectors=qg.WithVectorsSelector(enable=with_vectors),
+    def set_payloads(
+        self, items: Sequence[tuple[str, Mapping[str, Any]]], *, key: str | None = None
+    ) -> None:
+        """One UpdateBatch request per 256 points, each point its own SetPayload operation."""
+        if not items:
+            return
+        from qdrant_client.conversions.conversion import payload_to_grpc
+
+        ops = [
+            qg.PointsUpdateOperation(
+                set_payload=qg.PointsUpdateOperation.SetPayload(
+                    payload=payload_to_grpc(dict(payload)),
+                    points_selector=qg.PointsSelector(
+                        points=qg.PointsIdsList(ids=[qg.PointId(uuid=str(pid))])
+                    ),
+                    key=key,
+                )
+            )
+            for pid, payload in items
+        ]
+        msgs = [
+            qg.UpdateBatchPoints(
+                collection_name=self.collection, wait=self.wait, operations=ops[lo : lo + 256]
+            ).SerializeToString()
+            for lo in range(0, len(ops), 256)
+        ]
+        self._send("set_payload", "/qdrant.Points/UpdateBatch", msgs, [0] * len(msgs))
+
             )
             try:
                 resp = self._call(
