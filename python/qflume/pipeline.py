@@ -30,14 +30,14 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from qflume import alerts, analysis, metrics
+from qflume import metrics
 from qflume._core import content_hash, point_id
 from qflume._validate import metadata_problem, printable, text_problem, url_problem
 from qflume.exceptions import InvalidInputError, QflumeError, StateCorruptError
 from qflume.progress import Progress, ProgressEvent, resolve_interval, resolve_mode
 from qflume.readers import Document, Readers, ReaderSkip
 from qflume.readers.meta import KEYS as CHUNK_META_KEYS
-from qflume.readers.meta import ChunkMeta, heading_index
+from qflume.readers.meta import NO_META, ChunkMeta, heading_index
 from qflume.sinks.base import CollectionSpec, PointBatch, Sink, SparseBatch
 from qflume.state import HASH_LEN, DocState, DocUpdate, State
 
@@ -66,14 +66,10 @@ _MARKDOWN_EXT = (".md", ".markdown", ".mdown", ".mkd")
 class StageStats:
     busy_s: float = 0.0
     items: int = 0
-    #: CPU time of the stage's own thread (ONNX Runtime's and Rayon's workers count only in
-    #: the report's process-wide cpu_s)
-    cpu_s: float = 0.0
 
     def as_dict(self, elapsed: float) -> dict[str, float]:
         return {
             "busy_s": round(self.busy_s, 4),
-            "cpu_s": round(self.cpu_s, 4),
             "items": self.items,
             "items_per_s": round(self.items / self.busy_s, 1) if self.busy_s > 0 else 0.0,
             "utilization": round(self.busy_s / elapsed, 3) if elapsed > 0 else 0.0,
@@ -108,31 +104,15 @@ class IngestReport:
     outages: int = 0
     spooled_requests: int = 0
     outage_s: float = 0.0
-    #: CPU seconds of the whole process over the run (every thread)
-    cpu_s: float = 0.0
-    #: protobuf bytes sent to and received from a Qdrant server (none for the embedded store),
-    #: and its failed requests by gRPC status code (retried, spooled, or the run's error)
-    bytes_sent: int = 0
-    bytes_received: int = 0
-    sink_errors: dict[str, int] = field(default_factory=dict)
-    #: the collection after the run (qflume.metrics.collection_info: points, segments, the
-    #: embedded store's disk_bytes, a server's optimizer status)
-    storage: dict[str, Any] = field(default_factory=dict)
-    #: alerts active during the run (raised by the running qflume.alerts monitors)
-    alerts: list[dict[str, Any]] = field(default_factory=list)
     stages: dict[str, StageStats] = field(default_factory=dict)
-    #: what the suggestions are judged against (target, embedder, requests in flight)
-    setup: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def as_dict(self) -> dict[str, Any]:
-        """The figures, plus KPIs, the limiting stage and suggestions (qflume.analysis)."""
         d = asdict(self)
-        d.pop("setup")
         d["stages"] = {k: v.as_dict(self.elapsed_s) for k, v in self.stages.items()}
         d["elapsed_s"] = round(self.elapsed_s, 3)
-        d["cpu_s"] = round(self.cpu_s, 3)
-        d.update(analysis.kpis(d))
-        d.update(analysis.bottleneck(d["stages"], d, self.setup))
+        d["chunks_per_s"] = (
+            round(self.chunks_embedded / self.elapsed_s, 2) if self.elapsed_s > 0 else 0.0
+        )
         return d
 
 
@@ -279,70 +259,43 @@ class _DocDiff:
             self.seen.add(hashes[new], self.count + np.arange(len(new)))
         return first, self.committed.find(hashes)
 
-    def take(
+    def add(
         self,
-        hashes: npt.NDArray[np.uint8],
-        offsets: npt.NDArray[np.int64],
-        j0: int = 0,
-        digests: Sequence[bytes] | None = None,
-        metas: Sequence[dict[str, Any]] | None = None,
-        meta_index: npt.NDArray[np.int64] | None = None,
-    ) -> npt.NDArray[np.int64]:
-        """The next block of the document's chunks: (k, 16) ``hashes`` at ``offsets`` (k, 2),
-        the first being chunk ``j0``, with their page/heading ``digests`` (8 bytes each) and
-        metadata (``metas[meta_index[i]]``, -1: none). Returns the rows to send; records the
-        distinct chunks, the moved and the restated ones. Array operations only: Python work
-        is per moved or restated chunk, not per chunk."""
-        first, committed = self.block(hashes)
-        idx = np.flatnonzero(first)
-        if not len(idx):
-            return idx
-        hashes = np.ascontiguousarray(hashes, np.uint8)
-        rows = np.empty((len(idx), 3), np.int64)
-        rows[:, 0] = j0 + idx
-        rows[:, 1:] = offsets[idx]
-        self.count += len(idx)
-        self.uniq += hashes[idx].tobytes()
-        self.rows.frombytes(rows.tobytes())
-        if digests is not None:
-            dg = np.frombuffer(b"".join(digests), np.uint8).reshape(-1, 8)[idx]
-            self.meta_digests += dg.tobytes()
-            self.any_meta = self.any_meta or bool(dg.any())
-        else:
-            dg = np.zeros((len(idx), 8), np.uint8)
-            self.meta_digests += dg.tobytes()
-        c = committed[idx]
-        send = idx if self.resend_all else idx[c < 0]
-        if not self.streamed:
-            self.upsert += hashes[send].tobytes()
-        if self.resend_all or len(send) == len(idx):
-            return send
-        kept = np.flatnonzero(c >= 0)
-        ck = c[kept]
-        prev_dg = np.frombuffer(self.prev_meta, np.uint8).reshape(-1, 8)
-        if len(prev_dg) == len(self.committed.pre):
-            was = prev_dg[ck]
-        else:  # committed before chunks had metadata
-            was = np.zeros((len(kept), 8), np.uint8)
-        restated = (was != dg[kept]).any(axis=1)
-        prev_rows = np.frombuffer(self.prev_rows, np.int64).reshape(-1, 3)
-        if len(prev_rows) == len(self.committed.pre):
-            moved = ~restated & (prev_rows[ck] != rows[kept]).any(axis=1)
-        else:  # no offsets recorded: every kept chunk gets its offsets
-            moved = ~restated
-        key, meta = self.doc.key, self.doc.meta
-        for i in kept[restated]:  # same text, another page or heading: metadata restated
-            r, h = rows[i], hashes[idx[i]].tobytes()
-            m = -1 if meta_index is None else int(meta_index[idx[i]])
-            full = {**meta, **(metas[m] if metas is not None and m >= 0 else {})}
-            full.update(chunk_index=int(r[0]), start=int(r[1]), end=int(r[2]))
-            full["content_hash"] = h.hex()
-            self.plan.restated.append((point_id(key, h), full))
-        for i in kept[moved]:
-            r = rows[i]
-            fields = {"chunk_index": int(r[0]), "start": int(r[1]), "end": int(r[2])}
-            self.plan.moved.append((point_id(key, hashes[idx[i]].tobytes()), fields))
-        return send
+        h: bytes,
+        j: int,
+        start: int,
+        end: int,
+        first: bool,
+        committed: int,
+        digest: bytes = NO_META,
+        meta: dict[str, Any] | None = None,
+    ) -> bool:
+        """Chunk ``j`` with hash ``h`` at ``start:end`` (``first`` and ``committed`` as `block`
+        gave them; ``meta`` its page/heading metadata, ``digest`` that's digest): True when it
+        is to be sent."""
+        if not first:  # the same text twice in one document: one point
+            return False
+        self.count += 1
+        self.uniq += h
+        self.rows.extend((j, start, end))
+        self.meta_digests += digest
+        if digest != NO_META:
+            self.any_meta = True
+        if self.resend_all or committed < 0:
+            if not self.streamed:
+                self.upsert += h
+            return True
+        was = self.prev_meta[8 * committed : 8 * committed + 8] or NO_META
+        if was != digest:  # same text, another page or heading: its metadata is restated
+            full = {**self.doc.meta, **(meta or {})}
+            full.update(chunk_index=j, start=start, end=end, content_hash=h.hex())
+            self.plan.restated.append((point_id(self.doc.key, h), full))
+            return False
+        i = 3 * committed
+        if self.prev_rows[i : i + 3] != array("q", (j, start, end)):
+            fields = {"chunk_index": j, "start": start, "end": end}
+            self.plan.moved.append((point_id(self.doc.key, h), fields))
+        return False
 
     def finish(self) -> _DocPlan:
         d, prev = self.doc, self.doc.prev
@@ -493,6 +446,11 @@ class Pipeline:
     (what a streamed file still holds is about one byte per byte of input: its chunk hashes,
     offsets and their index, for its state row).
 
+    Documents: PDF, HTML and DOCX files are read by `qflume.readers` (in reader processes, a
+    large PDF page window by page window); ``readers={".ext": fn}`` adds or replaces a reader,
+    ``fn(path) -> str | qflume.readers.Document``. Chunks carry ``page`` (or ``page_start`` /
+    ``page_end``) and Markdown ``heading`` paths in their metadata.
+
     A server that stays unreachable (``url``) does not stop the run: updates are spooled to an
     outbox beside the state (at most ``outbox_bytes``) while planning and embedding go on, sent
     in order when the server is back, and the state commits only what it acknowledged. An
@@ -508,7 +466,7 @@ class Pipeline:
         url: str | None = None,
         api_key: str | None = None,
         model: str | os.PathLike[str] | None = None,
-        sparse: str | None = None,
+        sparse: str = "none",
         chunk_chars: int | None = None,
         chunk_tokens: int | None = None,
         overlap: int = 0,
@@ -528,17 +486,13 @@ class Pipeline:
         lock: bool = True,
         recover_state: bool = False,
         readers: Mapping[str, Callable[[str], Any]] | None = None,
-        versioned: bool = True,
     ) -> None:
         if not collection or "/" in collection or collection.startswith("."):
             raise InvalidInputError(
                 f"collection name {collection!r} is not usable (no '/', no leading '.')"
             )
-        if sparse not in (None, "none", "bm25", "splade"):
+        if sparse not in ("none", "bm25", "splade"):
             raise InvalidInputError(f"sparse must be none, bm25 or splade, not {sparse!r}")
-        # what a versioned collection's live version sets unless given (qflume.versions)
-        given = {"model": model is not None, "sparse": sparse is not None,
-                 "chunking": chunk_chars is not None or chunk_tokens is not None}  # fmt: skip
         if chunk_chars is not None and chunk_tokens is not None:
             raise InvalidInputError("give chunk_chars or chunk_tokens, not both")
         if store is not None and url is not None:
@@ -552,7 +506,7 @@ class Pipeline:
         self.url = url
         self.api_key = api_key
         self.model = model
-        self.sparse_kind = sparse or "none"
+        self.sparse_kind = sparse
         if chunk_chars is None and chunk_tokens is None:
             chunk_tokens = DEFAULT_CHUNK_TOKENS
         self.chunk_chars = chunk_chars
@@ -589,8 +543,13 @@ class Pipeline:
         self.progress_interval = (
             None if progress_interval is None else resolve_interval(progress_interval)
         )
-        self.store = None if url is not None else Path(store if store is not None else ".qflume")
-        base = self.state_base(store, url, state_dir)
+        if url is None:
+            self.store = Path(store if store is not None else ".qflume")
+            base = self.store
+        else:
+            self.store = None
+            host = url.split("://", 1)[-1].rstrip("/").replace(":", "_").replace("/", "_")
+            base = Path(state_dir) if state_dir is not None else Path(".qflume") / "servers" / host
         self.state_path = base / f"{collection}.state.sqlite"
         self.cache_path = base / f"{collection}.cache.sqlite"
         self.cache_entries = cache_entries
@@ -614,30 +573,8 @@ class Pipeline:
                 raise
             self.recovered_from = State.set_aside(self.state_path)
             self.state = State(self.state_path, lock=mode)
-        #: Collections behind versions (a server: the collection is an alias of
-        #: ``<collection>__vN``; see qflume.versions); ``version`` is the live one this
-        #: pipeline reads and writes, by its physical name (None: not versioned yet, or plain).
-        self.versioned = versioned
-        self.version = None
-        if versioned:
-            from qflume.versions import open_version
-
-            self.version = open_version(self, given)
         self._stop = threading.Event()
         self._abort = threading.Event()
-
-    @staticmethod
-    def state_base(
-        store: str | os.PathLike[str] | None,
-        url: str | None,
-        state_dir: str | os.PathLike[str] | None = None,
-    ) -> Path:
-        """The folder holding a target's state and embedding cache: the store, or for a server
-        ``state_dir`` (default ./.qflume/servers/<host>_<port>)."""
-        if url is None:
-            return Path(store if store is not None else ".qflume")
-        host = url.split("://", 1)[-1].rstrip("/").replace(":", "_").replace("/", "_")
-        return Path(state_dir) if state_dir is not None else Path(".qflume") / "servers" / host
 
     # -- lazily built components ------------------------------------------------------
 
@@ -657,22 +594,18 @@ class Pipeline:
 
                 self._sink = GrpcSink(
                     self.url,
-                    self.version.name if self.version is not None else self.collection,
+                    self.collection,
                     api_key=self.api_key,
                     wait=self.wait,
                     outbox=self.state_path.with_name(f"{self.collection}.outbox"),
                     outbox_bytes=self.outbox_bytes,
                     outage_deadline=self.outage_deadline,
-                    versioned=self.versioned and self.version is None,
                 )
             else:
                 from qflume.sinks.edge import EdgeSink
 
                 assert self.store is not None
-                if self.version is not None:  # by its physical name: the state's live version
-                    self._sink = EdgeSink(self.store, self.version.name, follow_pointer=False)
-                else:
-                    self._sink = EdgeSink(self.store, self.collection)
+                self._sink = EdgeSink(self.store, self.collection)
         return self._sink
 
     @property
@@ -1223,7 +1156,9 @@ class Pipeline:
         extra_index: list[int] = []
         for di, d in enumerate(ok):
             lo, hi = int(indptr[di]), int(indptr[di + 1])
+            h_bytes = hashes[lo:hi].tobytes()
             diff = _DocDiff(d, fp if d.reader is None else reader_fp)
+            first, committed = diff.block(hashes[lo:hi])
             st, d.structure = d.structure, None
             uniq: list[dict[str, Any]] = []
             base = 0
@@ -1231,16 +1166,21 @@ class Pipeline:
                 uniq, idx, digests = st.rows(offsets[lo:hi, 0], offsets[lo:hi, 1])
                 base = len(extra_meta)
                 extra_meta.extend(uniq)
-            if st is None:
-                send = diff.take(hashes[lo:hi], offsets[lo:hi])
-                extra_index.extend([-1] * len(send))
-            else:
-                send = diff.take(hashes[lo:hi], offsets[lo:hi], 0, digests, uniq, idx)
-                m = idx[send]
-                extra_index.extend(np.where(m >= 0, base + m, -1).tolist())
-            sel.extend((lo + send).tolist())
-            doc_index.extend([len(out.plans)] * len(send))
-            chunk_index.extend(send.tolist())
+            for j in range(hi - lo):
+                h = h_bytes[j * HASH_LEN : (j + 1) * HASH_LEN]
+                at = (int(offsets[lo + j, 0]), int(offsets[lo + j, 1]))
+                m = -1
+                if st is None:
+                    send = diff.add(h, j, *at, bool(first[j]), int(committed[j]))
+                else:
+                    m = int(idx[j])
+                    meta = uniq[m] if m >= 0 else None
+                    send = diff.add(h, j, *at, bool(first[j]), int(committed[j]), digests[j], meta)
+                if send:
+                    sel.append(lo + j)
+                    doc_index.append(len(out.plans))
+                    chunk_index.append(j)
+                    extra_index.append(base + m if m >= 0 else -1)
             out.plans.append(diff.finish())
             report.chunks_total += diff.count
         if sel:
@@ -1430,10 +1370,21 @@ class Pipeline:
                 hashes, ids = np.asarray(cb.hashes), np.asarray(cb.ids)
                 meta = ChunkMeta(page_starts, first_page=lo + 1)
                 uniq, idx, digests = meta.rows(offsets[:, 0], offsets[:, 1])
-                s = diff.take(hashes, offsets, j, digests, uniq, idx)
-                sel, chunk_index = s, j + s
-                j += len(offsets)
-                ahead = hashes[s].tobytes()
+                is_first, committed = diff.block(hashes)
+                h_bytes = hashes.tobytes()
+                sel: list[int] = []
+                chunk_index: list[int] = []
+                for i in range(len(offsets)):
+                    h = h_bytes[i * HASH_LEN : (i + 1) * HASH_LEN]
+                    at = (int(offsets[i, 0]), int(offsets[i, 1]))
+                    m = int(idx[i])
+                    got = uniq[m] if m >= 0 else None
+                    if diff.add(h, j, *at, bool(is_first[i]), int(committed[i]), digests[i], got):
+                        sel.append(i)
+                        chunk_index.append(j)
+                    j += 1
+                s = np.asarray(sel, np.int64)
+                ahead = b"".join(h_bytes[i * HASH_LEN : (i + 1) * HASH_LEN] for i in sel)
                 _record(report, "plan", time.perf_counter() - t, len(sel), docs=0)
                 for a in range(0, len(sel), rows):
                     b = min(len(sel), a + rows)
@@ -1500,10 +1451,19 @@ class Pipeline:
                 if block is None:
                     break
                 offsets, texts, hashes, ids = block
-                s = diff.take(hashes, offsets, j)
-                sel, chunk_index = s, j + s
-                j += len(texts)
-                ahead = hashes[s].tobytes()
+                h_bytes = hashes.tobytes()
+                sel: list[int] = []
+                chunk_index: list[int] = []
+                is_first, committed = diff.block(hashes)
+                for i in range(len(texts)):
+                    h = h_bytes[i * HASH_LEN : (i + 1) * HASH_LEN]
+                    at = (int(offsets[i, 0]), int(offsets[i, 1]))
+                    if diff.add(h, j, *at, bool(is_first[i]), int(committed[i])):
+                        sel.append(i)
+                        chunk_index.append(j)
+                    j += 1
+                s = np.asarray(sel, np.int64)
+                ahead = b"".join(h_bytes[i * HASH_LEN : (i + 1) * HASH_LEN] for i in sel)
                 _record(report, "plan", time.perf_counter() - t, len(sel), docs=0)
                 for lo in range(0, len(sel), rows):
                     hi = min(len(sel), lo + rows)
@@ -1543,14 +1503,10 @@ class Pipeline:
         planner: Callable[[IngestReport], Iterator[_Doc | tuple[str, str, DocState]]],
         dry_run: bool,
     ) -> IngestReport:
-        t0, cpu0, since = time.perf_counter(), time.process_time(), time.time()
+        t0 = time.perf_counter()
         report = IngestReport(dry_run=dry_run)
         report.stages = {name: StageStats() for name in ("plan", "embed", "write")}
         self._dry_run = dry_run
-        if self.version is not None:
-            from qflume.versions import check_settings
-
-            check_settings(self)
         self._stop.clear()
         self._abort.clear()
         self._progress = Progress(
@@ -1571,37 +1527,10 @@ class Pipeline:
             self._close_readers()
             self._progress.close(outcome)
             report.elapsed_s = time.perf_counter() - t0
-            report.cpu_s = time.process_time() - cpu0
         report.interrupted = self._stop.is_set()
-        report.alerts = alerts.during(since, time.time())
-        report.setup = self._setup(report)
         if not dry_run:
-            try:
-                report.storage = metrics.collection_info(self.sink)
-            except Exception as e:  # the run is done; its report says why this is missing
-                report.storage = {"error": str(e)}
-            d = report.as_dict()
-            analysis.publish(d, self.collection)
-            self.state.set_meta("last_run", d)
+            self.state.set_meta("last_run", report.as_dict())
         return report
-
-    def _setup(self, report: IngestReport) -> dict[str, Any]:
-        """The settings the report's suggestions are judged against."""
-        sink, emb = self._sink, self._embedder
-        adaptive = getattr(sink, "adaptive", None)
-        out: dict[str, Any] = {
-            "target": "server" if self.url is not None else "embedded",
-            "wait": self.wait,
-            "chunking": "tokens" if self.chunk_tokens is not None else "chars",
-            "cores": analysis.cores(),
-            "adaptive": adaptive is not None,
-            "in_flight": getattr(adaptive, "in_flight", getattr(sink, "max_in_flight", None)),
-            "in_flight_max": getattr(adaptive, "hi", None),
-        }
-        if emb is not None and report.chunks_embedded:  # a model that ran (reading it loads none)
-            out["batch_tokens"] = getattr(emb, "batch_tokens", None)
-            out["per_text"] = getattr(emb, "per_text", None)
-        return out
 
     def _install_sigint(self) -> Callable[[], None]:
         if threading.current_thread() is not threading.main_thread():
@@ -1728,20 +1657,16 @@ class Pipeline:
                     continue
             return _STOP
 
-        def stage(
-            body: Callable[[], None], downstream: queue.Queue[Any], name: str
-        ) -> Callable[[], None]:
+        def stage(body: Callable[[], None], downstream: queue.Queue[Any]) -> Callable[[], None]:
             """A stage thread: an error stops the whole run; downstream always hears the end."""
 
             def run() -> None:
-                cpu = time.thread_time()
                 try:
                     body()
                 except BaseException as e:
                     errors.append(e)
                     self._abort.set()
                 finally:
-                    report.stages[name].cpu_s += time.thread_time() - cpu
                     put(downstream, _STOP)
 
             return run
@@ -1763,7 +1688,7 @@ class Pipeline:
                 if not put(q_write, batch):
                     return
 
-        plan_stage, embed_stage = stage(plan, q_embed, "plan"), stage(embed, q_write, "embed")
+        plan_stage, embed_stage = stage(plan, q_embed), stage(embed, q_write)
 
         threads = [
             threading.Thread(target=plan_stage, name="qflume-plan", daemon=True),
@@ -1780,8 +1705,6 @@ class Pipeline:
             for th in threads:
                 while th.is_alive():
                     th.join(0.1)
-            for name in ("embed", "write"):  # nothing waits once the run is over
-                metrics.gauge("queue_depth", value=0, stage=name)
         if errors:
             first = errors[0]
             if isinstance(first, KeyboardInterrupt):
@@ -1828,9 +1751,6 @@ class Pipeline:
         # in order, once the server has acknowledged them.
         held: list[tuple[list[DocUpdate], list[str]]] = []
         before = {k: getattr(sink, k, 0) for k in ("retried", "spooled", "outage_s", "outages")}
-        meter = getattr(sink, "meter", None)
-        traffic = meter.snapshot() if meter is not None else None
-        cpu = time.thread_time()
 
         def commit(final: bool = False) -> None:
             nonlocal group_updates, group_deleted, group_points, group_docs, last_commit
@@ -1855,10 +1775,6 @@ class Pipeline:
             t = time.perf_counter()
             if not ensured and (len(batch.texts) or batch.plans):
                 sink.ensure_collection(self.collection_spec())
-                if self.versioned:
-                    from qflume.versions import after_ensure
-
-                    after_ensure(self)
                 ensured = True
             # Write-ahead: what may land in the collection is recorded before it is sent (once
             # per batch: with its first slice).
@@ -1923,15 +1839,6 @@ class Pipeline:
             report.spooled_requests += getattr(sink, "spooled", 0) - before["spooled"]
             report.outages += getattr(sink, "outages", 0) - before["outages"]
             report.outage_s += getattr(sink, "outage_s", 0.0) - before["outage_s"]
-            stats.cpu_s += time.thread_time() - cpu
-            if traffic is not None:
-                now = meter.snapshot()
-                report.bytes_sent += now["bytes_sent"] - traffic["bytes_sent"]
-                report.bytes_received += now["bytes_received"] - traffic["bytes_received"]
-                for code, n in now["errors"].items():
-                    if n > traffic["errors"].get(code, 0):
-                        got = report.sink_errors.get(code, 0) + n - traffic["errors"].get(code, 0)
-                        report.sink_errors[code] = got
 
 
 def _record(report: IngestReport, stage: str, seconds: float, chunks: int, docs: int = -1) -> None:
