@@ -178,7 +178,7 @@ def test_records_sources_and_what_to_do_without_a_config(tmp_path: Path, model: 
         ("[chunking]\ntoken = 64", "'chunking.token' (did you mean 'chunking.tokens'?)"),
         ("[target]\nstroe = 'x'", "'target.stroe' (did you mean 'target.store'?)"),
         ("[[sources]]\npath = 'd'\nexlude = ['a']", "'sources[1].exlude' (did you mean "),
-        ("zzz = 1", "unknown key 'zzz'; the keys are: chunking, collection, limits"),
+        ("zzz = 1", "unknown key 'zzz'; the keys are: alerts, chunking, collection, limits"),
         ('[chunking]\ntokens = "64"', "'chunking.tokens' must be an integer, not a string ('64')"),
         ("[chunking]\ntokens = 0", "'chunking.tokens' must be at least 1, not 0"),
         ("[chunking]\noverlap = 1.5", "'chunking.overlap' must be an integer, not a number"),

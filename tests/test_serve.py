@@ -863,3 +863,101 @@ def test_max_queued_flag() -> None:
     assert ServeConfig(collection="d").max_queued == 100
     with pytest.raises(qflume.InvalidInputError, match="--max-queued must be positive"):
         config_from_args(_parser().parse_args(["-c", "d", "--max-queued", "0"]))
+
+
+def test_alerts_over_http_health_metrics_status_and_the_callback(
+    tmp_path: Path, embedder: Any
+) -> None:
+    """A memory alert (the budget, --max-memory, is 10 MiB: always crossed) raised by the
+    service's monitor: /health, /metrics, /status and the alert callback all show it, and the
+    monitor ran a garbage collection."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from qflume.alerts import Threshold
+
+    class Hook(_Hook):
+        received: list[dict[str, Any]] = []  # noqa: RUF012
+
+    hook = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hook)
+    threading.Thread(target=hook.serve_forever, daemon=True).start()
+    target = f"127.0.0.1:{hook.server_address[1]}"
+    srv = _start(
+        tmp_path,
+        embedder,
+        max_memory=10 << 20,
+        alerts=(Threshold.parse("memory:budget>100%:high"),),
+        default_alerts=False,
+        alert_interval=0.05,
+        alert_callback=f"http://{target}/alerts",
+        callback_hosts=(target,),
+    )
+    try:
+        c = srv.client
+        r = c.post("/batch/store?wait=true", json={"records": [{"id": "a", "text": "some text"}]})
+        assert r.status_code == 200, r.text
+        deadline = time.monotonic() + 30
+        while not Hook.received:
+            assert time.monotonic() < deadline, "no alert reached the callback"
+            time.sleep(0.05)
+        doc = Hook.received[0]
+        assert doc["collection"] == "docs" and doc["alert"]["state"] == "raised"
+        assert doc["alert"]["name"] == "memory:budget>1:high" and doc["alert"]["value"] > 1
+        assert doc["alert"]["collection"]["rss_before"] > 0  # the garbage collection it ran
+        h = c.get("/health").json()
+        assert h["checks"]["memory"]["budget_bytes"] == 10 << 20  # --max-memory, not 90% of RAM
+        assert "memory_over_budget" in {p["code"] for p in h["problems"]}
+        assert [a["name"] for a in h["alerts"]] == ["memory:budget>1:high"] and not h["ok"]
+        fams = {f.name: f for f in text_string_to_metric_families(c.get("/metrics").text)}
+        gauge = {
+            (s.labels["kind"], s.labels["severity"]): s.value for s in fams["qflume_alerts"].samples
+        }
+        assert gauge[("memory", "high")] == 1 and gauge[("latency", "high")] == 0
+        assert fams["qflume_memory_collections"].samples[0].value >= 1
+        status = c.get("/status").json()
+        first = status["alerts"][0]
+        assert (first["level"], first["source"], first["code"]) == (
+            "high",
+            "alert",
+            "memory:budget>1:high",
+        )
+        assert status["alert_history"][0]["name"] == "memory:budget>1:high"
+        assert status["collections"][0]["disk_bytes"] is not None
+    finally:
+        srv.stop()
+        hook.shutdown()
+        hook.server_close()
+
+
+def test_alert_flags_and_their_errors(tmp_path: Path) -> None:
+    from qflume.serve import _parser, config_from_args
+
+    cfg = config_from_args(
+        _parser().parse_args(
+            [
+                "-c",
+                "d",
+                "--alert",
+                "latency:search.p99>250ms:critical",
+                "--alert-interval",
+                "2",
+                "--no-default-alerts",
+                "--max-memory",
+                "1000000",
+            ]
+        )
+    )
+    assert [t.name for t in cfg.alerts] == ["latency:search.p99>0.25:critical"]
+    assert cfg.alert_interval == 2.0 and not cfg.default_alerts and cfg.max_memory == 1_000_000
+    with pytest.raises(qflume.InvalidInputError, match="--alert: alert threshold 'x>1'"):
+        config_from_args(_parser().parse_args(["-c", "d", "--alert", "x>1"]))
+    with pytest.raises(
+        qflume.InvalidInputError, match="--alert-interval must be a positive number"
+    ):
+        config_from_args(_parser().parse_args(["-c", "d", "--alert-interval", "0"]))
+    # an alert callback goes only to a --callback-host, like job callbacks
+    with pytest.raises(qflume.InvalidInputError, match=r"--alert-callback: .*--callback-host"):
+        Service(
+            ServeConfig(
+                collection="d", store=str(tmp_path), alert_callback="http://127.0.0.1:6333/x"
+            )
+        )

@@ -50,9 +50,12 @@ _LAZY: dict[str, str] = {
     "health": "qflume.metrics",
     "ProgressEvent": "qflume.progress",
     "load_config": "qflume.config",
+    "AlertMonitor": "qflume.alerts",
+    "Threshold": "qflume.alerts",
 }
 
 __all__ = [
+    "AlertMonitor",
     "AsyncPipeline",
     "Bm25",
     "ChunkBatch",
@@ -76,6 +79,7 @@ __all__ = [
     "StateError",
     "StateLockedError",
     "StoreBusyError",
+    "Threshold",
     "TokenizerError",
     "__version__",
     "chunk_file",

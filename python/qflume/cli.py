@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -99,6 +101,7 @@ def _parser() -> argparse.ArgumentParser:
         "($QFLUME_PROGRESS_INTERVAL) on stderr",
     )
     prog.add_argument("--no-progress", action="store_true", help="the same as --progress none")
+    p.set_defaults(alerts=None)  # [alerts] of the config file (qflume.alerts)
 
     p = sub.add_parser("search", help="search a collection (several queries in one batch)")
     p.add_argument("queries", nargs="+")
@@ -295,6 +298,16 @@ def _merge_reports(reports: list[Any]) -> Any:
             setattr(out, f.name, [x for v in values for x in v])
         elif isinstance(values[0], (int, float)):
             setattr(out, f.name, sum(values))
+        elif isinstance(values[0], dict) and all(
+            isinstance(x, int) for v in values for x in v.values()
+        ):  # counts by key (sink_errors)
+            summed: dict[str, int] = {}
+            for v in values:
+                for k, n in v.items():
+                    summed[k] = summed.get(k, 0) + n
+            setattr(out, f.name, summed)
+        elif isinstance(values[0], dict):  # the state after the last run (storage, setup)
+            setattr(out, f.name, values[-1])
     for r in reports:
         for name, st in r.stages.items():
             if name not in out.stages:
@@ -361,6 +374,10 @@ def cmd_ingest(args: argparse.Namespace) -> int:
             if report.interrupted:
                 break
     report = _merge_reports(reports)
+    if len(reports) > 1:  # one entry per alert, not one per run it overlapped
+        from qflume import alerts
+
+        report.alerts = alerts.during(since, time.time())
     d = report.as_dict()
     verb = "would" if args.dry_run else "did"
     human = (
@@ -371,6 +388,10 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         f"({d['cache_hits']} from cache), upsert {d['points_upserted']} points, "
         f"delete {d['points_deleted']}; {d['elapsed_s']:.2f} s"
     )
+    from qflume.analysis import lines
+
+    for line in lines(d):
+        human += f"\n  {display(line)}"
     if d["skipped"] and not args.json:
         for s in d["skipped"][:20]:
             detail = f" ({display(s['detail'])})" if s.get("detail") else ""
@@ -381,6 +402,35 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         human += "\nstopped early: what was sent is committed; run again to finish"
     _print(d, args.json, human)
     return 130 if report.interrupted else 0
+
+
+@contextlib.contextmanager
+def _alert_monitor(args: argparse.Namespace) -> Iterator[None]:
+    """Alerts checked while an ingest runs (the config's [alerts], else the defaults), logged to
+    stderr; the report lists those that were active."""
+    import logging
+
+    from qflume.alerts import AlertMonitor, AlertSettings
+
+    settings = args.alerts or AlertSettings()
+    thresholds = settings.all_thresholds()
+    if args.dry_run or not thresholds:
+        yield
+        return
+    logger = logging.getLogger("qflume.alerts")
+    handler = None
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+    try:
+        with AlertMonitor(thresholds, interval=settings.interval, memory_budget=args.max_memory):
+            yield
+    finally:
+        if handler is not None:
+            logger.removeHandler(handler)
 
 
 def cmd_search(args: argparse.Namespace) -> int:
@@ -412,7 +462,9 @@ def cmd_status(args: argparse.Namespace) -> int:
         st = status_report(pipe)
     st.pop("metrics", None)  # this process has done nothing yet; last_run holds the run's
     human = "\n".join(
-        f"{k}: {v}" for k, v in st.items() if k not in ("last_run", "collection_info", "health")
+        f"{k}: {v}"
+        for k, v in st.items()
+        if k not in ("last_run", "collection_info", "health", "alerts")
     )
     info = st.get("collection_info") or {}
     if info:
@@ -422,6 +474,15 @@ def cmd_status(args: argparse.Namespace) -> int:
         human += f"\nhealth: score {health.get('score')}"
         for prob in health.get("problems", []):
             human += f"\n  {prob['code']}: {prob['message']}"
+    last = st.get("last_run")
+    if isinstance(last, dict):
+        from qflume.analysis import lines
+
+        human += f"\nlast run: {last.get('elapsed_s')} s"
+        for line in lines(last):
+            human += f"\n  {display(line)}"
+    for a in (st.get("alerts") or {}).get("active", []):
+        human += f"\nalert [{a['severity']}] {display(a['message'])} (active now)"
     _print(st, args.json, human)
     return 0
 

@@ -18,6 +18,10 @@ type or a literal API key is a `ConfigError` naming the file and the key.
     [limits]
     max_memory = 2_000_000_000
 
+    [alerts]                         # qflume.alerts: checked while ingest and serve run
+    interval = 5
+    thresholds = ["latency:qdrant_rpc.p95>1s:high", "memory:rss>2GiB:critical"]
+
     [[sources]]
     path = "docs"
     include = ["*.md", "*.rst"]
@@ -37,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from qflume._validate import display
-from qflume.exceptions import ConfigError
+from qflume.exceptions import ConfigError, InvalidInputError
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -144,7 +148,8 @@ class Config:
     def pipeline_options(self) -> dict[str, Any]:
         """Keyword arguments for `qflume.Pipeline` (the collection, as the first argument, is
         ``options["collection"]``)."""
-        opts = {k: v for k, v in self.options.items() if k not in ("collection", "api_key_env")}
+        skip = ("collection", "api_key_env", "alerts")  # alerts: a monitor, not a Pipeline's
+        opts = {k: v for k, v in self.options.items() if k not in skip}
         key = self.api_key()
         if key is not None:
             opts["api_key"] = key
@@ -278,7 +283,7 @@ def parse_config(
 
     options: dict[str, Any] = {}
     sources: tuple[Source, ...] = ()
-    known_top = sorted([*_TOP, *_TABLES, "sources"])
+    known_top = sorted([*_TOP, *_TABLES, "alerts", "sources"])
     for key, v in data.items():
         if key in _TOP:
             dest, kind, arg = _TOP[key]
@@ -301,6 +306,8 @@ def parse_config(
                 options[dest] = value(name, kind, arg, sv)
         elif key == "sources":
             sources = _sources(v, fail, unknown, value)
+        elif key == "alerts":
+            options["alerts"] = _alerts(v, fail, unknown)
         elif key == "api_key":
             raise fail(
                 key,
@@ -320,6 +327,50 @@ def parse_config(
         if problem:
             raise fail("target.url", f"is not usable: {problem}")
     return Config(file=file, options=options, sources=sources, prefix=prefix)
+
+
+_ALERT_KEYS = ("defaults", "interval", "thresholds")
+
+
+def _alerts(v: Any, fail: Any, unknown: Any) -> Any:
+    """``[alerts]``: ``interval`` (seconds between checks), ``defaults`` (keep the built-in
+    thresholds), ``thresholds`` (strings as `qflume.alerts.Threshold.parse` reads them, or
+    tables: ``[[alerts.thresholds]]`` kind, metric, op, value, severity, window, min_count)."""
+    from qflume.alerts import AlertSettings, Threshold
+
+    if not isinstance(v, dict):
+        raise fail("alerts", f"must be a table ([alerts]), not {_type_name(v)}")
+    for sub in v:
+        if sub not in _ALERT_KEYS:
+            raise unknown(f"alerts.{sub}", sorted(_ALERT_KEYS), where="alerts.")
+    interval = v.get("interval", 5.0)
+    if (
+        isinstance(interval, bool)
+        or not isinstance(interval, (int, float))
+        or not 0 < interval < float("inf")
+    ):
+        raise fail("alerts.interval", f"must be a positive number of seconds, not {interval!r}")
+    defaults = v.get("defaults", True)
+    if not isinstance(defaults, bool):
+        raise fail("alerts.defaults", f"must be true or false, not {_type_name(defaults)}")
+    items = v.get("thresholds", [])
+    if not isinstance(items, list):
+        raise fail("alerts.thresholds", f"must be an array, not {_type_name(items)}")
+    out = []
+    for i, item in enumerate(items, 1):
+        if not isinstance(item, (str, dict)):
+            raise fail(
+                f"alerts.thresholds[{i}]",
+                f"must be a string (KIND:METRIC OP VALUE[:SEVERITY]) or a table, "
+                f"not {_type_name(item)}",
+            )
+        try:
+            out.append(
+                Threshold.parse(item) if isinstance(item, str) else Threshold.from_dict(item)
+            )
+        except (InvalidInputError, TypeError) as e:
+            raise fail(f"alerts.thresholds[{i}]", f"is not usable: {e}") from None
+    return AlertSettings(interval=float(interval), defaults=defaults, thresholds=tuple(out))
 
 
 def _sources(v: Any, fail: Any, unknown: Any, value: Any) -> tuple[Source, ...]:

@@ -8,11 +8,14 @@ A process-wide registry, thread-safe, cheap enough for hot paths (one lock, O(1)
     with metrics.timer("update_payload", items=n):            # errors counted if it raises
         ...
     metrics.gauge("queue_depth", 3, stage="embed")           # or value=3
+    metrics.inc("qdrant_sent_bytes", 1024)                   # a counter (exported as *_total)
+    metrics.REGISTRY.recent("search", 60)                    # the calls of the last minute
     metrics.to_json(); metrics.to_prometheus()
 
 Latency percentiles (p50/p90/p95/p99) come from a sliding reservoir of the last `window`
 observations per series (recent behaviour, bounded memory); counts, errors, items and total time
-are cumulative; throughput is items per second over the last `rate_window_s` seconds.
+are cumulative; throughput is items per second over the last `rate_window_s` seconds. `recent()`
+gives the same figures for the calls that ended in the last N seconds (what alerts judge).
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ __all__ = [
     "collection_info",
     "gauge",
     "health",
+    "inc",
     "observe",
     "rss_bytes",
     "status_report",
@@ -89,8 +93,8 @@ class _Series:
         self.total_s = 0.0
         self.max_s = 0.0
         self.lat: deque[float] = deque(maxlen=window)
-        # (monotonic start, end, items) of recent calls, for throughput
-        self.recent: deque[tuple[float, float, int]] = deque(maxlen=window)
+        # (monotonic start, end, items, failed) of recent calls, for throughput and windows
+        self.recent: deque[tuple[float, float, int, bool]] = deque(maxlen=window)
         self.last = 0.0
 
 
@@ -116,6 +120,7 @@ class Metrics:
         self._lock = threading.Lock()
         self._ops: dict[tuple[str, LabelKey], _Series] = {}
         self._gauges: dict[tuple[str, LabelKey], float] = {}
+        self._counters: dict[tuple[str, LabelKey], float] = {}
         self._started = time.time()
 
     # --- recording ------------------------------------------------------------------------------
@@ -152,7 +157,7 @@ class Metrics:
             s.total_s += secs
             s.max_s = max(s.max_s, secs)
             s.lat.append(secs)
-            s.recent.append((now - secs, now, int(items)))
+            s.recent.append((now - secs, now, int(items), bool(n_err > 0 or error)))
             s.last = now
 
     @contextlib.contextmanager
@@ -177,6 +182,60 @@ class Metrics:
         with self._lock:
             self._gauges[(name, _labels(labels))] = float(value)
 
+    def inc(self, name: str, value: float = 1, **labels: Any) -> None:
+        """Add `value` (>= 0) to counter `name` (exported as ``qflume_<name>_total``)."""
+        if not _NAME_RE.match(name):
+            raise ValueError(f"counter name {name!r} is not a valid name ([a-zA-Z_][a-zA-Z0-9_]*)")
+        v = float(value)
+        if not v >= 0 or math.isinf(v):
+            raise ValueError(f"counter {name!r}: add a finite value >= 0, not {value!r}")
+        key = (name, _labels(labels))
+        with self._lock:
+            self._counters[key] = self._counters.get(key, 0.0) + v
+
+    def counter(self, name: str, **labels: Any) -> float:
+        """Counter `name` summed over its series that carry `labels`."""
+        want = set(_labels(labels))
+        with self._lock:
+            return sum(v for (n, lk), v in self._counters.items() if n == name and want <= set(lk))
+
+    def gauges(self, name: str, **labels: Any) -> list[float]:
+        """The values of gauge `name` over its series that carry `labels`."""
+        want = set(_labels(labels))
+        with self._lock:
+            return [v for (n, lk), v in self._gauges.items() if n == name and want <= set(lk)]
+
+    def recent(self, op: str, seconds: float, **labels: Any) -> dict[str, Any] | None:
+        """The calls of `op` (``"*"``: every operation) over its series that carry `labels`
+        that ended in the last `seconds`: count, failed, error_rate, mean_s, max_s and
+        p50..p99_s; None when there were none (each series keeps its last `window` calls)."""
+        want = set(_labels(labels))
+        horizon = time.monotonic() - float(seconds)
+        lat: list[float] = []
+        failed = 0
+        with self._lock:
+            for (o, lk), s in self._ops.items():
+                if (op != "*" and o != op) or not want <= set(lk):
+                    continue
+                for t0, t1, _, bad in reversed(s.recent):
+                    if t1 < horizon:
+                        break
+                    lat.append(t1 - t0)
+                    failed += bad
+        if not lat:
+            return None
+        lat.sort()
+        d: dict[str, Any] = {
+            "count": len(lat),
+            "failed": failed,
+            "error_rate": failed / len(lat),
+            "mean_s": sum(lat) / len(lat),
+            "max_s": lat[-1],
+        }
+        for q in QUANTILES:
+            d[f"p{round(q * 100)}_s"] = _quantile(lat, q)
+        return d
+
     def items_total(self, op: str, **labels: Any) -> int:
         """Items recorded so far for `op` over its series that carry `labels` (cumulative)."""
         want = set(_labels(labels))
@@ -187,6 +246,7 @@ class Metrics:
         with self._lock:
             self._ops.clear()
             self._gauges.clear()
+            self._counters.clear()
             self._started = time.time()
 
     # --- reading --------------------------------------------------------------------------------
@@ -194,7 +254,7 @@ class Metrics:
     def _series_dict(self, s: _Series, now: float) -> dict[str, Any]:
         lat = sorted(s.lat)
         horizon = now - self.rate_window_s
-        recent = [(t0, n) for t0, t1, n in s.recent if t1 >= horizon]
+        recent = [(t0, n) for t0, t1, n, _ in s.recent if t1 >= horizon]
         rate = 0.0
         if recent:
             # Items finished in the window over the time since the first of them started.
@@ -218,7 +278,7 @@ class Metrics:
         return d
 
     def snapshot(self) -> dict[str, Any]:
-        """Everything as plain data: {"operations": [...], "gauges": [...], "process": {...}}."""
+        """Everything as plain data: {"operations", "gauges", "counters", "process"}."""
         now = time.monotonic()
         with self._lock:
             ops = [
@@ -229,11 +289,17 @@ class Metrics:
                 {"name": n, "labels": dict(lk), "value": v}
                 for (n, lk), v in sorted(self._gauges.items())
             ]
+            counters = [
+                {"name": n, "labels": dict(lk), "value": v}
+                for (n, lk), v in sorted(self._counters.items())
+            ]
         return {
             "operations": ops,
             "gauges": gauges,
+            "counters": counters,
             "process": {
                 "rss_bytes": rss_bytes(),
+                "cpu_s": round(time.process_time(), 3),
                 "pid": os.getpid(),
                 "uptime_s": round(time.time() - self._started, 3),
             },
@@ -293,6 +359,19 @@ class Metrics:
             lines.append(f"# TYPE {full} gauge")
             for g in rows:
                 lines.append(f"{full}{fmt(g['labels'])} {num(g['value'])}")
+        by_name = {}
+        for c in snap["counters"]:
+            by_name.setdefault(c["name"], []).append(c)
+        for cname, rows in by_name.items():
+            full = f"{prefix}_{cname.removesuffix('_total')}_total"
+            lines.append(f"# HELP {full} qflume counter {cname}.")
+            lines.append(f"# TYPE {full} counter")
+            for c in rows:
+                lines.append(f"{full}{fmt(c['labels'])} {num(c['value'])}")
+        full = f"{prefix}_process_cpu_seconds_total"
+        lines.append(f"# HELP {full} CPU time (user and system) of the qflume process.")
+        lines.append(f"# TYPE {full} counter")
+        lines.append(f"{full} {num(snap['process']['cpu_s'])}")
         full = f"{prefix}_process_resident_memory_bytes"
         lines.append(f"# HELP {full} Resident memory of the qflume process.")
         lines.append(f"# TYPE {full} gauge")
@@ -331,6 +410,11 @@ def gauge(name: str, value: float | None = None, **labels: Any) -> None:
     REGISTRY.gauge(name, value, **labels)
 
 
+def inc(name: str, value: float = 1, **labels: Any) -> None:
+    """`REGISTRY.inc`: add to a counter, e.g. ``inc("sink_retries", 3)``."""
+    REGISTRY.inc(name, value, **labels)
+
+
 def to_json() -> dict[str, Any]:
     return REGISTRY.to_json()
 
@@ -346,8 +430,37 @@ def reset() -> None:
 # --- collection figures and health -------------------------------------------------------------
 
 
+def disk_bytes(path: str | os.PathLike[str]) -> int:
+    """Bytes a folder (or file) takes on disk: allocated blocks, as ``du`` counts them, each
+    file once; what vanishes or cannot be read while it is walked is left out."""
+    total = 0
+    seen: set[tuple[int, int]] = set()
+    stack = [os.fspath(path)]
+    while stack:
+        top = stack.pop()
+        try:
+            st = os.lstat(top)
+        except OSError:
+            continue
+        if (st.st_dev, st.st_ino) in seen:
+            continue
+        seen.add((st.st_dev, st.st_ino))
+        blocks = getattr(st, "st_blocks", None)
+        total += blocks * 512 if blocks is not None else st.st_size
+        if not os.path.isdir(top) or os.path.islink(top):
+            continue
+        try:
+            with os.scandir(top) as it:
+                stack.extend(e.path for e in it)
+        except OSError:
+            continue
+    return total
+
+
 def collection_info(sink: Any) -> dict[str, Any]:
-    """The collection's own figures: points, indexed vectors, segments, status, vector size."""
+    """The collection's own figures: points, indexed vectors, segments, status, vector size, and
+    storage: the embedded store's size on disk (``disk_bytes``), a server's optimizer status
+    (``optimizer``: "ok" or its error) and pending updates (``update_queue``)."""
     from qflume.sinks.edge import EdgeSink
 
     if isinstance(sink, EdgeSink):
@@ -364,6 +477,7 @@ def collection_info(sink: Any) -> dict[str, Any]:
             "segments": int(info.segments_count),
             "vector_size": spec.dim if spec else None,
             "sparse_vectors": list(spec.sparse) if spec else [],
+            "disk_bytes": disk_bytes(sink.path),
         }
     from qflume.sinks.grpc import GrpcSink
 
@@ -375,6 +489,7 @@ def collection_info(sink: Any) -> dict[str, Any]:
             return {"exists": False}
         dv = sink._default_vector(ginfo)
         sparse_map = ginfo.config.params.sparse_vectors_config.map
+        opt = ginfo.optimizer_status
         return {
             "exists": True,
             "status": qg.CollectionStatus.Name(ginfo.status).lower(),
@@ -383,6 +498,17 @@ def collection_info(sink: Any) -> dict[str, Any]:
             "segments": int(ginfo.segments_count),
             "vector_size": dv[0] if dv else None,
             "sparse_vectors": sorted(sparse_map),
+            "optimizer": (
+                None
+                if not ginfo.HasField("optimizer_status")
+                else "ok"
+                if opt.ok
+                else opt.error or "error"
+            ),
+            "update_queue": (
+                int(ginfo.update_queue.length) if ginfo.HasField("update_queue") else None
+            ),
+            "warnings": [w.message for w in ginfo.warnings],
         }
     return {"exists": None, "points": sink.count()}
 
@@ -429,12 +555,18 @@ _WEIGHTS = {
 _FATAL = ("server_unreachable", "vector_size_mismatch", "disk_full")
 
 
+#: What an active alert takes off the health score, by severity (never below 21: only a fatal
+#: problem makes the score 20 or less, which is GET /health's 503).
+ALERT_WEIGHTS = {"low": 0, "medium": 5, "high": 15, "critical": 30}
+
+
 def health(
     target: Any,
     *,
     max_rss: int | None = None,
     min_free_ratio: float = 0.05,
     min_free_bytes: int = 512 * 1024 * 1024,
+    alerts: Any = None,
 ) -> dict[str, Any]:
     """Check a Pipeline: ``{"ok", "score": 0..100, "problems": [{"code", "message"}], ...}``.
 
@@ -444,6 +576,10 @@ def health(
     written by a crash: the next ingest repairs them), disk_near_full / disk_full (the store or
     state folder), memory_over_budget (RSS vs `max_rss`, default: the pipeline's max_memory, else
     90% of physical memory). `ok` is False when any problem is found.
+
+    ``alerts`` lists the active alerts of `alerts` (a `qflume.alerts.AlertMonitor`; default:
+    every monitor running in this process): each takes `ALERT_WEIGHTS` off the score, and a high
+    or critical one makes `ok` False.
     """
     problems: list[dict[str, Any]] = []
 
@@ -533,17 +669,30 @@ def health(
             f"resident memory {rss >> 20} MiB is above the budget of {budget >> 20} MiB",
         )
 
+    from qflume import alerts as _alerts
+
+    active = alerts.active() if alerts is not None else _alerts.active()
     score = 100
     for p in problems:
         score -= _WEIGHTS.get(p["code"], 20)
     if any(p["code"] in _FATAL for p in problems):
         score = min(score, 20)
-    return {"ok": not problems, "score": max(0, score), "problems": problems, "checks": checks}
+    else:
+        score = max(min(score, 21), score - sum(ALERT_WEIGHTS[a["severity"]] for a in active))
+    ok = not problems and not any(a["severity"] in ("high", "critical") for a in active)
+    return {
+        "ok": ok,
+        "score": max(0, score),
+        "problems": problems,
+        "alerts": active,
+        "checks": checks,
+    }
 
 
 def status_report(target: Any, *, registry: Metrics | None = None) -> dict[str, Any]:
-    """What `qflume status` prints: the pipeline's status, the collection's figures, the cache,
-    health (with its score and problems) and the operation metrics of this process."""
+    """What `qflume status` prints: the pipeline's status, the collection's figures (storage
+    included), the cache, health (with its score, problems and alerts), the alerts active now in
+    this process and those of the last run, and the operation metrics of this process."""
     out: dict[str, Any] = {}
     try:
         out.update(target.status())
@@ -555,5 +704,7 @@ def status_report(target: Any, *, registry: Metrics | None = None) -> dict[str, 
     except Exception as e:
         out["collection_info"] = {"error": str(e)}
     out["health"] = health(target)
+    last = out.get("last_run") if isinstance(out.get("last_run"), dict) else {}
+    out["alerts"] = {"active": out["health"]["alerts"], "last_run": last.get("alerts", [])}
     out["metrics"] = (registry or REGISTRY).to_json()
     return out

@@ -5,7 +5,7 @@
     POST /batch/update   payload updates, per-item results (waits by default)
     POST /batch/delete   ids / sources / filter, per-item results (waits by default)
     GET  /jobs/{id}      queued | running | done | failed, the result report, the error
-    GET  /health         problems and a score (503 when a fatal problem is found)
+    GET  /health         problems, alerts and a score (503 when a fatal problem is found)
     GET  /metrics        Prometheus text (?format=json for JSON)
     GET  /               the status page (HTML + a script; its data comes from GET /status)
     GET  /status         what the status page shows: collection, jobs, throughput, health, skips
@@ -23,6 +23,11 @@ Every batch answer carries ``summary: {total, successful, failed}`` and ``errors
 key, reason, type}]`` (one entry per failed item; see `_error_entry`): a bad item fails alone. The
 queue is bounded (``--max-queued``): past it a write is refused with 429 and ``Retry-After``. The
 embedding model is loaded on first use, so deletes, health and the status page never need it.
+
+A background monitor (`qflume.alerts`) checks alert thresholds every ``--alert-interval`` seconds:
+latency, error rates, the job queue's depth and memory (``--max-memory`` is the budget; a memory
+alert runs a garbage collection). Alerts are logged, POSTed to ``--alert-callback`` (a
+``--callback-host`` target) and listed by /health, /status and /metrics (``qflume_alerts``).
 """
 
 from __future__ import annotations
@@ -112,6 +117,14 @@ class ServeConfig:
     max_queued: int = 100
     jobs_path: str | None = None  # default: beside the state, <collection>.jobs.sqlite
     pipeline_options: dict[str, Any] = field(default_factory=dict)
+    # the memory budget (bytes): the pipeline's max_memory, health's and the memory alerts'
+    max_memory: int | None = None
+    # alert thresholds (qflume.alerts) besides the defaults (none with default_alerts=False),
+    # checked every alert_interval s; each alert is logged and POSTed to alert_callback
+    alerts: tuple[Any, ...] = ()
+    default_alerts: bool = True
+    alert_interval: float = 5.0
+    alert_callback: str | None = None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -219,6 +232,7 @@ class _SearchTarget:
         self.store = pipeline.store
         self.state_path = pipeline.state_path
         self.model = pipeline.model
+        self.max_memory = getattr(pipeline, "max_memory", None)  # health's memory budget
 
     @property
     def _embedder(self) -> Any:
@@ -481,6 +495,12 @@ class Service:
         from qflume.pipeline import Pipeline
 
         self.config = config
+        if config.alert_callback is not None:
+            try:
+                self.check_callback(config.alert_callback)
+            except ApiError as e:
+                raise InvalidInputError(f"--alert-callback: {e.message}") from None
+        self._deliver = deliver
         self._gate = _Gate()
         self._own_pipeline = pipeline is None
         self._own_embedder = False
@@ -500,6 +520,8 @@ class Service:
         if pipeline is None:
             opts = dict(config.pipeline_options)
             opts.setdefault("progress", False)
+            if config.max_memory is not None:
+                opts.setdefault("max_memory", config.max_memory)
             pipeline = Pipeline(
                 config.collection,
                 store=config.store,
@@ -546,13 +568,69 @@ class Service:
         from qflume.status_page import Monitor
 
         self.monitor = Monitor()  # throughput samples and recent skips, for the status page
+        self.alerts = self._alert_monitor()
+        self._alert_posts: Any = None
         self._closed = False
 
     # -- lifecycle -------------------------------------------------------------------------
 
+    def _alert_monitor(self) -> Any:
+        from qflume.alerts import AlertMonitor, AlertSettings, Threshold
+
+        c = self.config
+        # the job queue nearly full: writes are about to be refused with 429
+        queue = Threshold("queue_depth", "jobs", ">=", max(1, int(c.max_queued * 0.8)), "high")
+        settings = AlertSettings(defaults=c.default_alerts, thresholds=tuple(c.alerts))
+        budget = c.max_memory or getattr(self.pipeline, "max_memory", None)
+        return AlertMonitor(
+            settings.all_thresholds(extra=[queue] if c.default_alerts else []),
+            interval=c.alert_interval,
+            on_alert=self._on_alert,
+            memory_budget=budget,
+            hooks=[self.update_gauges],
+        )
+
+    def _on_alert(self, event: dict[str, Any]) -> None:
+        """An alert raised or resolved: logged, and POSTed to --alert-callback (off this thread,
+        so a slow receiver never delays the checks)."""
+        from qflume.alerts import log as alert_log
+
+        level = logging.INFO
+        if event["state"] == "raised":
+            level = {"low": 20, "medium": 30, "high": 40, "critical": 50}[event["severity"]]
+        alert_log.log(
+            level, "qflume serve: alert %s [%s] %s", event["state"], event["severity"],
+            event["message"],
+        )  # fmt: skip
+        url = self.config.alert_callback
+        if url is None or self._deliver is None:
+            return
+        if self._alert_posts is None:
+            import queue as queue_mod
+
+            self._alert_posts = queue_mod.Queue(maxsize=100)
+            threading.Thread(
+                target=self._post_alerts, args=(url,), name="qflume-alert-posts", daemon=True
+            ).start()
+        try:
+            self._alert_posts.put_nowait({"alert": event, "collection": self.config.collection})
+        except Exception:  # a receiver 100 alerts behind: this one is only logged
+            log.warning("qflume serve: alert callback queue full, alert %s not sent", event["id"])
+
+    def _post_alerts(self, url: str) -> None:
+        assert self._deliver is not None
+        while (doc := self._alert_posts.get()) is not None:
+            try:
+                self._deliver(url, doc)
+            except Exception as e:
+                log.warning(
+                    "qflume serve: alert callback %s failed: %s", redact_url(url), printable(str(e))
+                )
+
     def start(self) -> None:
         self.jobs.start()
         self.monitor.start()
+        self.alerts.start()
         if not self._model.loaded:  # load it now, off the request path; deletes never wait on it
             threading.Thread(target=self._load_model, name="qflume-model", daemon=True).start()
 
@@ -574,6 +652,10 @@ class Service:
         self._closed = True
         left = self.jobs.stop(drain=self.config.drain if drain is None else drain)
         self.monitor.stop()
+        self.alerts.stop()
+        if self._alert_posts is not None:
+            with contextlib.suppress(Exception):  # full: the thread ends with the process
+                self._alert_posts.put_nowait(None)
         self.jobs.close()
         if self._read_sink_own is not None:
             with contextlib.suppress(Exception):
@@ -832,7 +914,7 @@ class Service:
     def health(self) -> tuple[int, dict[str, Any]]:
         from qflume import metrics
 
-        report = metrics.health(self.reader)
+        report = metrics.health(self.reader, alerts=self.alerts)
         worker = self.jobs._worker
         report["jobs"] = {
             **self.jobs.counts(),
@@ -866,6 +948,7 @@ class Service:
         for status, n in self.jobs.counts().items():
             metrics.gauge("serve_jobs", n, status=status)
         metrics.gauge("serve_job_queue_depth", self.jobs.depth())
+        metrics.gauge("serve_jobs_waiting", self.jobs.waiting())  # what --max-queued bounds
 
 
 # ---------------------------------------------------------------------------------------------
@@ -988,21 +1071,34 @@ def _merge_reports(acc: dict[str, Any] | None, rep: dict[str, Any]) -> dict[str,
     if acc is None:
         out = dict(rep)
         out.pop("stages", None)
+        out.pop("bottleneck", None)  # per run: a job's slices are short runs of their own
+        out.pop("suggestions", None)
         out["skipped"] = list(rep.get("skipped", []))[:1000]
         return out
+    from qflume import analysis
+
     out = dict(acc)
     for k, v in rep.items():
-        if k in ("stages", "chunks_per_s"):
+        if k == "stages" or k in analysis.DERIVED:
             continue
         if k == "skipped":
             out[k] = (list(acc.get(k, [])) + list(v))[:1000]
+        elif k == "alerts":  # one entry per alert, its latest state
+            by_id = {a.get("id"): a for a in [*acc.get(k, []), *v]}
+            out[k] = list(by_id.values())[-100:]
         elif isinstance(v, bool):
             out[k] = bool(acc.get(k)) or v
         elif isinstance(v, (int, float)):
             out[k] = acc.get(k, 0) + v
+        elif isinstance(v, dict) and all(isinstance(n, int) for n in v.values()):
+            counts = dict(acc.get(k) or {})  # counts by key (sink_errors)
+            for key, n in v.items():
+                counts[key] = counts.get(key, 0) + n
+            out[k] = counts
+        elif isinstance(v, dict):  # the state after the last slice (storage)
+            out[k] = v
     out["elapsed_s"] = round(out.get("elapsed_s", 0.0), 3)
-    el = out["elapsed_s"]
-    out["chunks_per_s"] = round(out.get("chunks_embedded", 0) / el, 2) if el > 0 else 0.0
+    out.update(analysis.kpis(out))
     return out
 
 
@@ -1436,6 +1532,42 @@ def _parser() -> argparse.ArgumentParser:
         default=[],
         help="a host callback URLs may point to besides loopback (repeatable)",
     )
+    ap.add_argument(
+        "--max-memory",
+        type=int,
+        help="memory budget in bytes: the pipeline's queues, health's memory check and the "
+        "memory alerts (default 90%% of physical memory; [limits] max_memory of the config)",
+    )
+    ap.add_argument(
+        "--alert",
+        action="append",
+        default=[],
+        metavar="SPEC",
+        help="an alert threshold KIND:METRIC OP VALUE[:SEVERITY], e.g. "
+        "'latency:search.p95>500ms:high' (repeatable; see qflume.alerts)",
+    )
+    ap.add_argument(
+        "--no-default-alerts",
+        action="store_true",
+        help="check only the --alert thresholds (and the config's), not the built-in ones",
+    )
+    ap.add_argument(
+        "--alert-interval",
+        type=float,
+        help="seconds between alert checks (default 5; [alerts] interval of the config)",
+    )
+    ap.add_argument(
+        "--alert-callback",
+        metavar="URL",
+        help="POST each raised and resolved alert here as JSON (its host:port must be a "
+        "--callback-host)",
+    )
+    ap.add_argument(
+        "--config",
+        metavar="FILE",
+        help="config file for [alerts] and [limits] max_memory (default ./qflume.toml, else "
+        "[tool.qflume] in ./pyproject.toml)",
+    )
     ap.add_argument("--log-level", default="info")
     return ap
 
@@ -1473,6 +1605,26 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
             f"--host {args.host} would let anyone on the network store, search and delete: "
             "give a --token (or QFLUME_TOKEN) too, or listen on 127.0.0.1"
         )
+    from qflume.alerts import AlertSettings, Threshold
+    from qflume.config import load_config
+
+    cfg = load_config(getattr(args, "config", None))
+    file_alerts = cfg.options.get("alerts") if cfg is not None else None
+    file_alerts = file_alerts or AlertSettings()
+    max_memory = args.max_memory
+    if max_memory is None and cfg is not None:
+        max_memory = cfg.options.get("max_memory")
+    if max_memory is not None and max_memory < 1:
+        raise InvalidInputError("--max-memory must be positive")
+    interval = args.alert_interval if args.alert_interval is not None else file_alerts.interval
+    if not 0 < interval < float("inf"):
+        raise InvalidInputError("--alert-interval must be a positive number of seconds")
+    thresholds = [*file_alerts.thresholds]
+    for spec in args.alert:
+        try:
+            thresholds.append(Threshold.parse(spec))
+        except InvalidInputError as e:
+            raise InvalidInputError(f"--alert: {e}") from None
     return ServeConfig(
         collection=args.collection,
         store=args.store,
@@ -1493,6 +1645,11 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
         drain=args.drain,
         callback_hosts=tuple(_callback_target(h) for h in args.callback_host),
         token=args.token or None,
+        max_memory=max_memory,
+        alerts=tuple(thresholds),
+        default_alerts=file_alerts.defaults and not args.no_default_alerts,
+        alert_interval=float(interval),
+        alert_callback=args.alert_callback,
     )
 
 

@@ -197,6 +197,8 @@ def status(service: Any) -> dict[str, Any]:
         "indexed_vectors": info.get("indexed_vectors"),
         "status": info.get("status"),
         "sparse": pipeline.sparse_kind,
+        "disk_bytes": info.get("disk_bytes"),  # the embedded store
+        "optimizer": info.get("optimizer"),  # a server's optimizer status
     }
     overview = service.jobs.overview()
     monitor: Monitor = service.monitor
@@ -204,10 +206,23 @@ def status(service: Any) -> dict[str, Any]:
         "time": time.time(),
         "collections": [collection],
         "health": {**health, "http_status": code},
-        # Warnings that exist today are the health problems; an alerting layer adds its own here.
+        # The active alerts (qflume.alerts), most severe first, then the health problems.
         "alerts": [
-            {"level": "warning", "source": "health", **p} for p in health.get("problems", [])
-        ],
+            {
+                "level": a["severity"],
+                "source": "alert",
+                "code": a["name"],
+                "message": a["message"],
+                "raised_at": a["raised_at"],
+                "value": a["value"],
+            }
+            for a in health.get("alerts", [])
+        ]
+        + [{"level": "warning", "source": "health", **p} for p in health.get("problems", [])],
+        # the last alerts raised or resolved, newest first
+        "alert_history": list(reversed(service.alerts.alerts()[-20:]))
+        if getattr(service, "alerts", None) is not None
+        else [],
         "jobs": {
             "counts": health.get("jobs", {}),
             "active": [_job_view(j) for j in overview["active"]],

@@ -66,6 +66,7 @@ from qflume.sinks.base import (
     Sink,
     SparseBatch,
 )
+from qflume.sinks.meter import RpcMeter
 from qflume.sinks.outbox import Outbox
 
 __all__ = ["GrpcSink"]
@@ -87,7 +88,6 @@ _NIL_ID = "00000000-0000-0000-0000-000000000000"
 _HARD_LIMIT = 32 * 1024 * 1024
 
 
-def _parse_url(url: str) -> tuple[str, bool]:
 def _response_of(method: str) -> Any:
     """The response message of an update method qflume sends."""
     if method == "/qdrant.Points/UpdateBatch":
@@ -95,6 +95,7 @@ def _response_of(method: str) -> Any:
     return qg.PointsOperationResponse
 
 
+def _parse_url(url: str) -> tuple[str, bool]:
     """(host:port target, https?) of a Qdrant gRPC URL such as http://localhost:6334."""
     problem = url_problem(url)
     if problem:
@@ -294,6 +295,8 @@ class GrpcSink(Sink):
             self._channel = grpc.secure_channel(target, creds, options=options)
         else:
             self._channel = grpc.insecure_channel(target, options=options)
+        self.meter = RpcMeter()  # bytes each way, failures by code, per-call metrics
+        self._channel = grpc.intercept_channel(self._channel, self.meter)
         self._methods: dict[str, grpc.UnaryUnaryMultiCallable] = {}
         self._pending: deque[_Pending] = deque()
         self._dirty = False  # updates sent since the last barrier
@@ -813,6 +816,34 @@ class GrpcSink(Sink):
             return False
         return self._acknowledge()
 
+    def set_payloads(
+        self, items: Sequence[tuple[str, Mapping[str, Any]]], *, key: str | None = None
+    ) -> None:
+        """One UpdateBatch request per 256 points, each point its own SetPayload operation."""
+        if not items:
+            return
+        from qdrant_client.conversions.conversion import payload_to_grpc
+
+        ops = [
+            qg.PointsUpdateOperation(
+                set_payload=qg.PointsUpdateOperation.SetPayload(
+                    payload=payload_to_grpc(dict(payload)),
+                    points_selector=qg.PointsSelector(
+                        points=qg.PointsIdsList(ids=[qg.PointId(uuid=str(pid))])
+                    ),
+                    key=key,
+                )
+            )
+            for pid, payload in items
+        ]
+        msgs = [
+            qg.UpdateBatchPoints(
+                collection_name=self.collection, wait=self.wait, operations=ops[lo : lo + 256]
+            ).SerializeToString()
+            for lo in range(0, len(ops), 256)
+        ]
+        self._send("set_payload", "/qdrant.Points/UpdateBatch", msgs, [0] * len(msgs))
+
     def flush(self) -> None:
         """Everything sent is acknowledged when it returns: while the server is unreachable
         (with an outbox), it waits for the server, up to outage_deadline."""
@@ -886,34 +917,6 @@ class GrpcSink(Sink):
                 filter=flt,
                 with_payload=qg.WithPayloadSelector(enable=with_payload),
                 with_vectors=qg.WithVectorsSelector(enable=with_vectors),
-    def set_payloads(
-        self, items: Sequence[tuple[str, Mapping[str, Any]]], *, key: str | None = None
-    ) -> None:
-        """One UpdateBatch request per 256 points, each point its own SetPayload operation."""
-        if not items:
-            return
-        from qdrant_client.conversions.conversion import payload_to_grpc
-
-        ops = [
-            qg.PointsUpdateOperation(
-                set_payload=qg.PointsUpdateOperation.SetPayload(
-                    payload=payload_to_grpc(dict(payload)),
-                    points_selector=qg.PointsSelector(
-                        points=qg.PointsIdsList(ids=[qg.PointId(uuid=str(pid))])
-                    ),
-                    key=key,
-                )
-            )
-            for pid, payload in items
-        ]
-        msgs = [
-            qg.UpdateBatchPoints(
-                collection_name=self.collection, wait=self.wait, operations=ops[lo : lo + 256]
-            ).SerializeToString()
-            for lo in range(0, len(ops), 256)
-        ]
-        self._send("set_payload", "/qdrant.Points/UpdateBatch", msgs, [0] * len(msgs))
-
             )
             try:
                 resp = self._call(

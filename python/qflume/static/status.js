@@ -110,6 +110,13 @@
     return s < 120 ? `${s} s ago` : `${Math.round(s / 60)} min ago`;
   }
 
+  function storage(c) {
+    const parts = [];
+    if (c.disk_bytes !== null && c.disk_bytes !== undefined) parts.push(`${(c.disk_bytes / 1048576).toFixed(1)} MiB on disk`);
+    if (c.optimizer) parts.push(`optimizer ${visible(c.optimizer)}`);
+    return parts.length ? parts.join(" · ") : "–";
+  }
+
   function renderCollections(collections) {
     const body = $("collection-body");
     const rows = [];
@@ -119,7 +126,7 @@
         ["collection", visible(c.name)], ["target", visible(c.target)], ["documents", fmt(c.documents)],
         ["chunks (state)", fmt(c.chunks)], ["points", fmt(c.points)],
         ["vector size", fmt(c.vector_size)], ["segments", fmt(c.segments)],
-        ["status", c.status || "–"], ["sparse", c.sparse],
+        ["status", c.status || "–"], ["storage", storage(c)], ["sparse", c.sparse],
       ]) rows.push(el("tr", null, el("th", null, label), el("td", { class: "v-" + label.split(" ")[0] }, value)));
     }
     body.replaceChildren(...rows);
@@ -138,9 +145,12 @@
     const w = health.jobs || {};
     parts.push(`job worker ${w.worker_alive ? "alive" : "stopped"}`);
     $("health-summary").textContent = parts.join(" · ");
+    const now = Date.now() / 1000;
     const items = alerts.map((a) =>
       el("li", { class: "alert " + (a.level || "warning") },
-        el("span", { class: "code" }, a.code || a.source || "alert"), visible(a.message)));
+        el("span", { class: "level" }, a.level || "warning"),
+        el("span", { class: "code" }, visible(a.code || a.source || "alert")), visible(a.message),
+        a.raised_at ? el("span", { class: "muted" }, ` · since ${clock(a.raised_at)} (${ago(a.raised_at, now)})`) : null));
     if (!items.length) items.push(el("li", { class: "muted" }, "No alerts."));
     $("alerts").replaceChildren(...items);
   }
