@@ -422,3 +422,49 @@ def test_the_running_monitors_are_what_active_and_during_list() -> None:
         assert [a["state"] for a in alerts.during(t0, time.time())] == ["raised"]
         assert alerts.during(t0 - 20, t0 - 10) == []  # raised after that
     assert alerts.active() == []
+
+
+# ------------------------------------------------------------------------- the status page
+
+
+def test_the_status_page_shows_an_active_alert_and_the_storage(tmp_path: Path, tiny: Any) -> None:
+    pytest.importorskip("fastapi")
+    pytest.importorskip("websockets.sync.client")
+    import test_status_page as page
+
+    if page.CHROMIUM is None:
+        pytest.skip("needs Debian's chromium package (apt-get install chromium)")
+    from qflume.serve import ServeConfig, Service
+
+    config = ServeConfig(
+        collection="docs",
+        store=str(tmp_path / "store"),
+        token=page.TOKEN,
+        chunk_chars=1000,
+        max_memory=10 << 20,
+        alerts=(Threshold.parse("memory:budget>100%:critical"),),
+        default_alerts=False,
+        alert_interval=0.05,
+    )
+    srv = page.Server(Service(config, embedder=tiny))
+    chrome = None
+    try:
+        r = srv.client.post(
+            "/batch/store?wait=true", json={"records": _records(3)}, headers=page.AUTH
+        )
+        assert r.status_code == 200, r.text
+        chrome = page.Chrome(tmp_path / "profile")
+        chrome.call("Page.navigate", url=f"{srv.url}/#token={page.TOKEN}")
+        level = chrome.wait(page._text("#alerts .alert.critical .level"), "the alert")
+        assert level == "critical"
+        assert chrome.js(page._text("#alerts .alert.critical .code")) == "memory:budget>1:critical"
+        shown = chrome.js(page._text("#alerts .alert.critical"))
+        assert "memory (share of the budget) is" in shown and "since " in shown
+        # the health problem the same budget gives is listed below it, as a warning
+        assert "memory_over_budget" in chrome.js(page._text("#alerts .alert.warning .code"))
+        storage = chrome.wait(page._text("#collection-body .v-storage"), "the storage row")
+        assert storage.endswith("MiB on disk")
+    finally:
+        if chrome is not None:
+            chrome.close()
+        srv.stop()

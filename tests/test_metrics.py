@@ -177,3 +177,66 @@ def test_health_server_unreachable(tmp_path: Path, embedder) -> None:
         assert not h["ok"] and h["score"] == 0
         assert h["problems"][0]["code"] == "server_unreachable"
         assert "h" in h["problems"][0]["message"]
+
+
+def test_recent_window_counters_cpu_and_the_servers_storage_figures(tmp_path: Path) -> None:
+    m = Metrics()
+    m.observe("rpc", 0.3, method="Upsert")
+    m.observe("rpc", 0.1, error=True, method="Upsert")
+    m.observe("rpc", 0.2, method="Get")
+    w = m.recent("rpc", 60, method="Upsert")
+    assert (w["count"], w["failed"], w["error_rate"]) == (2, 1, 0.5)
+    assert w["max_s"] == pytest.approx(0.3) and w["mean_s"] == pytest.approx(0.2)
+    assert m.recent("rpc", 60)["count"] == 3 and m.recent("*", 60)["count"] == 3
+    assert m.recent("rpc", 1e-9) is None and m.recent("nothing", 60) is None
+    m.inc("sent_bytes", 100)
+    m.inc("sent_bytes", 24)
+    m.inc("errors", code="UNAVAILABLE")
+    assert m.counter("sent_bytes") == 124 and m.counter("errors", code="UNAVAILABLE") == 1
+    with pytest.raises(ValueError, match="finite value >= 0"):
+        m.inc("sent_bytes", -1)
+    fams = {f.name: f for f in parser.text_string_to_metric_families(m.to_prometheus())}
+    assert fams["qflume_sent_bytes"].type == "counter"
+    assert fams["qflume_sent_bytes"].samples[0].value == 124
+    assert fams["qflume_errors"].samples[0].labels == {"code": "UNAVAILABLE"}
+    assert fams["qflume_process_cpu_seconds"].samples[0].value > 0
+    assert m.snapshot()["process"]["cpu_s"] > 0
+    # a server's collection: its optimizer status, pending updates and segments
+    from qflume.sinks.grpc import GrpcSink
+
+    with QdrantGrpcServer() as srv, GrpcSink(srv.url, "c") as sink:
+        sink.ensure_collection(CollectionSpec(dim=4))
+        info = metrics.collection_info(sink)
+        assert info["optimizer"] == "ok" and info["segments"] >= 1 and info["warnings"] == []
+    # the embedded store's size on disk
+    edge = EdgeSink(tmp_path, "e", spec=CollectionSpec(dim=4))
+    edge.upsert(["00000000-0000-4000-8000-000000000001"], np.ones((1, 4), np.float32), [{}])
+    edge.flush()
+    assert metrics.collection_info(edge)["disk_bytes"] == metrics.disk_bytes(tmp_path / "e") > 0
+    edge.close()
+
+
+def test_alerts_take_off_the_health_score_but_never_make_it_fatal(tmp_path: Path) -> None:
+    from qflume.alerts import AlertMonitor
+
+    reg = Metrics()
+    mon = AlertMonitor(
+        ["memory:rss>1MB:critical", "memory:rss>2MB:critical", "memory:rss>3MB:high"],
+        registry=reg,
+        on_alert=lambda e: None,
+        collect_memory=False,
+    )
+    mon.check()
+    sink = EdgeSink(tmp_path, "h", spec=CollectionSpec(dim=4))
+    h = health(sink, alerts=mon)
+    assert h["problems"] == [] and len(h["alerts"]) == 3 and not h["ok"]
+    assert h["score"] == 100 - 30 - 30 - 15
+    more = AlertMonitor(
+        [f"memory:rss>{n}MB:critical" for n in range(1, 6)],
+        registry=reg,
+        on_alert=lambda e: None,
+        collect_memory=False,
+    )
+    more.check()
+    assert health(sink, alerts=more)["score"] == 21  # never the 20 of a fatal problem
+    sink.close()
