@@ -17,6 +17,7 @@ __all__ = [
     "StateLockedError",
     "StoreBusyError",
     "TokenizerError",
+    "VersionError",
 ]
 
 
@@ -72,6 +73,11 @@ class StateLockedError(StateError):
 
 class StateCorruptError(StateError):
     """The state database is damaged; the message says how to rebuild it."""
+
+
+class VersionError(StateError):
+    """A reindex, rollback, gc or migrate that cannot go on (qflume.versions); the message says
+    why, and the live version is left as it was."""
 
 
 class StoreBusyError(StateLockedError):

@@ -17,7 +17,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +30,8 @@ from qflume.exceptions import StateCorruptError, StateError, StateLockedError, S
 SCHEMA_VERSION = 1
 #: How long a writer waits for readers (search, status) of an embedded store to finish.
 READER_WAIT_S = 30.0
+#: How long a writer waits for a reindex that reads the live version or swaps versions.
+REINDEX_WAIT_S = 3600.0
 HASH_LEN = 16
 
 _SCHEMA = """
@@ -52,6 +54,23 @@ CREATE TABLE IF NOT EXISTS documents (
     chunk_meta BLOB NOT NULL DEFAULT x''
 );
 CREATE INDEX IF NOT EXISTS documents_root ON documents(root);
+CREATE TABLE IF NOT EXISTS versions (
+    version INTEGER PRIMARY KEY,
+    name TEXT NOT NULL,
+    status TEXT NOT NULL,
+    settings TEXT NOT NULL DEFAULT '{}',
+    info TEXT NOT NULL DEFAULT '{}',
+    created_at REAL NOT NULL DEFAULT 0,
+    swapped_at REAL,
+    points INTEGER
+);
+CREATE TABLE IF NOT EXISTS version_progress (
+    version INTEGER NOT NULL,
+    key TEXT NOT NULL,
+    digest BLOB NOT NULL,
+    chunks BLOB NOT NULL,
+    PRIMARY KEY (version, key)
+) WITHOUT ROWID;
 """
 
 
@@ -108,6 +127,23 @@ class DocUpdate:
 
 
 @dataclass
+class VersionRow:
+    """One version of a collection (qflume.versions): the physical collection (or embedded
+    shard folder) ``name``, ``status`` (building, live, retired, dropped), the ``settings``
+    that made its points (model, chunking, sparse, fingerprint) and what a build needs to
+    resume or a swap to check (``info``)."""
+
+    version: int
+    name: str
+    status: str
+    settings: dict[str, Any]
+    info: dict[str, Any] = field(default_factory=dict)
+    created_at: float = 0.0
+    swapped_at: float | None = None
+    points: int | None = None
+
+
+@dataclass
 class StateStats:
     documents: int = 0
     chunks: int = 0
@@ -158,6 +194,8 @@ class State:
                 self.db.executescript(_SCHEMA)
                 self._check_version()
                 self._add_columns()
+                if self._writer:  # a reindex copies again what writers changed meanwhile
+                    self._bump_writer_epoch()
         except sqlite3.DatabaseError as e:
             self._release_lock()
             with contextlib.suppress(Exception):
@@ -193,13 +231,21 @@ class State:
 
     def _take_lock(self) -> None:
         fd = self._lock_file()
-        deadline = time.monotonic() + READER_WAIT_S
+        started = time.monotonic()
+        deadline = started + READER_WAIT_S
         while True:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
             except BlockingIOError:
                 writer = self._writer_pid(fd)
+                reindex = reindex_holder(self.path) if writer is None else None
+                if reindex is not None and reindex[1] in ("read", "swap"):
+                    # a reindex reads or swaps versions (shared lock): its writers wait for it
+                    deadline = max(deadline, time.monotonic() + 1.0)
+                    if time.monotonic() - started < REINDEX_WAIT_S:
+                        time.sleep(0.05)
+                        continue
                 if writer is None and time.monotonic() < deadline:
                     time.sleep(0.05)  # readers (search, status): they finish in moments
                     continue
@@ -207,6 +253,8 @@ class State:
                 who = (
                     f"another qflume run holds this state (pid {writer})"
                     if writer is not None
+                    else f"a reindex (pid {reindex[0]}) kept it for {REINDEX_WAIT_S:.0f} s"
+                    if reindex is not None
                     else f"readers (search, status) kept it busy for {READER_WAIT_S:.0f} s"
                 )
                 raise StateLockedError(
@@ -466,6 +514,210 @@ class State:
             )
         return len(rows)
 
+    # -- versions (qflume.versions: a collection's versions, a reindex's progress) --------------
+
+    def _bump_writer_epoch(self) -> None:
+        with self.transaction() as db:
+            db.execute(
+                "INSERT INTO meta(name, value) VALUES('writer_epoch', '1') ON CONFLICT(name) "
+                "DO UPDATE SET value=CAST(CAST(value AS INTEGER) + 1 AS TEXT)"
+            )
+
+    def writer_epoch(self) -> int:
+        """How many writers (ingest, serve, verify, a Python Pipeline) have opened this state."""
+        return int(self.get_meta("writer_epoch") or 0)
+
+    def versions(self) -> list[VersionRow]:
+        """Every version recorded for the collection, oldest first (none for a plain one)."""
+        try:
+            rows = self.db.execute(
+                "SELECT version, name, status, settings, info, created_at, swapped_at, points "
+                "FROM versions ORDER BY version"
+            ).fetchall()
+        except sqlite3.OperationalError:  # a read-only state from before versions existed
+            return []
+        return [
+            VersionRow(v, n, st, json.loads(se), json.loads(i), c, sw, p)
+            for v, n, st, se, i, c, sw, p in rows
+        ]
+
+    def version(self, number: int) -> VersionRow | None:
+        return next((v for v in self.versions() if v.version == number), None)
+
+    def live_version(self) -> VersionRow | None:
+        return next((v for v in self.versions() if v.status == "live"), None)
+
+    def save_version(self, row: VersionRow) -> None:
+        with self.transaction() as db:
+            self._put_version(db, row)
+
+    @staticmethod
+    def _put_version(db: sqlite3.Connection, row: VersionRow) -> None:
+        db.execute(
+            "INSERT OR REPLACE INTO versions(version, name, status, settings, info, created_at, "
+            "swapped_at, points) VALUES(?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                row.version,
+                row.name,
+                row.status,
+                json.dumps(row.settings, sort_keys=True),
+                json.dumps(row.info, sort_keys=True),
+                row.created_at,
+                row.swapped_at,
+                row.points,
+            ),
+        )
+
+    def forget_version(self, number: int) -> None:
+        """A version dropped (gc) or abandoned: its row stays as ``dropped``, its progress and
+        archived documents go."""
+        with self.transaction() as db:
+            db.execute("UPDATE versions SET status='dropped' WHERE version=?", (number,))
+            db.execute("DELETE FROM version_progress WHERE version=?", (number,))
+            if self._has_table(db, "version_documents"):
+                db.execute("DELETE FROM version_documents WHERE version=?", (number,))
+
+    def build_progress(self, number: int) -> dict[str, tuple[bytes, bytes]]:
+        """key -> (digest of the document row copied, chunk hashes written) for a build."""
+        with self._mutex:
+            return {
+                k: (bytes(d), bytes(c))
+                for k, d, c in self.db.execute(
+                    "SELECT key, digest, chunks FROM version_progress WHERE version=?", (number,)
+                )
+            }
+
+    def record_build(
+        self, number: int, done: Sequence[tuple[str, bytes, bytes]], gone: Sequence[str] = ()
+    ) -> None:
+        """Documents copied into a version being built ((key, digest, chunks)), and documents
+        taken out of it (``gone``), after its sink acknowledged them."""
+        with self.transaction() as db:
+            db.executemany(
+                "INSERT OR REPLACE INTO version_progress(version, key, digest, chunks) "
+                "VALUES(?, ?, ?, ?)",
+                [(number, k, d, c) for k, d, c in done],
+            )
+            db.executemany(
+                "DELETE FROM version_progress WHERE version=? AND key=?",
+                [(number, k) for k in gone],
+            )
+
+    def fingerprints(self) -> dict[str, int]:
+        """How many documents each pipeline fingerprint made."""
+        with self._mutex:
+            q = "SELECT fingerprint, COUNT(*) FROM documents GROUP BY fingerprint"
+            return {fp: n for fp, n in self.db.execute(q)}
+
+    def documents_page(self, after: str | None, limit: int) -> list[DocState]:
+        """Up to ``limit`` document rows in key order, after key ``after``."""
+        with self._mutex:
+            if after is None:
+                q = f"SELECT {self._COLS} FROM documents ORDER BY key LIMIT ?"
+                rows = self.db.execute(q, (limit,)).fetchall()
+            else:
+                q = f"SELECT {self._COLS} FROM documents WHERE key > ? ORDER BY key LIMIT ?"
+                rows = self.db.execute(q, (after, limit)).fetchall()
+        return [DocState(*r) for r in rows]
+
+    def archived_documents(self, number: int) -> int:
+        """How many document rows are archived for version ``number`` (0: none)."""
+        with self._mutex:
+            if not self._has_table(self.db, "version_documents"):
+                return 0
+            row = self.db.execute(
+                "SELECT COUNT(*) FROM version_documents WHERE version=?", (number,)
+            ).fetchone()
+        return int(row[0])
+
+    @staticmethod
+    def _has_table(db: sqlite3.Connection, name: str) -> bool:
+        q = "SELECT 1 FROM sqlite_master WHERE type='table' AND name=?"
+        return db.execute(q, (name,)).fetchone() is not None
+
+    @staticmethod
+    def _columns(db: sqlite3.Connection, table: str, schema: str = "main") -> list[str]:
+        return [r[1] for r in db.execute(f"PRAGMA {schema}.table_info({table})")]
+
+    def _archive(self, db: sqlite3.Connection, number: int) -> None:
+        """The live document rows, archived as version ``number``'s (for a rollback to it).
+        The archive follows the documents table's columns, whoever added them."""
+        if not self._has_table(db, "version_documents"):
+            db.execute("CREATE TABLE version_documents AS SELECT 0 AS version, * FROM documents "
+                       "WHERE 0")  # fmt: skip
+            db.execute("CREATE INDEX version_documents_v ON version_documents(version)")
+        have = set(self._columns(db, "version_documents"))
+        info = db.execute("PRAGMA table_info(documents)").fetchall()
+        for _, col, typ, _notnull, default, _pk in info:
+            if col not in have:
+                extra = f" DEFAULT {default}" if default is not None else ""
+                db.execute(f"ALTER TABLE version_documents ADD COLUMN {col} {typ}{extra}")
+        cols = ", ".join(r[1] for r in info)
+        db.execute("DELETE FROM version_documents WHERE version=?", (number,))
+        db.execute(
+            f"INSERT INTO version_documents(version, {cols}) SELECT ?, {cols} FROM documents",
+            (number,),
+        )
+
+    def switch_version(
+        self,
+        live: VersionRow,
+        old: VersionRow | None,
+        *,
+        rows: str,
+        source: str | os.PathLike[str] | None = None,
+        fingerprints: Mapping[str, str] | None = None,
+    ) -> None:
+        """Make ``live`` the collection's live version in one transaction: the document rows
+        of ``old`` (the version live until now) are archived under its number, then the
+        documents table becomes ``live``'s: ``rows="refingerprint"`` keeps the rows and
+        renames their fingerprints (``fingerprints``: old -> new; the points were copied),
+        ``rows="import"`` takes the rows of the state file ``source`` (a build from the
+        sources), ``rows="archive"`` the rows archived for ``live`` (a rollback)."""
+        with self._mutex:
+            if rows == "import":
+                assert source is not None
+                self.db.execute("ATTACH DATABASE ? AS build", (os.fspath(source),))
+            try:
+                with self.transaction() as db:
+                    if old is not None:
+                        self._archive(db, old.version)
+                    if rows == "refingerprint":
+                        db.executemany(
+                            "UPDATE documents SET fingerprint=? WHERE fingerprint=?",
+                            [(new, was) for was, new in (fingerprints or {}).items()],
+                        )
+                    elif rows in ("import", "archive"):
+                        mine = self._columns(db, "documents")
+                        if rows == "import":
+                            theirs = set(self._columns(db, "documents", "build"))
+                            src, where, args = "build.documents", "", ()
+                        else:
+                            theirs = set(self._columns(db, "version_documents"))
+                            src, where, args = (
+                                "version_documents",
+                                " WHERE version=?",
+                                (live.version,),
+                            )
+                        cols = ", ".join(c for c in mine if c in theirs)
+                        db.execute("DELETE FROM documents")
+                        db.execute(
+                            f"INSERT INTO documents({cols}) SELECT {cols} FROM {src}{where}", args
+                        )
+                        if rows == "archive":
+                            db.execute(
+                                "DELETE FROM version_documents WHERE version=?", (live.version,)
+                            )
+                    else:
+                        raise ValueError(f"switch_version: rows={rows!r}")
+                    if old is not None:
+                        self._put_version(db, old)
+                    self._put_version(db, live)
+                    db.execute("DELETE FROM version_progress WHERE version=?", (live.version,))
+            finally:
+                if rows == "import":
+                    self.db.execute("DETACH DATABASE build")
+
     def close(self) -> None:
         with contextlib.suppress(Exception):
             self.db.close()
@@ -476,3 +728,138 @@ class State:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _reindex_lock_path(state_path: str | os.PathLike[str]) -> Path:
+    p = Path(state_path)
+    return p.with_name(p.name + ".reindex")
+
+
+def reindex_holder(state_path: str | os.PathLike[str]) -> tuple[int, str] | None:
+    """(pid, phase) of the reindex (or rollback, gc, migrate) running on this state, if any."""
+    try:
+        with open(_reindex_lock_path(state_path), "rb") as f:
+            pid_s, _, phase = f.read(64).decode(errors="replace").strip().partition(" ")
+        pid = int(pid_s)
+    except (OSError, ValueError):
+        return None
+    if pid <= 0:
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        pass
+    return pid, phase
+
+
+class ReindexLock:
+    """One reindex (or rollback, gc, migrate) at a time per state: an exclusive lock on
+    ``<state>.reindex`` holding ``"pid phase"``. The phase tells writers what it does: while it
+    ``read``s the live version or ``swap``s versions it also holds the state's shared lock, and
+    an ingest waits for it (up to :data:`REINDEX_WAIT_S`) instead of being refused."""
+
+    def __init__(self, state_path: str | os.PathLike[str]) -> None:
+        self.path = _reindex_lock_path(state_path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            held = reindex_holder(state_path)
+            os.close(fd)
+            who = f"pid {held[0]}" if held else "another process"
+            raise StateLockedError(
+                f"{Path(state_path)}: a reindex, rollback or gc ({who}) is running on this "
+                "collection; wait for it to finish or stop it first"
+            ) from None
+        self._fd: int | None = fd
+        self.phase("build")
+
+    def phase(self, name: str) -> None:
+        if self._fd is not None:
+            os.ftruncate(self._fd, 0)
+            os.pwrite(self._fd, f"{os.getpid()} {name}".encode(), 0)
+
+    def close(self) -> None:
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, 0)
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+                os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> ReindexLock:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class PointSpool:
+    """A reindex's copy of the live version's points (id, payload, vectors) on the embedded
+    store, whose shard one process may open at a time: read once in one go, so that searches
+    wait moments while the new version is built from it. ``epoch`` is the state's writer epoch
+    when it was read (a spool older than the last writer is read again)."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self.db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=OFF")  # a scratch copy: read again if lost
+        self.db.executescript(
+            "CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);"
+            "CREATE TABLE IF NOT EXISTS points (id TEXT PRIMARY KEY, payload TEXT NOT NULL, "
+            "dense BLOB, sparse TEXT) WITHOUT ROWID;"
+        )
+
+    def epoch(self) -> int | None:
+        row = self.db.execute("SELECT value FROM meta WHERE name='epoch'").fetchone()
+        return None if row is None else int(row[0])
+
+    def set_epoch(self, epoch: int) -> None:
+        self.db.execute(
+            "INSERT OR REPLACE INTO meta(name, value) VALUES('epoch', ?)", (str(epoch),)
+        )
+
+    def fill(self, records: Iterable[Any]) -> int:
+        """Replace the spool's points by ``records`` (qflume.sinks.base.PointRecord)."""
+        n = 0
+        self.db.execute("BEGIN")
+        try:
+            self.db.execute("DELETE FROM meta WHERE name='epoch'")
+            self.db.execute("DELETE FROM points")
+            rows = []
+            for r in records:
+                dense = None if r.vector is None else np.asarray(r.vector, np.float32).tobytes()
+                sparse = None if not r.sparse else json.dumps(r.sparse)
+                rows.append((str(r.id), json.dumps(r.payload, ensure_ascii=False), dense, sparse))
+                if len(rows) >= 1024:
+                    self.db.executemany("INSERT OR REPLACE INTO points VALUES(?, ?, ?, ?)", rows)
+                    n += len(rows)
+                    rows = []
+            self.db.executemany("INSERT OR REPLACE INTO points VALUES(?, ?, ?, ?)", rows)
+            n += len(rows)
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+        return n
+
+    def get_many(self, ids: Sequence[str]) -> Iterator[tuple[str, Any, bytes | None, Any]]:
+        """(id, payload, dense bytes or None, sparse {name: [indices, values]} or None)."""
+        for lo in range(0, len(ids), 500):
+            part = list(ids[lo : lo + 500])
+            q = f"SELECT id, payload, dense, sparse FROM points WHERE id IN ({','.join('?' * len(part))})"
+            for pid, payload, dense, sparse in self.db.execute(q, part):
+                yield (
+                    pid,
+                    json.loads(payload),
+                    dense,
+                    None if sparse is None else json.loads(sparse),
+                )
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.db.close()

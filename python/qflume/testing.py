@@ -13,7 +13,9 @@ qdrant-client and qflume's `GrpcSink` talk to it as to a real server::
 It serves gRPC only (no REST port): build clients with `prefer_grpc=True` and
 `check_compatibility=False` (the version check uses REST), as `server.client()` does.
 
-Implemented: Collections Create/Get/List/Delete/CollectionExists; Points Upsert, Delete (ids or
+Implemented: Collections Create/Get/List/Delete/CollectionExists, UpdateAliases (create, rename,
+delete: all at once), ListAliases, ListCollectionAliases (every Points call and Get resolve an
+alias; Delete does not, and takes the collection's aliases with it); Points Upsert, Delete (ids or
 filter), Get, Count, Scroll, SetPayload, OverwritePayload, DeletePayload, ClearPayload,
 CreateFieldIndex, DeleteFieldIndex, UpdateBatch, Search, SearchBatch, Query and QueryBatch (dense,
 sparse, by point id, prefetch with RRF/DBSF fusion, order_by, filters); Qdrant HealthCheck. Other
@@ -56,6 +58,7 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["QdrantGrpcServer", "QdrantServer"]
 
 _EDGE_CONFIG = "edge_config.json"
+_ALIASES = "aliases.json"  # the server's aliases, beside its collections' folders
 
 
 def _server_version() -> str:
@@ -116,39 +119,98 @@ class _Collection:
 
 
 class _Store:
-    """The collections of a server: name -> shard under `root`."""
+    """The collections of a server: name -> shard under `root`, and its aliases (alias ->
+    collection, kept in `root`/aliases.json), which every Points call and collection info
+    resolve as Qdrant does."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
         self.lock = threading.RLock()
         self.collections: dict[str, _Collection] = {}
+        self.aliases: dict[str, str] = {}
         for child in sorted(root.iterdir()) if root.exists() else []:
             if (child / _EDGE_CONFIG).exists():
                 self.collections[child.name] = _Collection(
                     child.name, child, qe.EdgeShard.load(str(child))
                 )
+        with contextlib.suppress(OSError, ValueError):
+            data = json.loads((root / _ALIASES).read_text("utf-8"))
+            self.aliases = {
+                str(a): str(c) for a, c in dict(data).items() if str(c) in self.collections
+            }
+
+    def resolve(self, name: str) -> str:
+        """The collection `name` names: itself, or the collection an alias `name` points to."""
+        with self.lock:
+            return self.aliases.get(name, name)
 
     def get(self, name: str) -> _Collection:
         with self.lock:
-            coll = self.collections.get(name)
+            coll = self.collections.get(self.aliases.get(name, name))
         if coll is None:
             raise _Abort(grpc.StatusCode.NOT_FOUND, f"Collection `{name}` doesn't exist!")
         return coll
 
     def create(self, name: str, config: qe.EdgeConfig) -> None:
-        if not name or "/" in name or name in (".", ".."):
+        if not name or "/" in name or name in (".", "..") or name == _ALIASES:
             raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, f"invalid collection name {name!r}")
         with self.lock:
             if name in self.collections:
                 raise _Abort(grpc.StatusCode.ALREADY_EXISTS, f"Collection `{name}` already exists!")
+            if name in self.aliases:
+                raise _Abort(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"Wrong input: Can't create collection with name {name}. Alias with the same "
+                    "name already exists",
+                )
             path = self.root / name
             if path.exists():
                 shutil.rmtree(path)
             self.collections[name] = _Collection(name, path, qe.EdgeShard.create(str(path), config))
 
+    def _save_aliases(self) -> None:
+        tmp = self.root / (_ALIASES + ".tmp")
+        tmp.write_text(json.dumps(self.aliases, sort_keys=True), "utf-8")
+        tmp.replace(self.root / _ALIASES)
+
+    def change_aliases(self, actions: Iterable[qg.AliasOperations]) -> None:
+        """Apply alias actions all at once or not at all (Qdrant's UpdateAliases)."""
+        with self.lock:
+            new = dict(self.aliases)
+            for op in actions:
+                kind = op.WhichOneof("action")
+                if kind == "create_alias":
+                    a, c = op.create_alias.alias_name, op.create_alias.collection_name
+                    if c not in self.collections:
+                        raise _Abort(grpc.StatusCode.NOT_FOUND, f"Collection `{c}` doesn't exist!")
+                    if a in self.collections:
+                        raise _Abort(
+                            grpc.StatusCode.ALREADY_EXISTS, f"Collection `{a}` already exists!"
+                        )
+                    new[a] = c
+                elif kind == "rename_alias":
+                    old, a = op.rename_alias.old_alias_name, op.rename_alias.new_alias_name
+                    if old not in new:
+                        raise _Abort(grpc.StatusCode.NOT_FOUND, f"Alias `{old}` doesn't exist!")
+                    if a in self.collections:
+                        raise _Abort(
+                            grpc.StatusCode.ALREADY_EXISTS, f"Collection `{a}` already exists!"
+                        )
+                    new[a] = new.pop(old)
+                elif kind == "delete_alias":
+                    new.pop(op.delete_alias.alias_name, None)
+                else:
+                    raise cv.UnsupportedRequest(f"alias action {kind!r} is not supported")
+            self.aliases = new
+            self._save_aliases()
+
     def delete(self, name: str) -> bool:
         with self.lock:
             coll = self.collections.pop(name, None)
+            if coll is not None and any(c == name for c in self.aliases.values()):
+                # like Qdrant: the collection's aliases go with it
+                self.aliases = {a: c for a, c in self.aliases.items() if c != name}
+                self._save_aliases()
         if coll is None:
             return False
         with coll.lock:
@@ -503,10 +565,37 @@ class _Collections(qg.CollectionsServicer):
         return qg.CollectionOperationResponse(result=deleted, **_done(start))
 
     @_guard
+    def UpdateAliases(self, request: qg.ChangeAliases, context: Any) -> Any:
+        start = time.perf_counter()
+        self.store.change_aliases(request.actions)
+        return qg.CollectionOperationResponse(result=True, **_done(start))
+
+    @_guard
+    def ListAliases(self, request: qg.ListAliasesRequest, context: Any) -> Any:
+        start = time.perf_counter()
+        with self.store.lock:
+            pairs = sorted(self.store.aliases.items())
+        return qg.ListAliasesResponse(
+            aliases=[qg.AliasDescription(alias_name=a, collection_name=c) for a, c in pairs],
+            **_done(start),
+        )
+
+    @_guard
+    def ListCollectionAliases(self, request: qg.ListCollectionAliasesRequest, context: Any) -> Any:
+        start = time.perf_counter()
+        name = self.store.get(request.collection_name).name
+        with self.store.lock:
+            pairs = sorted((a, c) for a, c in self.store.aliases.items() if c == name)
+        return qg.ListAliasesResponse(
+            aliases=[qg.AliasDescription(alias_name=a, collection_name=c) for a, c in pairs],
+            **_done(start),
+        )
+
+    @_guard
     def CollectionExists(self, request: qg.CollectionExistsRequest, context: Any) -> Any:
         start = time.perf_counter()
         with self.store.lock:
-            exists = request.collection_name in self.store.collections
+            exists = self.store.resolve(request.collection_name) in self.store.collections
         return qg.CollectionExistsResponse(
             result=qg.CollectionExists(exists=exists), **_done(start)
         )

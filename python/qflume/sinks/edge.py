@@ -6,8 +6,10 @@ are followed by `optimize()` (Edge has no background optimizer: indexing runs wh
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -38,10 +40,15 @@ from qflume.sinks.base import (
     check_fusion,
 )
 
-__all__ = ["EdgeSink", "edge_filter", "ids_to_strings"]
+__all__ = ["EdgeSink", "edge_filter", "ids_to_strings", "read_pointer", "write_pointer"]
 
 SPEC_FILE = "qflume_collection.json"  # the CollectionSpec, beside Edge's own edge_config.json
 _EDGE_CONFIG = "edge_config.json"
+#: ``STORE/<collection>.version``: which shard folder a versioned collection's live version is
+#: (qflume.versions), swapped by write + rename; without it the folder is ``STORE/<collection>``.
+POINTER_SUFFIX = ".version"
+#: How long opening a shard waits while another process has it open (Edge admits one).
+OPEN_WAIT_S = 30.0
 _DISTANCES = {
     "cosine": qe.Distance.Cosine,
     "dot": qe.Distance.Dot,
@@ -50,6 +57,67 @@ _DISTANCES = {
 }
 _CHUNK = 2048  # points per update operation: bounds the Python objects alive at once
 _RRF_K = 2  # Qdrant's default k for reciprocal rank fusion
+
+
+def pointer_path(root: str | os.PathLike[str], collection: str) -> Path:
+    return Path(root) / f"{collection}{POINTER_SUFFIX}"
+
+
+def read_pointer(root: str | os.PathLike[str], collection: str) -> tuple[str, int] | None:
+    """(shard folder name, version) the pointer of ``collection`` names, or None without one."""
+    path = pointer_path(root, collection)
+    try:
+        data = json.loads(path.read_text("utf-8"))
+        name, version = str(data["collection"]), int(data["version"])
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise SinkError(f"{path}: not a readable version pointer ({e}); rewrite it with "
+                        f"`qflume rollback -c {collection} --to N`") from None  # fmt: skip
+    if not name or os.sep in name or name in (".", "..") or name.startswith("."):
+        raise SinkError(f"{path}: names {name!r}, which is not a shard folder of this store")
+    return name, version
+
+
+def write_pointer(root: str | os.PathLike[str], collection: str, name: str, version: int) -> None:
+    """Point ``collection`` at the shard folder ``name`` (atomically: write, fsync, rename)."""
+    path = pointer_path(root, collection)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump({"collection": name, "version": version}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        dfd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise QflumeIOError(f"cannot write the version pointer {path}: {e}") from e
+
+
+def _load_shard(path: Path, wait: float) -> Any:
+    """Open the shard at ``path``, waiting up to ``wait`` s while another process has it open."""
+    deadline = time.monotonic() + wait
+    delay = 0.005
+    while True:
+        try:
+            return qe.EdgeShard.load(str(path))
+        except Exception as e:
+            if "WouldBlock" not in str(e) or time.monotonic() >= deadline:
+                if "WouldBlock" in str(e):
+                    raise SinkError(
+                        f"the Qdrant Edge shard at {path} stayed open in another process (a "
+                        f"search, status, ingest or reindex) for {wait:.0f} s; try again when "
+                        "it is done"
+                    ) from e
+                raise SinkError(f"cannot open the Qdrant Edge shard at {path}: {e}") from e
+            time.sleep(delay)
+            delay = min(0.1, delay * 2)
 
 
 def ids_to_strings(ids: Ids) -> list[str]:
@@ -230,22 +298,25 @@ class EdgeSink(Sink):
         *,
         spec: CollectionSpec | None = None,
         optimize_threshold: int | None = 50_000,
+        follow_pointer: bool = True,
+        open_wait: float = OPEN_WAIT_S,
     ) -> None:
         if not collection or os.sep in collection or collection in (".", ".."):
             raise InvalidInputError(f"collection name {collection!r} cannot be a directory name")
         self.collection = collection
         self.root = Path(path)
-        self.path = self.root / collection
+        # A versioned collection's live version is the shard folder its pointer names.
+        pointed = read_pointer(self.root, collection) if follow_pointer else None
+        self.path = self.root / (pointed[0] if pointed else collection)
         self.optimize_threshold = optimize_threshold
         self._shard: Any = None  # a _PanicGuard over qe.EdgeShard
         self._spec: CollectionSpec | None = None
         self._written = 0  # points written since the last optimization
         self._closed = False
+        #: the shard folder ensure_collection created (None: it was there)
+        self.created: str | None = None
         if (self.path / _EDGE_CONFIG).exists():
-            try:
-                self._shard = _PanicGuard(qe.EdgeShard.load(str(self.path)), self.path)
-            except Exception as e:
-                raise SinkError(f"cannot open the Qdrant Edge shard at {self.path}: {e}") from e
+            self._shard = _PanicGuard(_load_shard(self.path, open_wait), self.path)
             self._spec = self._stored_spec()
         if spec is not None:
             self.ensure_collection(spec)
@@ -321,6 +392,7 @@ class EdgeSink(Sink):
                 raise SinkError(f"cannot create the Qdrant Edge shard at {self.path}: {e}") from e
             self._spec = spec
             self._write_spec(spec)
+            self.created = self.path.name
             return
         have = self._spec
         if have is None:
