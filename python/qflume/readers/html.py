@@ -116,10 +116,10 @@ def _drop_link_lists(root: Any) -> None:
     """Menus and tables of contents outside <nav>: outermost lists of 3+ items whose text is
     nearly all link text."""
     for lst in root.css("ul, ol"):
-        up = lst.parent
-        while up is not None and up.tag not in ("ul", "ol"):
-            up = up.parent
-        if up is not None:
+        up, depth = lst.parent, 0
+        while up is not None and up.tag not in ("ul", "ol") and depth < 64:
+            up, depth = up.parent, depth + 1
+        if up is not None:  # inside another list (or too deep to tell: left as it is)
             continue
         items = lst.css("li")
         if len(items) < 3:
