@@ -281,3 +281,18 @@ def test_the_readme_example_config_is_valid() -> None:
     block = readme.split("```toml\n", 1)[1].split("```", 1)[0]
     cfg = parse_config(tomllib.loads(block), Path("qflume.toml"))
     assert cfg.options["collection"] == "docs" and len(cfg.sources) == 2
+
+
+def test_the_readme_alerts_table_is_valid() -> None:
+    from qflume.alerts import DEFAULT_THRESHOLDS
+    from qflume.config import tomllib
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    blocks = [b.split("```", 1)[0] for b in readme.split("```toml\n")[1:]]
+    (block,) = [b for b in blocks if "[alerts]" in b]
+    settings = parse_config(tomllib.loads(block), Path("qflume.toml")).options["alerts"]
+    assert settings.interval == 5.0 and [t.kind for t in settings.thresholds] == [
+        "latency",
+        "memory",
+    ]
+    assert settings.all_thresholds()[: len(DEFAULT_THRESHOLDS)] == DEFAULT_THRESHOLDS
