@@ -549,7 +549,7 @@ class AlertMonitor:
         with self._lock:
             self._collections.append(rec)
         self.registry.inc("memory_collections")
-        log.info(
+        log.debug(
             "qflume: memory alert %s: garbage collected, resident memory %d -> %d MiB",
             alert.threshold.name,
             before >> 20,
