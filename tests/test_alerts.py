@@ -329,6 +329,8 @@ def test_the_limiting_stage_and_a_suggestion_for_each() -> None:
     assert "one text per call on each of 2 cores" in b["suggestions"][0]
     small = analysis.bottleneck(_stages(0.1, 0.9, 0.1), {}, {"batch_tokens": 128})
     assert "a larger token budget: Embedder(batch_tokens=512) (now 128)" in small["suggestions"][0]
+    gpu = analysis.bottleneck(_stages(0.1, 0.9, 0.1), {}, {"batch_tokens": 16384})
+    assert "Embedder(batch_tokens=32768); now 16384" in gpu["suggestions"][0]
     server = {"target": "server", "adaptive": False, "in_flight": 4}
     w = analysis.bottleneck(_stages(0.1, 0.2, 0.97), {"sink_errors": {"UNAVAILABLE": 2}}, server)
     assert w["bottleneck"]["line"].startswith("write-bound: 97% busy")

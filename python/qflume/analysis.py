@@ -104,6 +104,11 @@ def _suggestions(stage: str, d: Mapping[str, Any], setup: Mapping[str, Any]) -> 
                 f"{setup.get('cores') or cores()} cores; more cores, or a GPU (onnxruntime-gpu: "
                 "batches of 16384 tokens), go faster"
             )
+        elif isinstance(budget, int) and budget >= 16384:  # the accelerator default
+            tips.append(
+                f"the model on the accelerator is the limit: a larger token budget "
+                f"(Embedder(batch_tokens={2 * budget}); now {budget}) if its memory allows"
+            )
         elif isinstance(budget, int) and budget < 512:
             tips.append(
                 f"a larger token budget: Embedder(batch_tokens=512) (now {budget}) makes fewer, "
