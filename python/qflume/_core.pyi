@@ -58,6 +58,26 @@ class Chunker:
     def count_tokens(self, text: str) -> int | None: ...
 
 @final
+class DocDiffer:
+    def __new__(
+        cls,
+        prev_chunks: bytes,
+        prev_offsets: bytes,
+        prev_meta: bytes,
+        pending: bytes,
+        resend_all: bool,
+    ) -> DocDiffer: ...
+    def take(
+        self,
+        hashes: npt.NDArray[np.uint8],
+        offsets: npt.NDArray[np.int64],
+        j0: int,
+        digests: bytes | None = None,
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.int64]]: ...
+    def count(self) -> int: ...
+    def uncommitted(self) -> npt.NDArray[np.uint8]: ...
+    def finish(self) -> tuple[bytes, bytes, bytes, npt.NDArray[np.uint8]]: ...
+
 class ChunkFileIter:
     def __iter__(self) -> ChunkFileIter: ...
     def __next__(

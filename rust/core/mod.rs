@@ -2,6 +2,7 @@
 
 pub mod chunk;
 pub mod cpu;
+pub mod diff;
 pub mod error;
 pub mod hash;
 pub mod pack;

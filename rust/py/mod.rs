@@ -5,6 +5,7 @@ use pyo3::prelude::*;
 
 mod chunk;
 mod cpu;
+mod diff;
 mod error;
 mod hash;
 mod pack;
@@ -21,6 +22,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     hash::register(m)?;
     chunk::register(m)?;
     cpu::register(m)?;
+    diff::register(m)?;
     scan::register(m)?;
     pack::register(m)?;
     sparse::register(m)?;
