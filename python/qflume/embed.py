@@ -165,8 +165,9 @@ def model_fingerprint(
 
 class Embedder(OnnxModel):
     """Dense text embeddings from an ONNX model folder (default: all-MiniLM-L6-v2, built on first
-    use: int8 with per-channel weights on CPUs with VNNI, the most sensitive MatMuls kept fp32, see
-    :func:`qflume.model.fp32_matmuls`; else fp32).
+    use: the int8 build, per-channel weights with the most sensitive MatMuls kept fp32, see
+    :func:`qflume.model.fp32_matmuls`, where it meets the fidelity bar and is faster on this CPU,
+    else fp32: measured once per CPU, :mod:`qflume.choice`).
 
     ``model`` is a folder with model.onnx + tokenizer.json (+ sentence-transformers configs), or a
     BERT-family weights folder (config.json + model.safetensors), built into the cache.
