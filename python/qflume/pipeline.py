@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from qflume import metrics
+from qflume import alerts, analysis, metrics
 from qflume._core import content_hash, point_id
 from qflume._validate import metadata_problem, printable, text_problem, url_problem
 from qflume.exceptions import InvalidInputError, QflumeError, StateCorruptError
@@ -66,10 +66,14 @@ _MARKDOWN_EXT = (".md", ".markdown", ".mdown", ".mkd")
 class StageStats:
     busy_s: float = 0.0
     items: int = 0
+    #: CPU time of the stage's own thread (ONNX Runtime's and Rayon's workers count only in
+    #: the report's process-wide cpu_s)
+    cpu_s: float = 0.0
 
     def as_dict(self, elapsed: float) -> dict[str, float]:
         return {
             "busy_s": round(self.busy_s, 4),
+            "cpu_s": round(self.cpu_s, 4),
             "items": self.items,
             "items_per_s": round(self.items / self.busy_s, 1) if self.busy_s > 0 else 0.0,
             "utilization": round(self.busy_s / elapsed, 3) if elapsed > 0 else 0.0,
@@ -104,15 +108,31 @@ class IngestReport:
     outages: int = 0
     spooled_requests: int = 0
     outage_s: float = 0.0
+    #: CPU seconds of the whole process over the run (every thread)
+    cpu_s: float = 0.0
+    #: protobuf bytes sent to and received from a Qdrant server (none for the embedded store),
+    #: and its failed requests by gRPC status code (retried, spooled, or the run's error)
+    bytes_sent: int = 0
+    bytes_received: int = 0
+    sink_errors: dict[str, int] = field(default_factory=dict)
+    #: the collection after the run (qflume.metrics.collection_info: points, segments, the
+    #: embedded store's disk_bytes, a server's optimizer status)
+    storage: dict[str, Any] = field(default_factory=dict)
+    #: alerts active during the run (raised by the running qflume.alerts monitors)
+    alerts: list[dict[str, Any]] = field(default_factory=list)
     stages: dict[str, StageStats] = field(default_factory=dict)
+    #: what the suggestions are judged against (target, embedder, requests in flight)
+    setup: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def as_dict(self) -> dict[str, Any]:
+        """The figures, plus KPIs, the limiting stage and suggestions (qflume.analysis)."""
         d = asdict(self)
+        d.pop("setup")
         d["stages"] = {k: v.as_dict(self.elapsed_s) for k, v in self.stages.items()}
         d["elapsed_s"] = round(self.elapsed_s, 3)
-        d["chunks_per_s"] = (
-            round(self.chunks_embedded / self.elapsed_s, 2) if self.elapsed_s > 0 else 0.0
-        )
+        d["cpu_s"] = round(self.cpu_s, 3)
+        d.update(analysis.kpis(d))
+        d.update(analysis.bottleneck(d["stages"], d, self.setup))
         return d
 
 
@@ -1503,7 +1523,7 @@ class Pipeline:
         planner: Callable[[IngestReport], Iterator[_Doc | tuple[str, str, DocState]]],
         dry_run: bool,
     ) -> IngestReport:
-        t0 = time.perf_counter()
+        t0, cpu0, since = time.perf_counter(), time.process_time(), time.time()
         report = IngestReport(dry_run=dry_run)
         report.stages = {name: StageStats() for name in ("plan", "embed", "write")}
         self._dry_run = dry_run
@@ -1527,10 +1547,37 @@ class Pipeline:
             self._close_readers()
             self._progress.close(outcome)
             report.elapsed_s = time.perf_counter() - t0
+            report.cpu_s = time.process_time() - cpu0
         report.interrupted = self._stop.is_set()
+        report.alerts = alerts.during(since, time.time())
+        report.setup = self._setup(report)
         if not dry_run:
-            self.state.set_meta("last_run", report.as_dict())
+            try:
+                report.storage = metrics.collection_info(self.sink)
+            except Exception as e:  # the run is done; its report says why this is missing
+                report.storage = {"error": str(e)}
+            d = report.as_dict()
+            analysis.publish(d, self.collection)
+            self.state.set_meta("last_run", d)
         return report
+
+    def _setup(self, report: IngestReport) -> dict[str, Any]:
+        """The settings the report's suggestions are judged against."""
+        sink, emb = self._sink, self._embedder
+        adaptive = getattr(sink, "adaptive", None)
+        out: dict[str, Any] = {
+            "target": "server" if self.url is not None else "embedded",
+            "wait": self.wait,
+            "chunking": "tokens" if self.chunk_tokens is not None else "chars",
+            "cores": analysis.cores(),
+            "adaptive": adaptive is not None,
+            "in_flight": getattr(adaptive, "in_flight", getattr(sink, "max_in_flight", None)),
+            "in_flight_max": getattr(adaptive, "hi", None),
+        }
+        if emb is not None and report.chunks_embedded:  # a model that ran (reading it loads none)
+            out["batch_tokens"] = getattr(emb, "batch_tokens", None)
+            out["per_text"] = getattr(emb, "per_text", None)
+        return out
 
     def _install_sigint(self) -> Callable[[], None]:
         if threading.current_thread() is not threading.main_thread():
@@ -1657,16 +1704,20 @@ class Pipeline:
                     continue
             return _STOP
 
-        def stage(body: Callable[[], None], downstream: queue.Queue[Any]) -> Callable[[], None]:
+        def stage(
+            body: Callable[[], None], downstream: queue.Queue[Any], name: str
+        ) -> Callable[[], None]:
             """A stage thread: an error stops the whole run; downstream always hears the end."""
 
             def run() -> None:
+                cpu = time.thread_time()
                 try:
                     body()
                 except BaseException as e:
                     errors.append(e)
                     self._abort.set()
                 finally:
+                    report.stages[name].cpu_s += time.thread_time() - cpu
                     put(downstream, _STOP)
 
             return run
@@ -1688,7 +1739,7 @@ class Pipeline:
                 if not put(q_write, batch):
                     return
 
-        plan_stage, embed_stage = stage(plan, q_embed), stage(embed, q_write)
+        plan_stage, embed_stage = stage(plan, q_embed, "plan"), stage(embed, q_write, "embed")
 
         threads = [
             threading.Thread(target=plan_stage, name="qflume-plan", daemon=True),
@@ -1705,6 +1756,8 @@ class Pipeline:
             for th in threads:
                 while th.is_alive():
                     th.join(0.1)
+            for name in ("embed", "write"):  # nothing waits once the run is over
+                metrics.gauge("queue_depth", value=0, stage=name)
         if errors:
             first = errors[0]
             if isinstance(first, KeyboardInterrupt):
@@ -1751,6 +1804,9 @@ class Pipeline:
         # in order, once the server has acknowledged them.
         held: list[tuple[list[DocUpdate], list[str]]] = []
         before = {k: getattr(sink, k, 0) for k in ("retried", "spooled", "outage_s", "outages")}
+        meter = getattr(sink, "meter", None)
+        traffic = meter.snapshot() if meter is not None else None
+        cpu = time.thread_time()
 
         def commit(final: bool = False) -> None:
             nonlocal group_updates, group_deleted, group_points, group_docs, last_commit
@@ -1839,6 +1895,15 @@ class Pipeline:
             report.spooled_requests += getattr(sink, "spooled", 0) - before["spooled"]
             report.outages += getattr(sink, "outages", 0) - before["outages"]
             report.outage_s += getattr(sink, "outage_s", 0.0) - before["outage_s"]
+            stats.cpu_s += time.thread_time() - cpu
+            if traffic is not None:
+                now = meter.snapshot()
+                report.bytes_sent += now["bytes_sent"] - traffic["bytes_sent"]
+                report.bytes_received += now["bytes_received"] - traffic["bytes_received"]
+                for code, n in now["errors"].items():
+                    if n > traffic["errors"].get(code, 0):
+                        got = report.sink_errors.get(code, 0) + n - traffic["errors"].get(code, 0)
+                        report.sink_errors[code] = got
 
 
 def _record(report: IngestReport, stage: str, seconds: float, chunks: int, docs: int = -1) -> None:
