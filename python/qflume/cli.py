@@ -48,6 +48,7 @@ def _parser() -> argparse.ArgumentParser:
     _target_args(p)
     p.add_argument("--records", action="store_true", help="read records from JSONL/Parquet files")
     p.add_argument("--sparse", choices=["none", "bm25", "splade"], help="default none")
+    p.add_argument("--sparse-model", metavar="DIR", help=_SPARSE_MODEL_HELP)
     size = p.add_mutually_exclusive_group()
     size.add_argument("--chunk-chars", type=int, help="chunk size in characters")
     size.add_argument("--chunk-tokens", type=int, help="chunk size in model tokens (default 64)")
@@ -108,8 +109,19 @@ def _parser() -> argparse.ArgumentParser:
     _target_args(p)
     p.add_argument("--limit", type=int, default=5)
     mode = p.add_mutually_exclusive_group()
-    mode.add_argument("--hybrid", action="store_true", help="dense + BM25 fused by RRF")
-    mode.add_argument("--sparse-only", action="store_true", help="BM25 only")
+    mode.add_argument(
+        "--hybrid",
+        action="store_true",
+        help="dense + the collection's sparse vectors (BM25 or SPLADE), fused (--fusion)",
+    )
+    mode.add_argument(
+        "--sparse-only", action="store_true", help="the sparse vectors only (BM25 or SPLADE)"
+    )
+    p.add_argument(
+        "--sparse-model",
+        metavar="DIR",
+        help="the SPLADE model to query with (default: the one the last ingest recorded)",
+    )
     p.add_argument(
         "--fusion",
         choices=["dbsf", "rrf"],
@@ -185,6 +197,12 @@ def _apply_config(args: argparse.Namespace) -> None:
         raise InvalidInputError(f"no collection given: pass --collection NAME, or {where}")
 
 
+_SPARSE_MODEL_HELP = (
+    "the SPLADE model for --sparse splade: a BertForMaskedLM folder (config.json, "
+    "model.safetensors, tokenizer.json; built into ONNX once) or model.onnx + tokenizer.json"
+)
+
+
 def _pipeline(args: argparse.Namespace, **kw: Any) -> Any:
     from qflume.pipeline import Pipeline
 
@@ -195,6 +213,7 @@ def _pipeline(args: argparse.Namespace, **kw: Any) -> Any:
         api_key=args.api_key,
         model=args.model,
         state_dir=args.state_dir,
+        sparse_model=getattr(args, "sparse_model", None),
         **kw,
     )
 
@@ -330,6 +349,10 @@ def cmd_ingest(args: argparse.Namespace) -> int:
             raise InvalidInputError(f"--engine ray: {e}") from None
         if args.url is None:
             raise InvalidInputError(f"--engine ray: {ray_engine.STORE_REFUSED}")
+    if args.sparse_model is not None and args.sparse != "splade":
+        raise InvalidInputError(
+            f"--sparse-model is the SPLADE model: give --sparse splade with it (not {args.sparse})"
+        )
     pipe = _pipeline(
         args,
         sparse=args.sparse,

@@ -7,7 +7,7 @@ type or a literal API key is a `ConfigError` naming the file and the key.
 
     collection = "docs"
     model = "models/minilm"          # optional; paths are relative to the file's folder
-    sparse = "bm25"
+    sparse = "bm25"                  # or "splade", with sparse_model = "models/splade"
 
     [target]
     store = ".qflume"                # or: url = "http://qdrant:6334", api_key_env = "QDRANT_API_KEY"
@@ -61,6 +61,7 @@ _TOP: dict[str, tuple[str, str, Any]] = {
     "collection": ("collection", "str", None),
     "model": ("model", "path", None),
     "sparse": ("sparse", "choice", ("none", "bm25", "splade")),
+    "sparse_model": ("sparse_model", "path", None),
     "progress": ("progress", "choice", _MODES),
 }
 _TABLES: dict[str, dict[str, tuple[str, str, Any]]] = {

@@ -56,6 +56,23 @@ _STOP = object()
 PDF_WHOLE_PAGES = 64
 #: Files whose headings (Markdown "#" lines) give their chunks a heading path.
 _MARKDOWN_EXT = (".md", ".markdown", ".mdown", ".mkd")
+SPLADE_NEEDS_MODEL = (
+    "sparse 'splade' needs its model: --sparse-model DIR (sparse_model=), a BertForMaskedLM "
+    "folder (config.json, model.safetensors, tokenizer.json) or an ONNX masked-LM folder"
+)
+
+
+def _sparse_encoder(kind: str, model: str | os.PathLike[str] | None) -> Any:
+    """The sparse encoder of a kind: `Bm25`, or `Splade` of ``model``."""
+    if kind == "bm25":
+        from qflume.sparse import Bm25
+
+        return Bm25()
+    if model is None:
+        raise InvalidInputError(SPLADE_NEEDS_MODEL)
+    from qflume.sparse import Splade
+
+    return Splade(model)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -487,6 +504,7 @@ class Pipeline:
         api_key: str | None = None,
         model: str | os.PathLike[str] | None = None,
         sparse: str = "none",
+        sparse_model: str | os.PathLike[str] | None = None,
         chunk_chars: int | None = None,
         chunk_tokens: int | None = None,
         overlap: int = 0,
@@ -513,6 +531,12 @@ class Pipeline:
             )
         if sparse not in ("none", "bm25", "splade"):
             raise InvalidInputError(f"sparse must be none, bm25 or splade, not {sparse!r}")
+        if sparse_model is not None and sparse not in (None, "none", "splade"):
+            raise InvalidInputError(
+                f"sparse_model is the SPLADE model: give it with sparse='splade', not {sparse!r}"
+            )
+        if sparse == "splade" and sparse_model is None:
+            raise InvalidInputError(SPLADE_NEEDS_MODEL)
         if chunk_chars is not None and chunk_tokens is not None:
             raise InvalidInputError("give chunk_chars or chunk_tokens, not both")
         if store is not None and url is not None:
@@ -527,6 +551,8 @@ class Pipeline:
         self.api_key = api_key
         self.model = model
         self.sparse_kind = sparse
+        #: The SPLADE model folder (``sparse="splade"``; for a search, the one to query with).
+        self.sparse_model = sparse_model
         if chunk_chars is None and chunk_tokens is None:
             chunk_tokens = DEFAULT_CHUNK_TOKENS
         self.chunk_chars = chunk_chars
@@ -576,7 +602,9 @@ class Pipeline:
         self._embedder = embedder
         self._owns_embedder = embedder is None  # a caller's embedder stays open after close()
         self._sink = sink
-        self._sparse_model: Any = None
+        self._sparse_encoder: Any = None
+        self._query_encoder: tuple[str, Any] | None = None
+        self._sparse_lock = threading.Lock()
         self._chunker: Any = None
         self._cache: Any = None
         self._fingerprint: str | None = None
@@ -651,26 +679,93 @@ class Pipeline:
         return self._cache
 
     @property
-    def sparse_model(self) -> Any:
-        if self._sparse_model is None and self.sparse_kind != "none":
-            if self.sparse_kind == "bm25":
-                from qflume.sparse import Bm25
+    def sparse_encoder(self) -> Any:
+        """The documents' sparse encoder (`Bm25`, or `Splade` of ``sparse_model``); None
+        without sparse vectors."""
+        if self._sparse_encoder is None and self.sparse_kind != "none":
+            with self._sparse_lock:  # serve's searches and writes may both ask first
+                if self._sparse_encoder is None:
+                    self._sparse_encoder = _sparse_encoder(self.sparse_kind, self.sparse_model)
+        return self._sparse_encoder
 
-                self._sparse_model = Bm25()
-            else:
-                from qflume.sparse import Splade
+    def sparse_id(self) -> str:
+        """The sparse vectors' part of the fingerprint: ``none``, ``bm25``, or for SPLADE
+        ``splade|sparse_model=<its model id>`` (another SPLADE model re-sends every document)."""
+        if self.sparse_kind != "splade":
+            return self.sparse_kind
+        from qflume.sparse import splade_fingerprint
 
-                self._sparse_model = Splade(self.model)
-        return self._sparse_model
+        if self._sparse_encoder is not None:
+            return f"splade|sparse_model={self._sparse_encoder.model_id}"
+        if self.sparse_model is None:
+            raise InvalidInputError(SPLADE_NEEDS_MODEL)
+        return f"splade|sparse_model={splade_fingerprint(self.sparse_model)}"
+
+    def record_sparse(self) -> None:
+        """Record in the state which sparse vector the collection's points carry (and the
+        SPLADE model that made them): what `query_sparse` encodes queries for."""
+        rec: dict[str, Any] = {"kind": self.sparse_kind}
+        if self.sparse_kind == "splade":
+            rec["model"] = str(Path(self.sparse_model).resolve())  # type: ignore[arg-type]
+            rec["model_id"] = self.sparse_encoder.model_id
+        self.state.set_meta("sparse", rec)
+
+    def query_sparse(self, queries: Sequence[str]) -> tuple[str, SparseBatch]:
+        """The collection's sparse vector name and the query vectors of ``queries`` for it.
+
+        The encoder is the one the last ingest recorded (`record_sparse`): BM25, or SPLADE with
+        the model it recorded; a ``sparse``/``sparse_model`` given to this pipeline is used
+        instead, and a SPLADE model other than the collection's is refused. A collection with
+        no record (ingested before qflume recorded it, or a server's collection searched from
+        another state folder) is taken as BM25 unless ``sparse`` says otherwise."""
+        if self._query_encoder is None:
+            with self._sparse_lock:
+                if self._query_encoder is None:
+                    self._query_encoder = self._resolve_query_encoder()
+        kind, encoder = self._query_encoder
+        return kind, encoder.embed_query(list(queries))
+
+    def _resolve_query_encoder(self) -> tuple[str, Any]:
+        rec = self.state.get_meta("sparse")
+        rec = rec if isinstance(rec, dict) else {}
+        name = repr(self.collection)
+        kind = self.sparse_kind if self.sparse_kind != "none" else str(rec.get("kind") or "bm25")
+        if kind == "none":
+            raise InvalidInputError(
+                f"collection {name} has no sparse vectors (ingested with sparse none): ingest it "
+                "with --sparse bm25, or --sparse splade --sparse-model DIR, for sparse or hybrid "
+                "search"
+            )
+        if kind != "splade":
+            return kind, _sparse_encoder(kind, None)
+        if self.sparse_kind == "splade":
+            encoder = self._sparse_encoder or _sparse_encoder(kind, self.sparse_model)
+            self._sparse_encoder = encoder
+        else:
+            model = self.sparse_model or rec.get("model")
+            if model is None:
+                raise InvalidInputError(
+                    f"collection {name} holds SPLADE vectors: pass --sparse-model DIR "
+                    "(sparse_model=), the model it was ingested with"
+                )
+            encoder = _sparse_encoder(kind, model)
+        want = rec.get("model_id")
+        if rec.get("kind") == "splade" and want and encoder.model_id != want:
+            raise InvalidInputError(
+                f"collection {name} was ingested with SPLADE model {want} "
+                f"({rec.get('model')}); {encoder.model_path} is {encoder.model_id}: query it "
+                "with the same --sparse-model (or ingest again with this one)"
+            )
+        return kind, encoder
 
     def fingerprint(self) -> str:
-        """What produced the points: model, chunker settings, sparse kind."""
+        """What produced the points: model, chunker settings, sparse vectors (and model)."""
         if self._fingerprint is None:
             chunking = (
                 f"tokens={self.chunk_tokens}" if self.chunk_tokens else f"chars={self.chunk_chars}"
             )
             self._fingerprint = (
-                f"{self.model_id()}|{chunking}|overlap={self.overlap}|sparse={self.sparse_kind}"
+                f"{self.model_id()}|{chunking}|overlap={self.overlap}|sparse={self.sparse_id()}"
             )
         return self._fingerprint
 
@@ -1786,8 +1881,8 @@ class Pipeline:
             self.cache.put_many(emb.model_id, batch.hashes[miss], new)
             report.chunks_embedded += len(miss)
         batch.dense = dense
-        if self.sparse_model is not None:
-            batch.sparse = {self.sparse_kind: self.sparse_model.embed(batch.texts)}
+        if self.sparse_encoder is not None:
+            batch.sparse = {self.sparse_kind: self.sparse_encoder.embed(batch.texts)}
 
     def _write_stage(
         self, get: Callable[[queue.Queue[Any]], Any], q: queue.Queue[Any], report: IngestReport
@@ -1831,6 +1926,7 @@ class Pipeline:
             t = time.perf_counter()
             if not ensured and (len(batch.texts) or batch.plans):
                 sink.ensure_collection(self.collection_spec())
+                self.record_sparse()
                 ensured = True
             # Write-ahead: what may land in the collection is recorded before it is sent (once
             # per batch: with its first slice).

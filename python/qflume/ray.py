@@ -201,7 +201,9 @@ class EmbedUnits:
     """`map_batches` callable class (an actor, the model loaded once): fills each slice of each
     unit with its dense vectors (and sparse ones), the same calls the local embed stage makes."""
 
-    def __init__(self, model: str | None, sparse: str = "none") -> None:
+    def __init__(
+        self, model: str | None, sparse: str = "none", sparse_model: str | None = None
+    ) -> None:
         from qflume.embed import Embedder
 
         self.embedder = Embedder(model)
@@ -214,7 +216,7 @@ class EmbedUnits:
         elif sparse == "splade":
             from qflume.sparse import Splade
 
-            self.sparse_model = Splade(model)
+            self.sparse_model = Splade(sparse_model)  # type: ignore[arg-type]
 
     def __call__(self, batch: Mapping[str, Any]) -> dict[str, Any]:
         out, stats = [], []
@@ -560,6 +562,7 @@ def _run_waves(
     embed_args = {
         "model": None if pipe.model is None else str(pipe.model),
         "sparse": pipe.sparse_kind,
+        "sparse_model": None if pipe.sparse_model is None else str(pipe.sparse_model),
     }
     if pipe._embedder is not None:  # a caller's embedder: its folder, rebuilt in each actor
         embed_args["model"] = str(pipe._embedder.model_path)
@@ -613,6 +616,7 @@ def _run_waves(
             _record(report, "plan", chunk_s, texts, docs=0)
             if texts and not ensured:
                 pipe.sink.ensure_collection(pipe.collection_spec())
+                pipe.record_sparse()
                 ensured = True
             data = mat.select_columns(["unit", "data"])
             if texts:

@@ -102,7 +102,9 @@ def search(
 ) -> list[list[Hit]]:
     """Search `target` (a Pipeline) for every query at once; one list of hits per query.
 
-    mode="hybrid" fuses a dense and a BM25 prefetch on the server with `fusion`: "dbsf"
+    Sparse queries use the collection's sparse vector, BM25 or SPLADE, encoded as the
+    collection's points were (``target.query_sparse``). mode="hybrid" fuses a dense and a sparse
+    prefetch on the server with `fusion`: "dbsf"
     (distribution-based score fusion, the default) or "rrf" (reciprocal rank fusion).
     """
     if isinstance(queries, str):
@@ -123,18 +125,16 @@ def search(
         return []
     t0 = time.perf_counter()
     qf = qdrant_filter(filter)
+    sparse_name, sparse = "", None
+    if mode in ("sparse", "hybrid"):  # first: a collection without sparse vectors fails at once
+        sparse_name, sparse = target.query_sparse(list(queries))
     dense = target.embedder.embed(list(queries)) if mode in ("dense", "hybrid") else None
-    sparse = None
-    if mode in ("sparse", "hybrid"):
-        from qflume.sparse import Bm25
-
-        sparse = Bm25().embed_query(list(queries))
     requests = []
     for i in range(len(queries)):
         sp = None
         if sparse is not None:
             lo, hi = int(sparse.indptr[i]), int(sparse.indptr[i + 1])
-            sp = ("bm25", sparse.indices[lo:hi], sparse.values[lo:hi])
+            sp = (sparse_name, sparse.indices[lo:hi], sparse.values[lo:hi])
         requests.append(
             QueryRequest(
                 dense=None if dense is None else np.ascontiguousarray(dense[i]),

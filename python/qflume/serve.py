@@ -97,6 +97,7 @@ class ServeConfig:
     state_dir: str | None = None
     model: str | None = None
     sparse: str = "none"
+    sparse_model: str | None = None  # the SPLADE model (sparse "splade")
     chunk_chars: int | None = None
     chunk_tokens: int | None = None
     host: str = "127.0.0.1"
@@ -232,6 +233,7 @@ class _SearchTarget:
         self.store = pipeline.store
         self.state_path = pipeline.state_path
         self.model = pipeline.model
+        self.query_sparse = pipeline.query_sparse  # the collection's sparse vector and encoder
         self.max_memory = getattr(pipeline, "max_memory", None)  # health's memory budget
 
     @property
@@ -530,6 +532,7 @@ class Service:
                 state_dir=config.state_dir,
                 model=config.model,
                 sparse=config.sparse,
+                sparse_model=config.sparse_model,
                 chunk_chars=config.chunk_chars,
                 chunk_tokens=config.chunk_tokens,
                 embedder=_EmbedderView(self._model, self._gate, urgent=False),
@@ -886,11 +889,12 @@ class Service:
                 errors.append(_error_entry(i, problem, "invalid"))
         failed = {e["index"] for e in errors}
         good = [q for i, q in enumerate(req.queries) if i not in failed]
-        if req.mode != "dense" and self.pipeline.sparse_kind != "bm25":
+        if req.mode != "dense" and self.pipeline.sparse_kind == "none":
             raise ApiError(
                 422,
-                f"mode {req.mode!r} needs BM25 sparse vectors in collection "
-                f"{self.pipeline.collection!r}: start qflume serve with --sparse bm25",
+                f"mode {req.mode!r} needs sparse vectors in collection "
+                f"{self.pipeline.collection!r}: start qflume serve with --sparse bm25 (or "
+                "--sparse splade --sparse-model DIR)",
             )
         try:
             found = iter(
@@ -1497,7 +1501,14 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--api-key", default=os.environ.get("QDRANT_API_KEY"), help="server API key")
     ap.add_argument("--state-dir", help="where state, cache and jobs live for --url")
     ap.add_argument("--model", help="model folder (model.onnx + tokenizer.json, or BERT weights)")
-    ap.add_argument("--sparse", choices=["none", "bm25"], default="none", help="bm25: hybrid")
+    ap.add_argument(
+        "--sparse", choices=["none", "bm25", "splade"], default="none", help="for hybrid search"
+    )
+    ap.add_argument(
+        "--sparse-model",
+        help="--sparse splade: the SPLADE model (a BertForMaskedLM folder, or model.onnx + "
+        "tokenizer.json)",
+    )
     size = ap.add_mutually_exclusive_group()
     size.add_argument("--chunk-chars", type=int, help="chunk size in characters (default 1000)")
     size.add_argument("--chunk-tokens", type=int, help="chunk size in model tokens")
@@ -1633,6 +1644,7 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
         state_dir=args.state_dir,
         model=args.model,
         sparse=args.sparse,
+        sparse_model=args.sparse_model,
         chunk_chars=args.chunk_chars,
         chunk_tokens=args.chunk_tokens,
         host=args.host,

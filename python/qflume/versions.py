@@ -103,6 +103,7 @@ def settings_of(p: Pipeline) -> dict[str, Any]:
         "chunk_tokens": p.chunk_tokens,
         "overlap": p.overlap,
         "sparse": p.sparse_kind,
+        "sparse_model": _model_ref(p.sparse_model),
         "fingerprint": p.fingerprint(),
     }
 
@@ -159,6 +160,7 @@ def open_version(p: Pipeline, given: Mapping[str, bool]) -> VersionRow | None:
         p.overlap = int(s.get("overlap") or 0)
     if not given.get("sparse"):
         p.sparse_kind = str(s.get("sparse") or "none")
+        p.sparse_model = s.get("sparse_model") if p.sparse_kind == "splade" else None
     return row
 
 
@@ -686,6 +688,7 @@ def reindex(
                 "chunk_tokens": s.get("chunk_tokens"),
                 "overlap": int(s.get("overlap") or 0),
                 "sparse": s.get("sparse") or "none",
+                "sparse_model": s.get("sparse_model") if s.get("sparse") == "splade" else None,
                 "state_dir": ctx.base if url is not None else None,
                 "progress": False,
                 "versioned": False,
@@ -974,7 +977,7 @@ def _copy_group(
             if b.copy_sparse and all(r.sparse and kind in r.sparse for r in records):
                 sparse = {kind: _csr([r.sparse[kind] for r in records])}  # type: ignore[index]
             else:
-                sparse = {kind: b.pipe.sparse_model.embed(texts)}
+                sparse = {kind: b.pipe.sparse_encoder.embed(texts)}
         b.stage("embed", time.perf_counter() - t)
         t = time.perf_counter()
         b.pipe.sink.upsert_batch(PointBatch(ids=_id_bytes(ids), dense=dense, sparse=sparse,
