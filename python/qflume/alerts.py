@@ -373,10 +373,7 @@ class AlertMonitor:
         self.on_alert = on_alert
         self.collect_memory = collect_memory
         self.hooks = tuple(hooks)
-        if memory_budget is None:
-            total = metrics._total_memory()
-            memory_budget = int(total * 0.9) if total else None
-        self.memory_budget = memory_budget
+        self.memory_budget = metrics.memory_budget(memory_budget)
         self._lock = threading.Lock()
         self._active: dict[Threshold, Alert] = {}
         self._alerts: deque[Alert] = deque(maxlen=max(1, keep))

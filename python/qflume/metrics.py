@@ -39,6 +39,7 @@ __all__ = [
     "gauge",
     "health",
     "inc",
+    "memory_budget",
     "observe",
     "rss_bytes",
     "status_report",
@@ -69,6 +70,15 @@ def _total_memory() -> int | None:
         return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
     except (ValueError, OSError, AttributeError):
         return None
+
+
+def memory_budget(max_memory: int | None = None) -> int | None:
+    """The resident memory a process may use: ``max_memory`` when given, else 90% of physical
+    memory (None when that cannot be read). Health's memory check and the memory alerts use it."""
+    if max_memory is not None:
+        return int(max_memory)
+    total = _total_memory()
+    return int(total * 0.9) if total else None
 
 
 def _quantile(sorted_vals: list[float], q: float) -> float:
@@ -658,10 +668,7 @@ def health(
             problem("disk_near_full", f"cannot check free space of {path}: {e}")
 
     rss = rss_bytes()
-    budget = max_rss or getattr(target, "max_memory", None)
-    if budget is None:
-        total = _total_memory()
-        budget = int(total * 0.9) if total else None
+    budget = memory_budget(max_rss or getattr(target, "max_memory", None))
     checks["memory"] = {"rss_bytes": rss, "budget_bytes": budget}
     if budget is not None and rss > budget:
         problem(
