@@ -379,12 +379,12 @@ def test_ingest_logs_config_alerts_and_prints_kpis_bottleneck_and_resources(
         f'collection = "cli"\nmodel = "{tiny_dir}"\n[target]\nstore = "st"\n'
         '[chunking]\nchars = 200\n[[sources]]\npath = "docs"\n'
         "[alerts]\ninterval = 0.02\ndefaults = false\n"
-        'thresholds = ["latency:ingest_stage{stage=embed}.max>0s:low",\n'
+        'thresholds = ["memory:budget>0%:low",\n'  # both hold from the first check on
         '  {kind = "memory", metric = "rss", op = ">", value = "1MB", severity = "high"}]\n'
     )
     res = _cli(job, "ingest")
     assert res.returncode == 0, res.stderr
-    assert "qflume: alert raised [low] max latency of ingest_stage{stage=embed}" in res.stderr
+    assert "qflume: alert raised [low] memory (share of the budget) is" in res.stderr
     assert "qflume: alert raised [high] resident memory is" in res.stderr
     out = res.stdout
     assert " chunks/s, " in out and " documents/s (" in out and "ms per document)" in out
