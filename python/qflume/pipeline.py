@@ -20,7 +20,6 @@ import queue
 import signal
 import threading
 import time
-from array import array
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -31,13 +30,13 @@ import numpy as np
 import numpy.typing as npt
 
 from qflume import alerts, analysis, metrics
-from qflume._core import content_hash, point_id
+from qflume._core import DocDiffer, content_hash, point_id
 from qflume._validate import metadata_problem, printable, text_problem, url_problem
 from qflume.exceptions import InvalidInputError, QflumeError, StateCorruptError
 from qflume.progress import Progress, ProgressEvent, resolve_interval, resolve_mode
 from qflume.readers import Document, Readers, ReaderSkip
 from qflume.readers.meta import KEYS as CHUNK_META_KEYS
-from qflume.readers.meta import NO_META, ChunkMeta, heading_index
+from qflume.readers.meta import ChunkMeta, heading_index
 from qflume.sinks.base import CollectionSpec, PointBatch, Sink, SparseBatch
 from qflume.state import HASH_LEN, DocState, DocUpdate, State
 
@@ -191,73 +190,11 @@ class _DocPlan:
     restated: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
 
 
-def _rows16(blob: bytes | bytearray | npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:
-    """Concatenated 16-byte hashes as an (n, 16) uint8 array (a view where possible)."""
-    if isinstance(blob, np.ndarray):
-        return np.ascontiguousarray(blob, np.uint8).reshape(-1, HASH_LEN)
-    return np.frombuffer(blob, np.uint8).reshape(-1, HASH_LEN) if blob else _NO_HASHES
-
-
-_NO_HASHES = np.zeros((0, HASH_LEN), np.uint8)
-
-
-def _prefix(rows: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint64]:
-    return np.ascontiguousarray(rows[:, :8]).view("<u8").ravel()
-
-
-class _HashIndex:
-    """Exact membership of 16-byte hashes, compact: a sorted array of their first 8 bytes with
-    each one's row in the buffer holding them in full (16 bytes a hash, where a Python set of
-    bytes costs ~140: what a document of a million chunks holds while it is diffed)."""
-
-    def __init__(self, blob: bytes | bytearray = b"") -> None:
-        self.blob = blob  # the hashes in full, row by row (may grow: rows are added in order)
-        rows = _rows16(blob) if len(blob) else _NO_HASHES
-        pre = _prefix(rows)
-        order = np.argsort(pre, kind="stable")
-        self.pre = pre[order]
-        self.row = order.astype(np.int64)
-
-    def find(self, rows: npt.NDArray[np.uint8]) -> npt.NDArray[np.int64]:
-        """The row of each of ``rows`` (k, 16) in the buffer, or -1."""
-        out = np.full(len(rows), -1, np.int64)
-        if not len(self.pre) or not len(rows):
-            return out
-        pre = _prefix(rows)
-        pos = np.searchsorted(self.pre, pre)
-        at = np.minimum(pos, len(self.pre) - 1)
-        cand = np.flatnonzero(self.pre[at] == pre)
-        if not len(cand):
-            return out
-        full = _rows16(self.blob)
-        r = self.row[at[cand]]
-        same = (full[r] == rows[cand]).all(axis=1)
-        out[cand[same]] = r[same]
-        for i in cand[~same]:  # the same first 8 bytes, another hash: look further
-            h, p = rows[i].tobytes(), int(pos[i]) + 1
-            while p < len(self.pre) and self.pre[p] == pre[i]:
-                q = int(self.row[p])
-                if bytes(full[q]) == h:
-                    out[i] = q
-                    break
-                p += 1
-        return out
-
-    def add(self, rows: npt.NDArray[np.uint8], at: npt.NDArray[np.int64]) -> None:
-        """``rows`` are (or are about to be) rows ``at`` of the buffer."""
-        if not len(rows):
-            return
-        pre = np.concatenate([self.pre, _prefix(rows)])
-        row = np.concatenate([self.row, at.astype(np.int64)])
-        order = np.argsort(pre, kind="stable")
-        self.pre, self.row = pre[order], row[order]
-
-
 class _DocDiff:
-    """One document's new chunks against its state row, block by block: which to (re)send,
-    which kept chunks moved (a payload update), and at the end which are lost (deleted).
-
-    What it holds per distinct chunk is ~56 bytes (its hash, offsets and index entry), so that a
+    """One document's new chunks against its state row, block by block (the work is done in
+    Rust: `qflume._core.DocDiffer`): which to (re)send, which kept chunks moved (a payload
+    update), which were restated (same text, other page or heading), and at the end which are
+    lost (deleted). It holds ~60 bytes per distinct chunk (its hash, row and index entry), so a
     document streamed block by block stays small whatever its size."""
 
     def __init__(self, d: _Doc, fp: str, *, streamed: bool = False) -> None:
@@ -265,84 +202,60 @@ class _DocDiff:
         self.doc = d
         self.streamed = streamed  # written ahead block by block: no upsert list kept
         self.fp = fp
-        self.committed = _HashIndex(prev.chunks if prev else b"")
-        self.prev_rows = array("q")  # (chunk_index, start, end) per committed chunk
-        if prev is not None and prev.offsets:
-            self.prev_rows.frombytes(prev.offsets)
-        self.resend_all = prev is None or prev.fingerprint != fp or prev.meta_json != d.meta_json
-        self.uniq = bytearray()  # distinct chunk hashes, in order
-        self.seen = _HashIndex(self.uniq)
-        self.rows = array("q")  # (chunk_index, start, end) per distinct chunk
+        resend_all = prev is None or prev.fingerprint != fp or prev.meta_json != d.meta_json
+        self._diff = DocDiffer(
+            bytes(prev.chunks) if prev else b"",
+            bytes(prev.offsets) if prev else b"",
+            bytes(prev.chunk_meta) if prev else b"",
+            bytes(prev.pending) if prev else b"",
+            resend_all,
+        )
         self.upsert = bytearray()
-        self.count = 0
         self.plan = _DocPlan(d, None, b"", [], [])
-        # per distinct chunk, a digest of its page/heading metadata (readers.meta.digest)
-        self.prev_meta = bytes(prev.chunk_meta) if prev is not None else b""
-        self.meta_digests = bytearray()
-        self.any_meta = False
+        self._count = -1  # set when finished
 
-    def block(
-        self, hashes: npt.NDArray[np.uint8]
-    ) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.int64]]:
-        """For the next block's (k, 16) chunk hashes: whether each is its text's first chunk in
-        the document, and its row in the committed version (-1: not committed)."""
-        hashes = np.ascontiguousarray(hashes, np.uint8)
-        first = np.zeros(len(hashes), bool)
-        if len(hashes):
-            _, idx = np.unique(hashes.view("V16").ravel(), return_index=True)
-            first[idx] = True
-            first &= self.seen.find(hashes) < 0
-            new = np.flatnonzero(first)
-            self.seen.add(hashes[new], self.count + np.arange(len(new)))
-        return first, self.committed.find(hashes)
+    @property
+    def count(self) -> int:
+        """Distinct chunks taken."""
+        return self._count if self._count >= 0 else self._diff.count()
 
-    def add(
+    def take(
         self,
-        h: bytes,
-        j: int,
-        start: int,
-        end: int,
-        first: bool,
-        committed: int,
-        digest: bytes = NO_META,
-        meta: dict[str, Any] | None = None,
-    ) -> bool:
-        """Chunk ``j`` with hash ``h`` at ``start:end`` (``first`` and ``committed`` as `block`
-        gave them; ``meta`` its page/heading metadata, ``digest`` that's digest): True when it
-        is to be sent."""
-        if not first:  # the same text twice in one document: one point
-            return False
-        self.count += 1
-        self.uniq += h
-        self.rows.extend((j, start, end))
-        self.meta_digests += digest
-        if digest != NO_META:
-            self.any_meta = True
-        if self.resend_all or committed < 0:
-            if not self.streamed:
-                self.upsert += h
-            return True
-        was = self.prev_meta[8 * committed : 8 * committed + 8] or NO_META
-        if was != digest:  # same text, another page or heading: its metadata is restated
-            full = {**self.doc.meta, **(meta or {})}
-            full.update(chunk_index=j, start=start, end=end, content_hash=h.hex())
-            self.plan.restated.append((point_id(self.doc.key, h), full))
-            return False
-        i = 3 * committed
-        if self.prev_rows[i : i + 3] != array("q", (j, start, end)):
-            fields = {"chunk_index": j, "start": start, "end": end}
-            self.plan.moved.append((point_id(self.doc.key, h), fields))
-        return False
+        hashes: npt.NDArray[np.uint8],
+        offsets: npt.NDArray[np.int64],
+        j0: int = 0,
+        digests: Sequence[bytes] | None = None,
+        metas: Sequence[dict[str, Any]] | None = None,
+        meta_index: npt.NDArray[np.int64] | None = None,
+    ) -> npt.NDArray[np.int64]:
+        """The next block of the document's chunks: (k, 16) ``hashes`` at ``offsets`` (k, 2),
+        the first being chunk ``j0``, with their page/heading ``digests`` (8 bytes each) and
+        metadata (``metas[meta_index[i]]``, -1: none). Returns the rows to send; records the
+        moved and the restated ones (Python work only for those)."""
+        hashes = np.ascontiguousarray(hashes, np.uint8)
+        offsets = np.ascontiguousarray(offsets, np.int64)
+        dg = None if digests is None else b"".join(digests)
+        send, moved, restated = self._diff.take(hashes, offsets, j0, dg)
+        if not self.streamed and len(send):
+            self.upsert += hashes[send].tobytes()
+        key, meta = self.doc.key, self.doc.meta
+        for i in restated.tolist():  # same text, another page or heading: metadata restated
+            h = hashes[i].tobytes()
+            m = -1 if meta_index is None else int(meta_index[i])
+            full = {**meta, **(metas[m] if metas is not None and m >= 0 else {})}
+            full.update(chunk_index=j0 + i, start=int(offsets[i, 0]), end=int(offsets[i, 1]))
+            full["content_hash"] = h.hex()
+            self.plan.restated.append((point_id(key, h), full))
+        for i in moved.tolist():
+            fields = {"chunk_index": j0 + i, "start": int(offsets[i, 0]), "end": int(offsets[i, 1])}
+            self.plan.moved.append((point_id(key, hashes[i].tobytes()), fields))
+        return send
 
     def finish(self) -> _DocPlan:
-        d, prev = self.doc, self.doc.prev
-        if prev is not None:
-            possibly = _rows16(bytes(prev.chunks) + bytes(prev.pending))
-            if len(possibly):
-                possibly = np.unique(possibly.view("V16").ravel()).view(np.uint8)
-                possibly = possibly.reshape(-1, HASH_LEN)
-                gone = possibly[self.seen.find(possibly) < 0]
-                self.plan.lost_ids = [point_id(d.key, bytes(h)) for h in gone]
+        d = self.doc
+        self._count = self._diff.count()
+        chunks, rows, chunk_meta, lost = self._diff.finish()
+        self.plan.lost_ids = [point_id(d.key, h.tobytes()) for h in lost]
         self.plan.upsert_hashes = bytes(self.upsert)
         self.upsert = bytearray()
         self.plan.update = DocUpdate(
@@ -353,19 +266,16 @@ class _DocDiff:
             mtime_ns=d.mtime_ns,
             meta_json=d.meta_json,
             fingerprint=self.fp,
-            chunks=bytes(self.uniq),
-            offsets=self.rows.tobytes(),
-            chunk_meta=bytes(self.meta_digests) if self.any_meta else b"",
+            chunks=chunks,
+            offsets=rows,
+            chunk_meta=chunk_meta,
         )
-        self.seen = _HashIndex()
         return self.plan
 
     def abandon(self) -> None:
         """The document could not be read to its end: take back what was sent of it (points
         that were not in its committed version) and keep its state row as it was."""
-        sent = _rows16(self.uniq)
-        sent = sent[self.committed.find(sent) < 0]
-        self.plan.lost_ids = [point_id(self.doc.key, bytes(h)) for h in sent]
+        self.plan.lost_ids = [point_id(self.doc.key, h.tobytes()) for h in self._diff.uncommitted()]
         self.plan.moved = []
         self.plan.restated = []
         self.plan.update = None
@@ -1271,9 +1181,7 @@ class Pipeline:
         extra_index: list[int] = []
         for di, d in enumerate(ok):
             lo, hi = int(indptr[di]), int(indptr[di + 1])
-            h_bytes = hashes[lo:hi].tobytes()
             diff = _DocDiff(d, fp if d.reader is None else reader_fp)
-            first, committed = diff.block(hashes[lo:hi])
             st, d.structure = d.structure, None
             uniq: list[dict[str, Any]] = []
             base = 0
@@ -1281,21 +1189,16 @@ class Pipeline:
                 uniq, idx, digests = st.rows(offsets[lo:hi, 0], offsets[lo:hi, 1])
                 base = len(extra_meta)
                 extra_meta.extend(uniq)
-            for j in range(hi - lo):
-                h = h_bytes[j * HASH_LEN : (j + 1) * HASH_LEN]
-                at = (int(offsets[lo + j, 0]), int(offsets[lo + j, 1]))
-                m = -1
-                if st is None:
-                    send = diff.add(h, j, *at, bool(first[j]), int(committed[j]))
-                else:
-                    m = int(idx[j])
-                    meta = uniq[m] if m >= 0 else None
-                    send = diff.add(h, j, *at, bool(first[j]), int(committed[j]), digests[j], meta)
-                if send:
-                    sel.append(lo + j)
-                    doc_index.append(len(out.plans))
-                    chunk_index.append(j)
-                    extra_index.append(base + m if m >= 0 else -1)
+            if st is None:
+                send = diff.take(hashes[lo:hi], offsets[lo:hi])
+                extra_index.extend([-1] * len(send))
+            else:
+                send = diff.take(hashes[lo:hi], offsets[lo:hi], 0, digests, uniq, idx)
+                m = idx[send]
+                extra_index.extend(np.where(m >= 0, base + m, -1).tolist())
+            sel.extend((lo + send).tolist())
+            doc_index.extend([len(out.plans)] * len(send))
+            chunk_index.extend(send.tolist())
             out.plans.append(diff.finish())
             report.chunks_total += diff.count
         if sel:
@@ -1485,21 +1388,10 @@ class Pipeline:
                 hashes, ids = np.asarray(cb.hashes), np.asarray(cb.ids)
                 meta = ChunkMeta(page_starts, first_page=lo + 1)
                 uniq, idx, digests = meta.rows(offsets[:, 0], offsets[:, 1])
-                is_first, committed = diff.block(hashes)
-                h_bytes = hashes.tobytes()
-                sel: list[int] = []
-                chunk_index: list[int] = []
-                for i in range(len(offsets)):
-                    h = h_bytes[i * HASH_LEN : (i + 1) * HASH_LEN]
-                    at = (int(offsets[i, 0]), int(offsets[i, 1]))
-                    m = int(idx[i])
-                    got = uniq[m] if m >= 0 else None
-                    if diff.add(h, j, *at, bool(is_first[i]), int(committed[i]), digests[i], got):
-                        sel.append(i)
-                        chunk_index.append(j)
-                    j += 1
-                s = np.asarray(sel, np.int64)
-                ahead = b"".join(h_bytes[i * HASH_LEN : (i + 1) * HASH_LEN] for i in sel)
+                s = diff.take(hashes, offsets, j, digests, uniq, idx)
+                sel, chunk_index = s, j + s
+                j += len(offsets)
+                ahead = hashes[s].tobytes()
                 _record(report, "plan", time.perf_counter() - t, len(sel), docs=0)
                 for a in range(0, len(sel), rows):
                     b = min(len(sel), a + rows)
@@ -1566,19 +1458,10 @@ class Pipeline:
                 if block is None:
                     break
                 offsets, texts, hashes, ids = block
-                h_bytes = hashes.tobytes()
-                sel: list[int] = []
-                chunk_index: list[int] = []
-                is_first, committed = diff.block(hashes)
-                for i in range(len(texts)):
-                    h = h_bytes[i * HASH_LEN : (i + 1) * HASH_LEN]
-                    at = (int(offsets[i, 0]), int(offsets[i, 1]))
-                    if diff.add(h, j, *at, bool(is_first[i]), int(committed[i])):
-                        sel.append(i)
-                        chunk_index.append(j)
-                    j += 1
-                s = np.asarray(sel, np.int64)
-                ahead = b"".join(h_bytes[i * HASH_LEN : (i + 1) * HASH_LEN] for i in sel)
+                s = diff.take(hashes, offsets, j)
+                sel, chunk_index = s, j + s
+                j += len(texts)
+                ahead = hashes[s].tobytes()
                 _record(report, "plan", time.perf_counter() - t, len(sel), docs=0)
                 for lo in range(0, len(sel), rows):
                     hi = min(len(sel), lo + rows)
