@@ -53,6 +53,7 @@ def test_a_panic_in_the_core_is_a_qflume_error_not_a_base_exception(where: str) 
     """A bug that panics in the Rust core (with the GIL held, released, or in a worker thread of
     the pool) reaches Python as RustPanicError, which `except Exception` catches, and the module
     keeps working after it; without the guards it is PyO3's PanicException, a BaseException."""
+    import os
     import subprocess
     import sys
 
@@ -69,19 +70,12 @@ def test_a_panic_in_the_core_is_a_qflume_error_not_a_base_exception(where: str) 
     assert "deliberate panic for a test" in str(err)
     assert len(qflume.Chunker(20).chunk("still works after it. yes it does.")) == 2
     # The panic is reported by the exception, not also printed raw to stderr.
-    run = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            f"from qflume import _core\ntry: _core._panic_for_test({where!r})\n"
-            "except Exception as e: print(type(e).__name__)",
-        ],  # fmt: skip
-        capture_output=True,
-        text=True,
-        env={
-            k: v for k, v in __import__("os").environ.items() if k != "RUST_BACKTRACE"
-        },  # fmt: skip
+    code = (
+        f"from qflume import _core\ntry: _core._panic_for_test({where!r})\n"
+        "except Exception as e: print(type(e).__name__)"
     )
+    env = {k: v for k, v in os.environ.items() if k != "RUST_BACKTRACE"}
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert run.stdout.strip() == "RustPanicError"
     assert "panicked" not in run.stderr
 
