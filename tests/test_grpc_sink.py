@@ -446,7 +446,8 @@ def test_adaptive_backs_off_on_failures_and_timeouts(collection: str) -> None:
             _many(sink, 4, 128)
             sink.flush()
             assert ad.in_flight <= 3 and ad.shrunk >= 3
-            _many(sink, 40, 128, seed=2000)  # answers again: the request size grows back to its bound
+            # answers again: the request size grows back to its bound
+            _many(sink, 40, 128, seed=2000)
             sink.flush()
             assert ad.points == 128
             assert sink.count() == 2 * 128 + 44 * 128
