@@ -318,8 +318,8 @@ def build_graph(src: str | os.PathLike[str], *, splade: bool = False) -> Any:
     masked-LM head on top and :data:`SPLADE_OUTPUT` (float32, [batch, vocab]): per text, the max
     over its attended tokens of the logits (log1p and relu are monotone, so the SPLADE weights
     are log(1 + relu(it))). Pooling in the graph keeps the [batch, sequence, vocab] logits
-    inside ONNX Runtime: 1.24x the chunks/s of returning them to be pooled in Rust
-    (``_core.splade_pool``; 45.7 vs 37.0 on 2 cores, ~1000-char chunks, README).
+    inside ONNX Runtime: 1.41x the chunks/s of returning them to be pooled in Rust
+    (``_core.splade_pool``; 48.6 vs 34.4 on 2 cores, ~1000-char chunks, bench_splade.py).
     """
     import onnx
     from onnx import TensorProto, helper, numpy_helper
