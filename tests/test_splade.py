@@ -166,7 +166,7 @@ def test_weights_folder_is_built_once_into_the_cache(
     assert meta["graph"] == "splade" and meta["kind"] == "fp32"
     model = Splade(src)
     assert model.model_path == cached and model.model_id == fp
-    assert fp.split(":")[2] == splade.model_id.split(":")[2]  # the same graph as built by hand
+    assert fp == splade.model_id  # the same graph as built by hand: the same id
     assert len(list((tmp_path / "cache" / "models").iterdir())) == 1  # not built twice
     # The dense build of the same weights is another cache entry (and not a SPLADE model).
     assert qmodel.source_fingerprint(src) != qmodel.source_fingerprint(src, splade=True)
@@ -269,10 +269,17 @@ def test_ingest_and_search_through_the_grpc_server(
     with QdrantGrpcServer() as server:
         opts: dict[str, Any] = {"model": dense, "chunk_chars": 600, "progress": False,
                                 "url": server.url, "state_dir": tmp_path / "state"}  # fmt: skip
-        with Pipeline("g", sparse="splade", sparse_model=built, **opts) as p:
+        model = shutil.copytree(built, tmp_path / "splade")
+        with Pipeline("g", sparse="splade", sparse_model=model, **opts) as p:
             p.ingest([tmp_path / "docs"])
             _check_search(p, probes)
         with Pipeline("g", **opts) as p:  # another process searching: the recorded model
+            _check_search(p, probes)
+        model.rename(tmp_path / "moved")
+        with Pipeline("g", **opts) as p:
+            with pytest.raises(qflume.InvalidInputError, match="not there any more"):
+                p.search(["x"], mode="hybrid")
+        with Pipeline("g", sparse_model=tmp_path / "moved", **opts) as p:
             _check_search(p, probes)
 
 

@@ -236,7 +236,8 @@ class Embedder(OnnxModel):
         """Embed one text -> float32 array (dim,)."""
         if not isinstance(text, str):
             raise InvalidInputError(f"query is {type(text).__name__}, not str")
-        return self.embed([text])[0]
+        vector: np.ndarray = self.embed([text])[0]
+        return vector
 
     async def aembed(self, texts: Sequence[str]) -> np.ndarray:
         """`embed` for asyncio: the same vectors, computed in a thread of this Embedder's own

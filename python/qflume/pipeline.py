@@ -658,6 +658,11 @@ class Pipeline:
                     f"collection {name} holds SPLADE vectors: pass --sparse-model DIR "
                     "(sparse_model=), the model it was ingested with"
                 )
+            if self.sparse_model is None and not Path(model).is_dir():
+                raise InvalidInputError(
+                    f"collection {name} was ingested with the SPLADE model {model}, which is "
+                    "not there any more: pass --sparse-model DIR with the same model"
+                )
             encoder = _sparse_encoder(kind, model)
         want = rec.get("model_id")
         if rec.get("kind") == "splade" and want and encoder.model_id != want:

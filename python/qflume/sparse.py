@@ -156,7 +156,8 @@ def _model_id(folder: Path, max_tokens: int, top_k: int | None, threshold: float
     extra = ("" if top_k is None else f":top_k={top_k}") + (
         f":threshold={threshold}" if threshold else ""
     )
-    return f"splade:{folder.name[:40]}:{h.hexdigest()[:16]}:max={max_tokens}{extra}"
+    # By content only: the same model copied or moved elsewhere makes the same vectors.
+    return f"splade:{h.hexdigest()[:16]}:max={max_tokens}{extra}"
 
 
 def splade_fingerprint(
