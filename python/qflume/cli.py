@@ -137,6 +137,8 @@ def _parser() -> argparse.ArgumentParser:
     _target_args(p)
     p.add_argument("--repair", action="store_true", help="fix what is found")
 
+    _version_parsers(sub)
+
     p = sub.add_parser(
         "model", help="ONNX models: qflume model build SRC [--int8], qflume model info"
     )
@@ -151,7 +153,6 @@ def _parser() -> argparse.ArgumentParser:
 
 #: Options both the command line and the config file set, with the value when neither does.
 _DEFAULTS: dict[str, Any] = {
-    "sparse": "none",
     "overlap": 0,
     "wait": False,
     "progress": "auto",
@@ -537,6 +538,173 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 0 if rep["ok"] or rep["repaired"] else 1
 
 
+def _version_parsers(sub: Any) -> None:
+    """reindex, versions, rollback, gc, migrate (qflume.versions)."""
+    p = sub.add_parser(
+        "reindex",
+        help="build the next version with new settings (--model, --chunk-tokens, --sparse) "
+        "while searches go on, verify it, swap it in",
+    )
+    _target_args(p)
+    p.add_argument("--sparse", dest="to_sparse", choices=["none", "bm25", "splade"])
+    size = p.add_mutually_exclusive_group()
+    size.add_argument("--chunk-chars", dest="to_chunk_chars", type=int)
+    size.add_argument("--chunk-tokens", dest="to_chunk_tokens", type=int)
+    p.add_argument("--overlap", dest="to_overlap", type=int)
+    p.add_argument("--rechunk", action="store_true", help="read and chunk the sources again anyway")
+    p.add_argument(
+        "--records",
+        dest="record_files",
+        action="append",
+        metavar="FILE",
+        help="JSONL/Parquet records again (a chunking change of documents from records)",
+    )
+    p.add_argument("--force", action="store_true", help="build a new version even if unchanged")
+    p.add_argument(
+        "--lock-wait",
+        type=float,
+        default=600.0,
+        help="seconds to wait for a running ingest before the swap (default 600)",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no phase lines on stderr")
+    p = sub.add_parser("versions", help="a collection's versions and which one is live")
+    _target_args(p)
+    p = sub.add_parser("rollback", help="make the previous version live again")
+    _target_args(p)
+    p.add_argument("--to", type=int, help="the version to make live (default: the previous one)")
+    p = sub.add_parser("gc", help="drop old versions")
+    _target_args(p)
+    p.add_argument("--keep", type=int, default=2, help="versions kept, the live one included")
+    p = sub.add_parser(
+        "migrate", help="put a plain collection behind versions (an alias on a server)"
+    )
+    _target_args(p)
+
+
+def _version_target(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "store": args.store,
+        "url": args.url,
+        "api_key": args.api_key,
+        "state_dir": args.state_dir,
+    }
+
+
+def cmd_reindex(args: argparse.Namespace) -> int:
+    from qflume.versions import describe, reindex
+
+    opts = dict(args.config_file.options) if args.config_file is not None else {}
+    chars, tokens = args.to_chunk_chars, args.to_chunk_tokens
+    if chars is None and tokens is None:  # the config's chunking is the one wanted
+        chars, tokens = opts.get("chunk_chars"), opts.get("chunk_tokens")
+    for name, v in (
+        ("--chunk-chars", chars),
+        ("--chunk-tokens", tokens),
+        ("--overlap", args.to_overlap),
+    ):
+        if v is not None and v < (0 if name == "--overlap" else 1):
+            raise InvalidInputError(
+                f"{name} must be {'>= 0' if name == '--overlap' else '>= 1'}, got {v}"
+            )
+    files = args.record_files
+    if files:
+        for f in files:
+            if not os.path.isfile(f):
+                raise QflumeIOError(2, f"{f}: no such records file")
+    rep = reindex(
+        args.collection,
+        **_version_target(args),
+        model=args.model,
+        chunk_chars=chars,
+        chunk_tokens=tokens,
+        overlap=args.to_overlap if args.to_overlap is not None else opts.get("overlap"),
+        sparse=args.to_sparse or opts.get("sparse"),
+        rechunk=args.rechunk,
+        records=(lambda: _read_records(files)) if files else None,
+        force=args.force,
+        lock_wait=args.lock_wait,
+        progress=not args.no_progress,
+    )
+    d = rep.as_dict()
+    if rep.unchanged:
+        human = (
+            f"{display(args.collection)} is already version {rep.version} ({display(rep.name)}) "
+            f"with {display(describe(rep.settings))}: nothing to do (--force builds it anyway)"
+        )
+    else:
+        what = (
+            "from the live version's texts: nothing read or chunked"
+            if rep.path == "texts"
+            else f"from the sources: {rep.documents_read} documents read, {rep.chunks_made} chunks"
+        )
+        human = (
+            f"reindexed {display(args.collection)}: version {rep.version} ({display(rep.name)}) "
+            f"is live, {rep.points} points, {what}; {rep.chunks_embedded} chunks embedded "
+            f"({rep.cache_hits} from cache), {rep.caught_up} documents caught up, "
+            f"{rep.self_queries} self-queries found; {rep.elapsed_s:.2f} s"
+        )
+    _print(d, args.json, human)
+    return 0
+
+
+def cmd_versions(args: argparse.Namespace) -> int:
+    import time
+
+    from qflume.versions import list_versions
+
+    out = list_versions(args.collection, **_version_target(args))
+    names = out["alias"] or ("none" if out["live"] is None else f"{args.collection} (its folder)")
+    lines = [f"{display(args.collection)} on {display(out['target'])}: live -> {display(names)}"]
+    if out["plain"]:
+        lines.append(f"a plain collection: `qflume migrate -c {display(args.collection)}` puts it "
+                     "behind versions")  # fmt: skip
+    for v in out["versions"]:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(v["created_at"] or 0))
+        gone = "" if v["exists"] or v["status"] == "dropped" else " (gone)"
+        extra = ""
+        if v["status"] == "building":
+            extra = f"  {v['documents_copied']}/{v['documents']} documents copied"
+        lines.append(
+            f"  v{v['version']}  {display(v['name'])}  {v['status']}{gone}  {when}  "
+            f"{display(v['settings'])}  points={v['points']}{extra}"
+        )
+    if out.get("note"):
+        lines.append(display(out["note"]))
+    _print(out, args.json, "\n".join(lines))
+    return 0
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    from qflume.versions import rollback
+
+    out = rollback(args.collection, to=args.to, **_version_target(args), progress=True)
+    _print(out, args.json, f"{display(args.collection)} is version {out['version']} "
+           f"({display(out['name'])}) again; version {out['previous']} is kept")  # fmt: skip
+    return 0
+
+
+def cmd_gc(args: argparse.Namespace) -> int:
+    from qflume.versions import gc
+
+    out = gc(args.collection, keep=args.keep, **_version_target(args))
+    dropped = ", ".join(f"v{n}" for n in out["dropped"]) or "nothing"
+    _print(out, args.json, f"dropped {dropped}; kept " + ", ".join(f"v{n}" for n in out["kept"]))
+    return 0
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from qflume.versions import migrate
+
+    out = migrate(args.collection, **_version_target(args), model=args.model, progress=True)
+    human = (
+        f"{display(args.collection)} now names {display(out['name'])} (version 1)"
+        if out["migrated"]
+        else f"{display(args.collection)} is already versioned (version {out['version']})"
+    )
+    _print(out, args.json, human)
+    return 0
+
+
 def _delegate(argv: list[str]) -> int | None:
     """`qflume model ...` and `qflume serve ...` own their whole argument lists."""
     if not argv or argv[0] not in ("model", "serve"):
@@ -585,6 +753,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             "search": cmd_search,
             "status": cmd_status,
             "verify": cmd_verify,
+            "reindex": cmd_reindex,
+            "versions": cmd_versions,
+            "rollback": cmd_rollback,
+            "gc": cmd_gc,
+            "migrate": cmd_migrate,
         }[args.command]
         _apply_config(args)
         return handler(args)

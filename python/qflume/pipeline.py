@@ -413,7 +413,7 @@ class Pipeline:
         url: str | None = None,
         api_key: str | None = None,
         model: str | os.PathLike[str] | None = None,
-        sparse: str = "none",
+        sparse: str | None = None,
         sparse_model: str | os.PathLike[str] | None = None,
         chunk_chars: int | None = None,
         chunk_tokens: int | None = None,
@@ -434,13 +434,17 @@ class Pipeline:
         lock: bool = True,
         recover_state: bool = False,
         readers: Mapping[str, Callable[[str], Any]] | None = None,
+        versioned: bool = True,
     ) -> None:
         if not collection or "/" in collection or collection.startswith("."):
             raise InvalidInputError(
                 f"collection name {collection!r} is not usable (no '/', no leading '.')"
             )
-        if sparse not in ("none", "bm25", "splade"):
+        if sparse not in (None, "none", "bm25", "splade"):
             raise InvalidInputError(f"sparse must be none, bm25 or splade, not {sparse!r}")
+        # what a versioned collection's live version sets unless given (qflume.versions)
+        given = {"model": model is not None, "sparse": sparse is not None,
+                 "chunking": chunk_chars is not None or chunk_tokens is not None}  # fmt: skip
         if sparse_model is not None and sparse not in (None, "none", "splade"):
             raise InvalidInputError(
                 f"sparse_model is the SPLADE model: give it with sparse='splade', not {sparse!r}"
@@ -460,7 +464,7 @@ class Pipeline:
         self.url = url
         self.api_key = api_key
         self.model = model
-        self.sparse_kind = sparse
+        self.sparse_kind = sparse or "none"
         #: The SPLADE model folder (``sparse="splade"``; for a search, the one to query with).
         self.sparse_model = sparse_model
         if chunk_chars is None and chunk_tokens is None:
@@ -499,13 +503,8 @@ class Pipeline:
         self.progress_interval = (
             None if progress_interval is None else resolve_interval(progress_interval)
         )
-        if url is None:
-            self.store = Path(store if store is not None else ".qflume")
-            base = self.store
-        else:
-            self.store = None
-            host = url.split("://", 1)[-1].rstrip("/").replace(":", "_").replace("/", "_")
-            base = Path(state_dir) if state_dir is not None else Path(".qflume") / "servers" / host
+        self.store = None if url is not None else Path(store if store is not None else ".qflume")
+        base = self.state_base(store, url, state_dir)
         self.state_path = base / f"{collection}.state.sqlite"
         self.cache_path = base / f"{collection}.cache.sqlite"
         self.cache_entries = cache_entries
@@ -531,8 +530,30 @@ class Pipeline:
                 raise
             self.recovered_from = State.set_aside(self.state_path)
             self.state = State(self.state_path, lock=mode)
+        #: Collections behind versions (a server: the collection is an alias of
+        #: ``<collection>__vN``; see qflume.versions); ``version`` is the live one this
+        #: pipeline reads and writes, by its physical name (None: not versioned yet, or plain).
+        self.versioned = versioned
+        self.version = None
+        if versioned:
+            from qflume.versions import open_version
+
+            self.version = open_version(self, given)
         self._stop = threading.Event()
         self._abort = threading.Event()
+
+    @staticmethod
+    def state_base(
+        store: str | os.PathLike[str] | None,
+        url: str | None,
+        state_dir: str | os.PathLike[str] | None = None,
+    ) -> Path:
+        """The folder holding a target's state and embedding cache: the store, or for a server
+        ``state_dir`` (default ./.qflume/servers/<host>_<port>)."""
+        if url is None:
+            return Path(store if store is not None else ".qflume")
+        host = url.split("://", 1)[-1].rstrip("/").replace(":", "_").replace("/", "_")
+        return Path(state_dir) if state_dir is not None else Path(".qflume") / "servers" / host
 
     # -- lazily built components ------------------------------------------------------
 
@@ -552,18 +573,22 @@ class Pipeline:
 
                 self._sink = GrpcSink(
                     self.url,
-                    self.collection,
+                    self.version.name if self.version is not None else self.collection,
                     api_key=self.api_key,
                     wait=self.wait,
                     outbox=self.state_path.with_name(f"{self.collection}.outbox"),
                     outbox_bytes=self.outbox_bytes,
                     outage_deadline=self.outage_deadline,
+                    versioned=self.versioned and self.version is None,
                 )
             else:
                 from qflume.sinks.edge import EdgeSink
 
                 assert self.store is not None
-                self._sink = EdgeSink(self.store, self.collection)
+                if self.version is not None:  # by its physical name: the state's live version
+                    self._sink = EdgeSink(self.store, self.version.name, follow_pointer=False)
+                else:
+                    self._sink = EdgeSink(self.store, self.collection)
         return self._sink
 
     @property
@@ -1510,6 +1535,10 @@ class Pipeline:
         report = IngestReport(dry_run=dry_run)
         report.stages = {name: StageStats() for name in ("plan", "embed", "write")}
         self._dry_run = dry_run
+        if self.version is not None:
+            from qflume.versions import check_settings
+
+            check_settings(self)
         self._stop.clear()
         self._abort.clear()
         self._progress = Progress(
@@ -1814,6 +1843,10 @@ class Pipeline:
             t = time.perf_counter()
             if not ensured and (len(batch.texts) or batch.plans):
                 sink.ensure_collection(self.collection_spec())
+                if self.versioned:
+                    from qflume.versions import after_ensure
+
+                    after_ensure(self)
                 self.record_sparse()
                 ensured = True
             # Write-ahead: what may land in the collection is recorded before it is sent (once

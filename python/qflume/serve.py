@@ -548,7 +548,10 @@ class Service:
                 from qflume.sinks.grpc import GrpcSink
 
                 self._read_sink_own = GrpcSink(
-                    pipeline.url, pipeline.collection, api_key=pipeline.api_key
+                    # the version the pipeline writes (its physical name; qflume.versions)
+                    pipeline.url,
+                    sink.collection,
+                    api_key=pipeline.api_key,
                 )
                 read_sink = _LockedSink(self._read_sink_own)
             self.reader = _SearchTarget(

@@ -146,15 +146,17 @@ def _from_fingerprint(fp: str) -> dict[str, Any]:
 
 
 def open_version(p: Pipeline, given: Mapping[str, bool]) -> VersionRow | None:
-    """The live version a new Pipeline reads and writes; after a swap (a reindex or rollback),
-    the settings it made live are the pipeline's unless given (``given``: model, chunking,
-    sparse), so that a later ingest or search needs no flags."""
+    """The live version a new Pipeline reads and writes. Its model is the pipeline's unless
+    given, and after a swap (a reindex or rollback) so are its chunking and sparse encoder
+    (``given``: model, chunking, sparse), so that a later ingest or search needs no flags."""
     row = p.state.live_version()
-    if row is None or row.swapped_at is None:
+    if row is None:
         return row
     s = row.settings
-    if not given.get("model") and s.get("known", True):
-        p.model = s.get("model")
+    if not given.get("model") and s.get("known", True) and "model" in s:
+        p.model = s.get("model")  # the model its points were made with
+    if row.swapped_at is None:
+        return row
     if not given.get("chunking"):
         p.chunk_chars, p.chunk_tokens = s.get("chunk_chars"), s.get("chunk_tokens")
         p.overlap = int(s.get("overlap") or 0)

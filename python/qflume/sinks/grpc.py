@@ -235,6 +235,7 @@ class GrpcSink(Sink):
         probe_interval: float = 1.0,
         adaptive: bool = True,
         in_flight_bounds: tuple[int, int] = (1, 32),
+        versioned: bool = False,
     ) -> None:
         if not collection:
             raise InvalidInputError("GrpcSink: collection name must not be empty")
@@ -256,6 +257,10 @@ class GrpcSink(Sink):
                 raise InvalidInputError(f"{name} must be a positive number of seconds, got {v!r}")
         self.url = url
         self.collection = collection
+        #: create a missing collection as ``<collection>__v1`` behind the alias ``collection``
+        self.versioned = versioned
+        #: the collection ensure_collection created (None: it was there)
+        self.created: str | None = None
         self.timeout = float(timeout)
         self.max_in_flight = max_in_flight
         lo, hi = in_flight_bounds
@@ -582,8 +587,10 @@ class GrpcSink(Sink):
             raise InvalidInputError(f"dense dimension must be >= 1, got {spec.dim}")
         info = self._info()
         if info is None:
+            # versioned: the collection is created as <name>__v1, with <name> as its alias
+            name = f"{self.collection}__v1" if self.versioned else self.collection
             req = qg.CreateCollection(
-                collection_name=self.collection,
+                collection_name=name,
                 vectors_config=qg.VectorsConfig(
                     params=qg.VectorParams(size=spec.dim, distance=qg.Distance.Value(distance))
                 ),
@@ -608,7 +615,12 @@ class GrpcSink(Sink):
                 # A concurrent creator won the race: check what it made.
                 if e.code != grpc.StatusCode.ALREADY_EXISTS and "already exists" not in str(e):
                     raise
+                if self.versioned:
+                    self.update_aliases({self.collection: name})
             else:
+                if self.versioned:
+                    self.update_aliases({self.collection: name})
+                self.created = name
                 self._dim = spec.dim
                 return
             info = self._info()
@@ -668,6 +680,64 @@ class GrpcSink(Sink):
                 f"vectors of size {dense.shape[1]} do not fit collection {self.collection!r} "
                 f"at {self.url}, whose vectors have size {self._dim}"
             )
+
+    # --- aliases and collections (qflume.versions) ---------------------------------------------
+
+    def _collections_call(self, method: str, response: Any, request: Any) -> Any:
+        return self._call(f"/qdrant.Collections/{method}", response, request.SerializeToString())
+
+    def aliases(self) -> dict[str, str]:
+        """Every alias on the server: alias -> the collection it names."""
+        resp = self._collections_call(
+            "ListAliases", qg.ListAliasesResponse, qg.ListAliasesRequest()
+        )
+        return {a.alias_name: a.collection_name for a in resp.aliases}
+
+    def update_aliases(
+        self, create: Mapping[str, str] | None = None, delete: Sequence[str] = ()
+    ) -> None:
+        """In one request, which Qdrant applies all at once: delete the aliases ``delete``,
+        then point each alias of ``create`` (alias -> collection) at its collection (an alias
+        that exists is moved)."""
+        actions = [qg.AliasOperations(delete_alias=qg.DeleteAlias(alias_name=a)) for a in delete]
+        actions += [
+            qg.AliasOperations(create_alias=qg.CreateAlias(collection_name=c, alias_name=a))
+            for a, c in (create or {}).items()
+        ]
+        if actions:
+            self._collections_call(
+                "UpdateAliases", qg.CollectionOperationResponse, qg.ChangeAliases(actions=actions)
+            )
+
+    def collections(self) -> list[str]:
+        """The names of the server's collections (aliases not included)."""
+        resp = self._collections_call(
+            "List", qg.ListCollectionsResponse, qg.ListCollectionsRequest()
+        )
+        return sorted(c.name for c in resp.collections)
+
+    def drop_collection(self, name: str) -> bool:
+        """Delete collection ``name`` (never through an alias) and the aliases naming it; False
+        when there was none."""
+        resp = self._collections_call(
+            "Delete", qg.CollectionOperationResponse, qg.DeleteCollection(collection_name=name)
+        )
+        return bool(resp.result)
+
+    def collection_spec(self) -> CollectionSpec | None:
+        """The collection's dense size and distance and its sparse vectors (None: it does not
+        exist or has no default dense vector)."""
+        info = self._info()
+        dv = None if info is None else self._default_vector(info)
+        if info is None or dv is None:
+            return None
+        smap = info.config.params.sparse_vectors_config.map
+        return CollectionSpec(
+            dim=dv[0],
+            distance=dv[1],
+            sparse=tuple(sorted(smap)),
+            idf_sparse=tuple(sorted(n for n, p in smap.items() if p.modifier == qg.Modifier.Idf)),
+        )
 
     # --- updates -------------------------------------------------------------------------------
 
