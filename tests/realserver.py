@@ -31,7 +31,8 @@ def real_server(fn):  # type: ignore[no-untyped-def]
 
 
 def drop_collection(url: str, name: str) -> None:
-    """Deletes collection ``name`` on the server at ``url`` (gRPC), if it exists."""
+    """Deletes collection ``name`` on the server at ``url`` (gRPC), if it exists, with its
+    versions ``name__vN`` (and so the alias ``name``: qflume.versions)."""
     import urllib.parse
 
     from qdrant_client import QdrantClient
@@ -44,7 +45,11 @@ def drop_collection(url: str, name: str) -> None:
         check_compatibility=False,  # the version check speaks REST
     )
     try:
-        if client.collection_exists(name):
-            client.delete_collection(name)
+        import re
+
+        version = re.compile(re.escape(name) + r"__v[1-9][0-9]*")
+        for c in client.get_collections().collections:
+            if c.name == name or version.fullmatch(c.name):
+                client.delete_collection(c.name)
     finally:
         client.close()

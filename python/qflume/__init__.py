@@ -24,6 +24,7 @@ from qflume.exceptions import (
     StateLockedError,
     StoreBusyError,
     TokenizerError,
+    VersionError,
 )
 
 # Functions that share their module's name are bound eagerly: importing the submodule
@@ -81,6 +82,7 @@ __all__ = [
     "StoreBusyError",
     "Threshold",
     "TokenizerError",
+    "VersionError",
     "__version__",
     "chunk_file",
     "content_hash",

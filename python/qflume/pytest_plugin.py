@@ -94,7 +94,8 @@ class RealServer:
     process: QdrantServer | None = None
 
     def drop_collection(self, name: str) -> None:
-        """Delete collection ``name`` if it exists (the server is shared by the whole session)."""
+        """Delete collection ``name`` if it exists, with its versions ``name__vN`` and so its
+        alias (qflume.versions; the server is shared by the whole session)."""
         import urllib.parse
 
         from qdrant_client import QdrantClient
@@ -108,8 +109,12 @@ class RealServer:
             timeout=30,
         )
         try:
-            if client.collection_exists(name):
-                client.delete_collection(name)
+            import re
+
+            version = re.compile(re.escape(name) + r"__v[1-9][0-9]*")
+            for c in client.get_collections().collections:
+                if c.name == name or version.fullmatch(c.name):
+                    client.delete_collection(c.name)
         finally:
             client.close()
 
