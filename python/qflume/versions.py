@@ -1016,11 +1016,17 @@ def _embed(b: _Build, texts: list[str], hashes: np.ndarray) -> np.ndarray:
     if found.any():
         dense[found] = np.asarray(vectors, np.float32)[found]
     miss = np.flatnonzero(~found)
-    if len(miss):
-        new = emb.embed([texts[i] for i in miss])
-        dense[miss] = new
-        cache.put_many(emb.model_id, hashes[miss], new)
-    b.report.chunks_embedded += len(miss)
+    todo = 0
+    if len(miss):  # the same text in several documents: embedded once
+        _, first, back = np.unique(
+            hashes[miss].view("V16").ravel(), return_index=True, return_inverse=True
+        )
+        uniq = miss[first]
+        new = emb.embed([texts[i] for i in uniq])
+        dense[miss] = np.asarray(new, np.float32)[back.ravel()]
+        cache.put_many(emb.model_id, hashes[uniq], new)
+        todo = len(uniq)
+    b.report.chunks_embedded += todo
     b.report.cache_hits += n - len(miss)
     return dense
 
