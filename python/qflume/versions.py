@@ -291,9 +291,13 @@ class _EdgeTarget(_Target):
         self.store = Path(store)
 
     def live_name(self) -> str | None:
+        from qflume.exceptions import SinkError
         from qflume.sinks.edge import read_pointer
 
-        got = read_pointer(self.store, self.collection)
+        try:
+            got = read_pointer(self.store, self.collection)
+        except SinkError:
+            return "(unreadable pointer)"  # rewritten from the state by _settle
         return got[0] if got else None
 
     def plain(self) -> bool:
@@ -1563,7 +1567,7 @@ def list_versions(
         if live is not None and names not in (live.name, None if live.name == collection else 0):
             out["note"] = (
                 f"the {'alias' if ctx.target.kind == 'server' else 'pointer'} names {names}, "
-                f"the state {live.name}: the next reindex, rollback or ingest settles it"
+                f"the state {live.name}: the next reindex, rollback or gc settles it"
             )
         return out
     finally:

@@ -72,8 +72,8 @@ def read_pointer(root: str | os.PathLike[str], collection: str) -> tuple[str, in
     except FileNotFoundError:
         return None
     except (OSError, ValueError, KeyError, TypeError) as e:
-        raise SinkError(f"{path}: not a readable version pointer ({e}); rewrite it with "
-                        f"`qflume rollback -c {collection} --to N`") from None  # fmt: skip
+        raise SinkError(f"{path}: not a readable version pointer ({e}); `qflume gc -c "
+                        f"{collection}` rewrites it from the state") from None  # fmt: skip
     if not name or os.sep in name or name in (".", "..") or name.startswith("."):
         raise SinkError(f"{path}: names {name!r}, which is not a shard folder of this store")
     return name, version
