@@ -503,6 +503,7 @@ def test_bad_requests_get_one_line(models: tuple[Path, Path], tmp_path: Path) ->
         (["reindex", "--chunk-tokens", "0"], "--chunk-tokens must be"),
         (["reindex", "--records", str(tmp_path / "nope.jsonl"), "--chunk-tokens", "9"], "no such"),
         (["rollback", "--to", "7"], "no other version 7"),
+        (["reindex", "--sparse-model", str(m1)], "sparse_model is the SPLADE model"),
     ]:
         res = cli(where, *args, check=False)
         out = res.stdout + res.stderr

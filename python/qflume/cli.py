@@ -547,6 +547,8 @@ def _version_parsers(sub: Any) -> None:
     )
     _target_args(p)
     p.add_argument("--sparse", dest="to_sparse", choices=["none", "bm25", "splade"])
+    p.add_argument("--sparse-model", dest="to_sparse_model", metavar="DIR",
+                   help="the SPLADE model folder (with --sparse splade)")  # fmt: skip
     size = p.add_mutually_exclusive_group()
     size.add_argument("--chunk-chars", dest="to_chunk_chars", type=int)
     size.add_argument("--chunk-tokens", dest="to_chunk_tokens", type=int)
@@ -619,6 +621,7 @@ def cmd_reindex(args: argparse.Namespace) -> int:
         chunk_tokens=tokens,
         overlap=args.to_overlap if args.to_overlap is not None else opts.get("overlap"),
         sparse=args.to_sparse or opts.get("sparse"),
+        sparse_model=args.to_sparse_model or opts.get("sparse_model"),
         rechunk=args.rechunk,
         records=(lambda: _read_records(files)) if files else None,
         force=args.force,

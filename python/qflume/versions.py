@@ -631,6 +631,7 @@ def reindex(
     chunk_tokens: int | None = None,
     overlap: int | None = None,
     sparse: str | None = None,
+    sparse_model: Any = None,
     rechunk: bool = False,
     records: Callable[[], Iterable[Mapping[str, Any]]] | None = None,
     force: bool = False,
@@ -673,6 +674,12 @@ def reindex(
                 s["overlap"] = overlap
             if sparse is not None:
                 s["sparse"] = sparse
+            if sparse_model is not None:
+                if s.get("sparse") != "splade":
+                    raise InvalidInputError(
+                        "sparse_model is the SPLADE model: give it with sparse='splade'"
+                    )
+                s["sparse_model"] = _model_ref(sparse_model)
             if not s.get("chunk_chars") and not s.get("chunk_tokens"):
                 s["chunk_tokens"] = 64
             if model is not None or "model_id" not in s:
@@ -790,6 +797,7 @@ def _target_settings(s: Mapping[str, Any]) -> dict[str, Any]:
         "chunk_tokens": s.get("chunk_tokens"),
         "overlap": int(s.get("overlap") or 0),
         "sparse": s.get("sparse") or "none",
+        "sparse_model": s.get("sparse_model") if s.get("sparse") == "splade" else None,
     }
 
 
