@@ -1856,46 +1856,15 @@ class Pipeline:
             elif batch.first:
                 ahead = {p.doc.key: (p.doc.root, p.upsert_hashes) for p in batch.plans}
                 self.state.write_ahead({k: v for k, v in ahead.items() if v[1]})
-            n = len(batch.texts)
-            if n:
-                doc_meta = [p.doc.meta for p in batch.plans]
-                sink.upsert_batch(
-                    PointBatch(
-                        ids=batch.ids,
-                        dense=batch.dense,
-                        sparse=batch.sparse,
-                        texts=batch.texts,
-                        doc_index=batch.doc_index,
-                        doc_metadata=doc_meta,
-                        chunk_index=batch.chunk_index,
-                        start=batch.start,
-                        end=batch.end,
-                        chunk_hash=batch.hashes,
-                        chunk_metadata=batch.extra_meta or None,
-                        chunk_meta_index=batch.extra_index if batch.extra_meta else None,
-                    )
-                )
-                report.points_upserted += n
-            lost: list[str] = []
-            if batch.final:  # after every slice of these documents' new chunks was sent
-                lost = [pid for p in batch.plans for pid in p.lost_ids]
-                for _, ids in batch.deleted:
-                    lost.extend(ids)
-                if lost:
-                    sink.delete(lost)
-                    report.points_deleted += len(lost)
-                # moved offsets and restated metadata in a bounded number of requests
-                moved = [item for p in batch.plans for item in p.moved]
-                sink.set_payloads(moved, key="metadata")
-                # the whole metadata: a page key may go
-                sink.set_payloads(
-                    [(pid, {"metadata": m}) for p in batch.plans for pid, m in p.restated]
-                )
-                report.payload_updates += len(moved) + sum(len(p.restated) for p in batch.plans)
+            n, lost_n, updates = _send_slice(sink, batch)
+            report.points_upserted += n
+            report.points_deleted += lost_n
+            report.payload_updates += updates
+            if batch.final:
                 group_updates.extend(p.update for p in batch.plans if p.update is not None)
                 group_docs += len(batch.plans)
                 group_deleted.extend(k for k, _ in batch.deleted)
-            group_points += n + len(lost)
+            group_points += n + lost_n
             self._progress.advance(chunks=n)
             _record(report, "write", time.perf_counter() - t, n)
             if group_points >= 4 * self.batch_chunks or time.perf_counter() - last_commit > 2.0:
@@ -1921,6 +1890,45 @@ class Pipeline:
                     if n > traffic["errors"].get(code, 0):
                         got = report.sink_errors.get(code, 0) + n - traffic["errors"].get(code, 0)
                         report.sink_errors[code] = got
+
+
+def _send_slice(sink: Sink, batch: _Batch) -> tuple[int, int, int]:
+    """One slice to the sink: its upserts, then (with the last slice of its documents, after
+    every slice of their new chunks was sent) the deletes of lost chunks and the payload
+    updates of moved and restated ones, in a bounded number of requests. Returns (points
+    upserted, points deleted, payload updates). The local write stage and qflume.ray both
+    send through it."""
+    n = len(batch.texts)
+    if n:
+        sink.upsert_batch(
+            PointBatch(
+                ids=batch.ids,
+                dense=batch.dense,
+                sparse=batch.sparse,
+                texts=batch.texts,
+                doc_index=batch.doc_index,
+                doc_metadata=[p.doc.meta for p in batch.plans],
+                chunk_index=batch.chunk_index,
+                start=batch.start,
+                end=batch.end,
+                chunk_hash=batch.hashes,
+                chunk_metadata=batch.extra_meta or None,
+                chunk_meta_index=batch.extra_index if batch.extra_meta else None,
+            )
+        )
+    if not batch.final:
+        return n, 0, 0
+    lost = [pid for p in batch.plans for pid in p.lost_ids]
+    for _, ids in batch.deleted:
+        lost.extend(ids)
+    if lost:
+        sink.delete(lost)
+    moved = [item for p in batch.plans for item in p.moved]
+    sink.set_payloads(moved, key="metadata")
+    # the whole metadata: a page key may go
+    restated = [(pid, {"metadata": m}) for p in batch.plans for pid, m in p.restated]
+    sink.set_payloads(restated)
+    return n, len(lost), len(moved) + len(restated)
 
 
 def _record(report: IngestReport, stage: str, seconds: float, chunks: int, docs: int = -1) -> None:

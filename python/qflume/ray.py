@@ -51,9 +51,9 @@ from qflume.pipeline import (
     _Batch,
     _Doc,
     _record,
+    _send_slice,
 )
 from qflume.progress import Progress, resolve_interval, resolve_mode
-from qflume.sinks.base import PointBatch
 from qflume.state import DocUpdate
 
 __all__ = [
@@ -250,42 +250,11 @@ class EmbedUnits:
 
 
 def _send(sink: Any, s: _Batch, counts: dict[str, int]) -> None:
-    """One slice to the sink, as the local write stage sends it: the upserts, then (with the
-    last slice of its documents) the deletes of lost chunks and the payload updates."""
-    n = len(s.texts)
-    if n:
-        sink.upsert_batch(
-            PointBatch(
-                ids=s.ids,
-                dense=s.dense,
-                sparse=s.sparse,
-                texts=s.texts,
-                doc_index=s.doc_index,
-                doc_metadata=[p.doc.meta for p in s.plans],
-                chunk_index=s.chunk_index,
-                start=s.start,
-                end=s.end,
-                chunk_hash=s.hashes,
-                chunk_metadata=s.extra_meta or None,
-                chunk_meta_index=s.extra_index if s.extra_meta else None,
-            )
-        )
-        counts["points_upserted"] += n
-    if not s.final:
-        return
-    lost = [pid for p in s.plans for pid in p.lost_ids]
-    for _, ids in s.deleted:
-        lost.extend(ids)
-    if lost:
-        sink.delete(lost)
-        counts["points_deleted"] += len(lost)
-    for p in s.plans:
-        for pid, fields in p.moved:
-            sink.set_payload(fields, [pid], key="metadata")
-            counts["payload_updates"] += 1
-        for pid, meta in p.restated:
-            sink.set_payload({"metadata": meta}, [pid])
-            counts["payload_updates"] += 1
+    """One slice to the sink, exactly as the local write stage sends it."""
+    n, lost, updates = _send_slice(sink, s)
+    counts["points_upserted"] += n
+    counts["points_deleted"] += lost
+    counts["payload_updates"] += updates
 
 
 class QflumeDatasink(Datasink):  # type: ignore[type-arg]
