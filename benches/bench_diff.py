@@ -26,7 +26,8 @@ import numpy as np
 import pytest
 
 from qflume import Chunker, point_id
-from qflume.pipeline import _Doc, _DocDiff
+from qflume.stages.batch import Doc as _Doc
+from qflume.stages.batch import DocDiff as _DocDiff
 from qflume.state import HASH_LEN, DocState
 
 DOCS = Path("/usr/share/doc/python3.11/html/_sources")

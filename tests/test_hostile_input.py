@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 import qflume
 from qflume import _validate
 from qflume.pipeline import Pipeline
+from qflume.settings import PipelineConfig
 
 
 @pytest.fixture(scope="module")
@@ -507,6 +508,12 @@ def _points(p: Pipeline) -> dict[str, Any]:
             for r in p.sink.scroll(with_payload=True, with_vectors=True)}  # fmt: skip
 
 
+def _small_stream(m: pytest.MonkeyPatch) -> None:
+    """Files over 1000 bytes are streamed, in 4 KiB blocks (the config's floor is 1 MiB)."""
+    m.setattr(PipelineConfig, "stream_bytes", property(lambda c: 1000))
+    m.setattr(PipelineConfig, "stream_block", property(lambda c: 4096))
+
+
 def _never_whole(path: Any) -> str:
     raise AssertionError(f"{path} was read whole")
 
@@ -531,10 +538,10 @@ def test_a_file_over_the_stream_size_is_streamed_with_the_same_result(
         with Pipeline(name, url=server.url, state_dir=tmp_path / name, embedder=embedder,
                       progress=False, batch_chunks=8) as p:  # fmt: skip
             if stream:
-                p.stream_bytes, p.stream_block = 1000, 4096
                 calls = server.calls["Points/Upsert"]
             with monkeypatch.context() as m:
                 if stream:  # the file is never read whole
+                    _small_stream(m)
                     m.setattr(sys.modules["qflume.scan"], "read_text", _never_whole)
                 report = p.ingest([docs])
             assert not report.skipped, report.skipped
@@ -554,7 +561,7 @@ def test_a_file_over_the_stream_size_is_streamed_with_the_same_result(
 
 
 def test_a_streamed_file_that_breaks_midway_is_skipped_and_taken_back(
-    tmp_path: Path, embedder
+    tmp_path: Path, embedder, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The file changed after the scan so that it cannot be read to its end: the document is
     skipped as unreadable, the points sent of it are deleted again and its committed version
@@ -570,7 +577,7 @@ def test_a_streamed_file_that_breaks_midway_is_skipped_and_taken_back(
     with QdrantGrpcServer() as server, Pipeline(
         "c", url=server.url, state_dir=tmp_path / "s", embedder=embedder, progress=False,
         batch_chunks=8) as p:  # fmt: skip
-        p.stream_bytes, p.stream_block = 1000, 4096
+        _small_stream(monkeypatch)
         p.ingest([docs])
         before = _points(p)
         # The scan reads a valid file; the stream then meets a broken one (a writer replaced it).

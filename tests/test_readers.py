@@ -22,12 +22,13 @@ import pytest
 
 import qflume
 from pdfgen import encrypt, make_pdf
-from qflume import pipeline as qpipeline
 from qflume.exceptions import InvalidInputError
 from qflume.pipeline import Pipeline
 from qflume.readers import Document, ReaderSkip, html, pdf
 from qflume.readers.meta import heading_index
 from qflume.scan import scan
+from qflume.stages import read as qread
+from qflume.stages.context import Run
 from tiny_bert import built_tiny_model
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -114,7 +115,7 @@ def test_scan_hashes_reader_extensions_as_raw_bytes(tmp_path: Path) -> None:
 
 
 def test_debian_pdfs_chunks_carry_their_pages_and_offsets(
-    tmp_path: Path, tex_pdfs: list[Path], tiny: str
+    tmp_path: Path, tex_pdfs: list[Path], tiny: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     corpus = tmp_path / "pdfs"
     corpus.mkdir()
@@ -147,8 +148,8 @@ def test_debian_pdfs_chunks_carry_their_pages_and_offsets(
     # unchanged files are never extracted again: no reader process is even started
     with _pipe(tmp_path / "store", tiny) as p:
         started = []
-        orig = p._readers_pool
-        p._readers_pool = lambda: started.append(1) or orig()  # type: ignore[method-assign]
+        orig = Run.readers_pool
+        monkeypatch.setattr(Run, "readers_pool", lambda run: started.append(1) or orig(run))
         r = p.ingest(corpus)
         assert (r.documents_unchanged, r.points_upserted, started) == (len(tex_pdfs), 0, [])
         (corpus / tex_pdfs[0].name).touch()  # same bytes, new mtime: hashed, still not read
@@ -193,7 +194,7 @@ def test_large_pdf_goes_window_by_window_with_the_same_chunks(
     (corpus / "long.pdf").write_bytes(make_pdf(pages))
     runs = []
     for whole in (1000, 64):  # read whole, then window by window (150 > 64 pages)
-        monkeypatch.setattr(qpipeline, "PDF_WHOLE_PAGES", whole)
+        monkeypatch.setattr(qread, "PDF_WHOLE_PAGES", whole)
         with _pipe(tmp_path / f"s{whole}", tiny, chunk_chars=300) as p:
             r = p.ingest(corpus)
             assert r.documents_skipped == 0, r.skipped

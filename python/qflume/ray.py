@@ -6,8 +6,9 @@
     tasks   Rust-packed gRPC upserts, then deletes and payload updates      `QflumeDatasink`
     driver  `on_write_complete`: commit what the server acknowledged
 
-The stages are the local pipeline's own (`Pipeline._plan_files`, `_chunk_docs`, `_DocDiff`):
-only the runner differs. Work goes in waves of about ``wave_chunks`` chunks: a wave is chunked
+The stages are the local pipeline's own (qflume.stages: `plan_files` / `plan_records`,
+`group_planned`, `chunk_docs` with its Rust diff, `embed_batch`, `send_slice`): only the runner
+differs. Work goes in waves of about ``wave_chunks`` chunks: a wave is chunked
 by tasks, its chunk hashes are written ahead in the state by the driver (what may land in the
 collection, as the local write stage does before sending), then it is embedded and written by
 the workers, and committed. The next wave is chunked while one is embedded. A task retried or an
@@ -44,16 +45,14 @@ except ImportError as e:  # pragma: no cover - exercised without the extra
     ) from e
 
 from qflume.exceptions import InvalidInputError
-from qflume.pipeline import (
-    IngestReport,
-    Pipeline,
-    StageStats,
-    _Batch,
-    _Doc,
-    _record,
-    _send_slice,
-)
-from qflume.progress import Progress, resolve_interval, resolve_mode
+from qflume.pipeline import Pipeline
+from qflume.report import IngestReport, record
+from qflume.stages.batch import Batch, Doc
+from qflume.stages.chunk import Chunking, Unit, chunk_docs, group_planned, make_chunker
+from qflume.stages.context import Run
+from qflume.stages.plan import plan_files, plan_records
+from qflume.stages.read import read_ahead, take_read
+from qflume.stages.write import ensure_collection, send_slice
 from qflume.state import DocUpdate
 
 __all__ = [
@@ -92,48 +91,17 @@ class ChunkSettings:
 
     @classmethod
     def of(cls, pipe: Pipeline) -> ChunkSettings:
-        tok = None
-        if pipe.chunk_tokens is not None:
-            tok = str(pipe._model_folder() / "tokenizer.json")
+        c = pipe.config
+        tok = None if c.chunk_tokens is None else str(pipe.model_folder() / "tokenizer.json")
         return cls(
-            pipe.chunk_chars,
-            pipe.chunk_tokens,
-            pipe.overlap,
-            tok,
-            pipe.fingerprint(),
-            pipe.reader_fingerprint(),
-            pipe.batch_chunks,
-        )
+            c.chunk_chars, c.chunk_tokens, c.overlap, tok, pipe.fingerprint(),
+            pipe.reader_fingerprint(), c.batch_chunks,
+        )  # fmt: skip
 
-
-class _NoProgress:
-    def advance(self, *args: Any, **kwargs: Any) -> None:
-        pass
-
-
-class _ChunkStage:
-    """What `Pipeline._chunk_docs` uses of a pipeline, rebuilt in a task from ChunkSettings."""
-
-    def __init__(self, s: ChunkSettings) -> None:
-        from qflume.chunk import Chunker
-
-        if s.chunk_tokens is not None:
-            self.chunker = Chunker(
-                max_tokens=s.chunk_tokens, tokenizer=s.tokenizer, overlap=s.overlap
-            )
-        else:
-            self.chunker = Chunker(max_chars=s.chunk_chars, overlap=s.overlap)
-        self._s = s
-        self._progress = _NoProgress()
-
-    def fingerprint(self) -> str:
-        return self._s.fingerprint
-
-    def reader_fingerprint(self) -> str:
-        return self._s.reader_fingerprint
-
-    def chunk(self, docs: list[_Doc], report: IngestReport) -> _Batch:
-        return Pipeline._chunk_docs(self, docs, report)  # type: ignore[arg-type]
+    def chunking(self) -> Chunking:
+        """The chunk stage's settings, with the Chunker built here (in the task)."""
+        chunker = make_chunker(self.chunk_chars, self.chunk_tokens, self.overlap, self.tokenizer)
+        return Chunking(chunker, self.fingerprint, self.reader_fingerprint, self.batch_chunks)
 
 
 def _objects(values: Iterable[Any]) -> np.ndarray:
@@ -143,23 +111,23 @@ def _objects(values: Iterable[Any]) -> np.ndarray:
 
 
 class ChunkUnits:
-    """`map_batches` callable (a task): rows {"unit", "docs": pickled ([_Doc], deleted)} ->
-    {"unit", "data": pickled [_Batch slices], "ahead": pickled {key: (root, hashes)},
+    """`map_batches` callable (a task): rows {"unit", "docs": pickled ([Doc], deleted)} ->
+    {"unit", "data": pickled [Batch slices], "ahead": pickled {key: (root, hashes)},
     "report": pickled counts}. Reads, chunks (Rust), hashes, ids, and diffs each document
     against the state row it carries."""
 
     def __init__(self, settings: ChunkSettings) -> None:
         self.settings = settings
-        self._stage: _ChunkStage | None = None
+        self._chunking: Chunking | None = None
 
     def __call__(self, batch: Mapping[str, Any]) -> dict[str, Any]:
-        if self._stage is None:
-            self._stage = _ChunkStage(self.settings)
+        if self._chunking is None:
+            self._chunking = self.settings.chunking()
         data, ahead, reports = [], [], []
         for blob in batch["docs"]:
             docs, deleted = pickle.loads(blob)
             report = IngestReport()
-            chunked = self._stage.chunk(docs, report)
+            chunked = chunk_docs(self._chunking, docs, Run(report))
             chunked.deleted = deleted
             ahead.append(
                 pickle.dumps(
@@ -222,7 +190,7 @@ class EmbedUnits:
         out, stats = [], []
         emb = self.embedder
         for blob in batch["data"]:
-            slices: list[_Batch] = pickle.loads(blob)
+            slices: list[Batch] = pickle.loads(blob)
             t = time.perf_counter()
             n = tokens = 0
             for s in slices:
@@ -249,9 +217,9 @@ class EmbedUnits:
 # Write: a Datasink on the workers, commit on the driver
 
 
-def _send(sink: Any, s: _Batch, counts: dict[str, int]) -> None:
+def _send(sink: Any, s: Batch, counts: dict[str, int]) -> None:
     """One slice to the sink, exactly as the local write stage sends it."""
-    n, lost, updates = _send_slice(sink, s)
+    n, lost, updates = send_slice(sink, s)
     counts["points_upserted"] += n
     counts["points_deleted"] += lost
     counts["payload_updates"] += updates
@@ -353,53 +321,24 @@ class QflumeDatasink(Datasink):  # type: ignore[type-arg]
 # The runner (the driver)
 
 
-@dataclass
-class _Unit:
-    docs: list[_Doc]
-    deleted: list[tuple[str, list[str]]]
-    chars: int
-
-
-def _units(pipe: Pipeline, items: Iterator[Any], report: IngestReport) -> Iterator[_Unit]:
+def _units(pipe: Pipeline, run: Run, items: Iterator[Any]) -> Iterator[Unit]:
     """The planned documents grouped as the local pipeline groups them into batches (about
     batch_chunks chunks of text each); a file it would stream is a unit of its own."""
-    docs: list[_Doc] = []
-    deleted: list[tuple[str, list[str]]] = []
-    chars = 0
-    budget = pipe.batch_chunks * (pipe.chunk_chars or 4 * (pipe.chunk_tokens or 256))
-    from qflume._core import point_id
-
-    for item in items:
-        if isinstance(item, tuple):
-            _, key, prev = item
-            deleted.append((key, [point_id(key, h) for h in sorted(prev.possibly_present())]))
-            report.documents_deleted += 1
-        else:
-            if item.pages_total:  # a long PDF: the local pipeline streams it; here, read whole
-                job = pipe._readers_pool().read(item.reader, item.path, 1 << 30)
-                item = pipe._take_read(item, job, report)
-                if item is None:
-                    continue
-            size = item.size if item.text is None else len(item.text)
-            alone = item.text is None and item.path is not None and item.size > pipe.stream_bytes
-            if alone and (docs or deleted):
-                yield _Unit(docs, deleted, chars)
-                docs, deleted, chars = [], [], 0
-            docs.append(item)
-            chars += size
-            if alone:
-                yield _Unit(docs, deleted, chars)
-                docs, deleted, chars = [], [], 0
+    c = pipe.config
+    for u in group_planned(items, run, text_chars=c.batch_text_chars, stream_bytes=c.stream_bytes):
+        d = u.alone
+        if d is None:
+            yield u
+            continue
+        if d.pages_total:  # a long PDF: the local pipeline streams it; here, read whole
+            d = take_read(d, run.readers_pool().read(d.reader, d.path, 1 << 30), run)
+            if d is None:
                 continue
-        if chars >= budget or len(deleted) >= 1024:
-            yield _Unit(docs, deleted, chars)
-            docs, deleted, chars = [], [], 0
-    if docs or deleted:
-        yield _Unit(docs, deleted, chars)
+        yield Unit(docs=[d], chars=u.chars)
 
 
-def _waves(units: Iterator[_Unit], chars_per_wave: int) -> Iterator[list[_Unit]]:
-    wave: list[_Unit] = []
+def _waves(units: Iterator[Unit], chars_per_wave: int) -> Iterator[list[Unit]]:
+    wave: list[Unit] = []
     chars = 0
     for u in units:
         wave.append(u)
@@ -411,7 +350,7 @@ def _waves(units: Iterator[_Unit], chars_per_wave: int) -> Iterator[list[_Unit]]
         yield wave
 
 
-def _ship(d: _Doc) -> _Doc:
+def _ship(d: Doc) -> Doc:
     """A document as a task needs it: a reader's document carries its text (read on the
     driver), and the reader itself stays here (only whether there was one matters)."""
     if d.reader is not None:
@@ -471,33 +410,25 @@ def run(
         concurrency = (1, max(1, most))
 
     t0 = time.perf_counter()
-    report = IngestReport()
-    report.stages = {name: StageStats() for name in ("plan", "embed", "write")}
-    pipe._dry_run = False
-    pipe._stop.clear()
-    pipe._abort.clear()
-    pipe._progress = Progress(
-        resolve_mode(pipe.progress),
-        interval=resolve_interval(pipe.progress_interval),
-        callback=pipe.on_progress,
-    )
+    run = pipe.new_run()
+    report = run.report
     if records:
-        planner = pipe._plan_records(_records(source), bool(delete_missing), report)
+        planner = plan_records(pipe, run, _records(source), bool(delete_missing))
     else:
-        planner = pipe._plan_files(
-            roots, include, exclude, True if delete_missing is None else delete_missing, report
-        )
+        keep = True if delete_missing is None else delete_missing
+        planner = plan_files(pipe, run, roots, include, exclude, keep)
     settings = ChunkSettings.of(pipe)
-    chars_per_chunk = pipe.chunk_chars or 4 * (pipe.chunk_tokens or 256)
+    c = pipe.config
+    chars_per_chunk = c.chunk_chars or 4 * (c.chunk_tokens or 256)
     outcome = "failed"
     try:
-        items = pipe._read_ahead(planner, report)
-        waves = _waves(_units(pipe, items, report), wave_chunks * chars_per_chunk)
-        _run_waves(pipe, waves, settings, report, concurrency, num_gpus)
+        items = read_ahead(planner, run, c.stream_bytes)
+        waves = _waves(_units(pipe, run, items), wave_chunks * chars_per_chunk)
+        _run_waves(pipe, run, waves, settings, concurrency, num_gpus)
         outcome = "done"
     finally:
-        pipe._close_readers()
-        pipe._progress.close(outcome)
+        run.close_readers()
+        run.progress.close(outcome)
         report.elapsed_s = time.perf_counter() - t0
     pipe.state.set_meta("last_run", report.as_dict())
     return report
@@ -520,23 +451,24 @@ def _connect(address: str | None) -> None:
 
 def _run_waves(
     pipe: Pipeline,
-    waves: Iterator[list[_Unit]],
+    run: Run,
+    waves: Iterator[list[Unit]],
     settings: ChunkSettings,
-    report: IngestReport,
     concurrency: int | tuple[int, int],
     num_gpus: float,
 ) -> None:
     ensured = False
+    report, progress, c = run.report, run.progress, pipe.config
     chunker = ChunkUnits(settings)
     embed_args = {
-        "model": None if pipe.model is None else str(pipe.model),
-        "sparse": pipe.sparse_kind,
-        "sparse_model": None if pipe.sparse_model is None else str(pipe.sparse_model),
+        "model": None if c.model is None else str(c.model),
+        "sparse": c.sparse_kind,
+        "sparse_model": None if c.sparse_model is None else str(c.sparse_model),
     }
-    if pipe._embedder is not None:  # a caller's embedder: its folder, rebuilt in each actor
-        embed_args["model"] = str(pipe._embedder.model_path)
+    if pipe.loaded_embedder is not None:  # a caller's embedder: its folder, rebuilt in each actor
+        embed_args["model"] = str(pipe.loaded_embedder.model_path)
 
-    def chunk(wave: list[_Unit]) -> tuple[Any, list[dict[str, Any]], float]:
+    def chunk(wave: list[Unit]) -> tuple[Any, list[dict[str, Any]], float]:
         t = time.perf_counter()
         rows = [
             {"unit": i, "docs": pickle.dumps(([_ship(d) for d in u.docs], u.deleted), protocol=5)}
@@ -556,12 +488,10 @@ def _run_waves(
         report.stages["write"].items += counts["points_upserted"]
         report.stages["embed"].busy_s += counts["embed_s"]
         report.stages["embed"].items += counts["chunks_embedded"]
-        pipe._progress.advance(
-            documents=len(updates) + len(deleted), chunks=counts["points_upserted"]
-        )
+        progress.advance(documents=len(updates) + len(deleted), chunks=counts["points_upserted"])
 
     sink = QflumeDatasink(
-        pipe.url, pipe.collection, api_key=pipe.api_key, wait=pipe.wait, on_commit=commit
+        pipe.url, pipe.collection, api_key=c.api_key, wait=c.wait, on_commit=commit
     )  # type: ignore[arg-type]
     with ThreadPoolExecutor(1, thread_name_prefix="qflume-ray-chunk") as ex:
         it = iter(waves)
@@ -580,12 +510,11 @@ def _run_waves(
                 report.chunks_total += r["chunks_total"]
                 report.documents_skipped += r["documents_skipped"]
                 report.skipped.extend(r["skipped"])
-                pipe._progress.add_chunks_planned(r["texts"], bytes=r["bytes"])
+                progress.add_chunks_planned(r["texts"], bytes=r["bytes"])
                 texts += r["texts"]
-            _record(report, "plan", chunk_s, texts, docs=0)
+            record(report, "plan", chunk_s, texts, docs=0)
             if texts and not ensured:
-                pipe.sink.ensure_collection(pipe.collection_spec())
-                pipe.record_sparse()
+                ensure_collection(pipe)
                 ensured = True
             data = mat.select_columns(["unit", "data"])
             if texts:
@@ -598,7 +527,7 @@ def _run_waves(
                     num_gpus=num_gpus or None,
                 )
             data.write_datasink(sink)
-    pipe._progress.plan_finished()
+    progress.plan_finished()
 
 
 def _pool(concurrency: int | tuple[int, int]) -> Any:

@@ -54,7 +54,9 @@ from qflume.exceptions import InvalidInputError, StateLockedError, VersionError
 from qflume.state import HASH_LEN, DocState, PointSpool, ReindexLock, State, VersionRow
 
 if TYPE_CHECKING:  # pragma: no cover
+    from qflume.collection import Collection
     from qflume.pipeline import Pipeline
+    from qflume.settings import PipelineConfig
     from qflume.sinks.base import PointRecord, Sink
 
 __all__ = [
@@ -94,16 +96,17 @@ def _model_ref(model: Any) -> str | None:
     return str(p.resolve()) if p.exists() else str(model)
 
 
-def settings_of(p: Pipeline) -> dict[str, Any]:
+def settings_of(p: Collection) -> dict[str, Any]:
     """The settings a pipeline makes points with (recorded per version)."""
+    c = p.config
     return {
-        "model": _model_ref(p.model),
+        "model": _model_ref(c.model),
         "model_id": p.model_id(),
-        "chunk_chars": p.chunk_chars,
-        "chunk_tokens": p.chunk_tokens,
-        "overlap": p.overlap,
-        "sparse": p.sparse_kind,
-        "sparse_model": _model_ref(p.sparse_model),
+        "chunk_chars": c.chunk_chars,
+        "chunk_tokens": c.chunk_tokens,
+        "overlap": c.overlap,
+        "sparse": c.sparse_kind,
+        "sparse_model": _model_ref(c.sparse_model),
         "fingerprint": p.fingerprint(),
     }
 
@@ -145,28 +148,36 @@ def _from_fingerprint(fp: str) -> dict[str, Any]:
 # Hooks the Pipeline calls
 
 
-def open_version(p: Pipeline, given: Mapping[str, bool]) -> VersionRow | None:
-    """The live version a new Pipeline reads and writes. Its model is the pipeline's unless
-    given, and after a swap (a reindex or rollback) so are its chunking and sparse encoder
-    (``given``: model, chunking, sparse), so that a later ingest or search needs no flags."""
-    row = p.state.live_version()
+def open_version(state: State, config: PipelineConfig) -> tuple[VersionRow | None, PipelineConfig]:
+    """The live version a new Pipeline reads and writes, and its config completed by it: its
+    model is the version's unless given, and after a swap (a reindex or rollback) so are its
+    chunking and sparse encoder (``config.given``), so that a later ingest or search needs no
+    flags."""
+    row = state.live_version()
     if row is None:
-        return row
+        return row, config
     s = row.settings
-    if not given.get("model") and s.get("known", True) and "model" in s:
-        p.model = s.get("model")  # the model its points were made with
-    if row.swapped_at is None:
-        return row
-    if not given.get("chunking"):
-        p.chunk_chars, p.chunk_tokens = s.get("chunk_chars"), s.get("chunk_tokens")
-        p.overlap = int(s.get("overlap") or 0)
-    if not given.get("sparse"):
-        p.sparse_kind = str(s.get("sparse") or "none")
-        p.sparse_model = s.get("sparse_model") if p.sparse_kind == "splade" else None
-    return row
+    given = config.given
+    changes: dict[str, Any] = {}
+    if "model" not in given and s.get("known", True) and "model" in s:
+        changes["model"] = s.get("model")  # the model its points were made with
+    if row.swapped_at is not None:
+        if "chunking" not in given:
+            changes.update(chunk_chars=s.get("chunk_chars"), chunk_tokens=s.get("chunk_tokens"))
+            changes["overlap"] = int(s.get("overlap") or 0)
+        if "sparse" not in given:
+            kind = str(s.get("sparse") or "none")
+            changes.update(
+                sparse=kind, sparse_model=s.get("sparse_model") if kind == "splade" else None
+            )
+    if not changes:
+        return row, config
+    done = config.replace(**changes)
+    object.__setattr__(done, "given", config.given)  # what the caller gave, not the version
+    return row, done
 
 
-def check_settings(p: Pipeline) -> None:
+def check_settings(p: Collection) -> None:
     """An ingest into a collection whose settings a reindex (or rollback) made live must make
     its points the same way: otherwise it would rebuild the live version in place."""
     row = p.version
@@ -183,7 +194,7 @@ def check_settings(p: Pipeline) -> None:
         )
 
 
-def after_ensure(p: Pipeline) -> None:
+def after_ensure(p: Collection) -> None:
     """After the first write made sure the collection exists: record version 1 of a versioned
     collection this pipeline created; on a versioned one, point a lagging alias or pointer at
     the live version (a swap killed between the state and the alias)."""
@@ -197,7 +208,7 @@ def after_ensure(p: Pipeline) -> None:
         return
     if p.version.swapped_at is None:
         return
-    target = _target_for(p.collection, p.store, p.url, p.api_key)
+    target = _target_for(p.collection, p.store, p.url, p.config.api_key)
     try:
         if target.live_name() != p.version.name:
             target.point(p.version.name, p.version.version)
