@@ -438,8 +438,8 @@ def test_the_status_page_shows_an_active_alert_and_the_storage(tmp_path: Path, t
         pytest.skip("needs Debian's chromium package (apt-get install chromium)")
     from qflume.serve import ServeConfig, Service
 
-    config = ServeConfig(
-        collection="docs",
+    config = ServeConfig.of(
+        "docs",
         store=str(tmp_path / "store"),
         token=page.TOKEN,
         chunk_chars=1000,

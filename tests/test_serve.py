@@ -101,7 +101,7 @@ class Server:
 def _start(tmp: Path, embedder: Any, **kw: Any) -> Server:
     kw.setdefault("slice_records", 8)
     kw.setdefault("chunk_chars", 1000)  # the point counts below assume one chunk per short record
-    config = ServeConfig(collection="docs", store=str(tmp / "store"), **kw)
+    config = ServeConfig.of("docs", store=str(tmp / "store"), **kw)
     return Server(Service(config, embedder=embedder))
 
 
@@ -743,9 +743,7 @@ def test_a_failed_job_counts_every_item_it_did_not_confirm(tmp_path: Path) -> No
 
 
 def test_deletes_over_http_need_no_model(tmp_path: Path) -> None:
-    config = ServeConfig(
-        collection="docs", store=str(tmp_path / "store"), model=str(tmp_path / "no-model")
-    )
+    config = ServeConfig.of("docs", store=str(tmp_path / "store"), model=str(tmp_path / "no-model"))
     srv = Server(Service(config))  # the model is loaded on first use: it starts all the same
     try:
         c = srv.client
@@ -860,7 +858,7 @@ def test_max_queued_flag() -> None:
     from qflume.serve import _parser, config_from_args
 
     assert config_from_args(_parser().parse_args(["-c", "d", "--max-queued", "7"])).max_queued == 7
-    assert ServeConfig(collection="d").max_queued == 100
+    assert ServeConfig.of("d").max_queued == 100
     with pytest.raises(qflume.InvalidInputError, match="--max-queued must be positive"):
         config_from_args(_parser().parse_args(["-c", "d", "--max-queued", "0"]))
 
@@ -947,7 +945,11 @@ def test_alert_flags_and_their_errors(tmp_path: Path) -> None:
         )
     )
     assert [t.name for t in cfg.alerts] == ["latency:search.p99>0.25:critical"]
-    assert cfg.alert_interval == 2.0 and not cfg.default_alerts and cfg.max_memory == 1_000_000
+    assert (
+        cfg.alert_interval == 2.0
+        and not cfg.default_alerts
+        and cfg.pipeline.max_memory == 1_000_000
+    )
     with pytest.raises(qflume.InvalidInputError, match="--alert: alert threshold 'x>1'"):
         config_from_args(_parser().parse_args(["-c", "d", "--alert", "x>1"]))
     with pytest.raises(
@@ -956,8 +958,4 @@ def test_alert_flags_and_their_errors(tmp_path: Path) -> None:
         config_from_args(_parser().parse_args(["-c", "d", "--alert-interval", "0"]))
     # an alert callback goes only to a --callback-host, like job callbacks
     with pytest.raises(qflume.InvalidInputError, match=r"--alert-callback: .*--callback-host"):
-        Service(
-            ServeConfig(
-                collection="d", store=str(tmp_path), alert_callback="http://127.0.0.1:6333/x"
-            )
-        )
+        Service(ServeConfig.of("d", store=str(tmp_path), alert_callback="http://127.0.0.1:6333/x"))

@@ -325,7 +325,7 @@ def test_serve_searches_splade(tmp_path: Path, built: Path, dense: Path) -> None
 
     probes = _pages(tmp_path / "docs")
     records = [{"id": k, "text": (tmp_path / "docs" / k).read_text()} for k in probes]
-    config = ServeConfig(collection="s", store=str(tmp_path / "store"), model=str(dense),
+    config = ServeConfig.of("s", store=str(tmp_path / "store"), model=str(dense),
                          sparse="splade", sparse_model=str(built), chunk_chars=600)  # fmt: skip
     with TestClient(asgi(Service(config))) as c:
         r = c.post("/batch/store?wait=true", json={"records": records})

@@ -99,8 +99,8 @@ class _Budget:
 
 
 def _serve(tmp: Path, pipeline_embedder: Any, search_embedder: Any) -> tuple[Server, Pipeline]:
-    config = ServeConfig(
-        collection="docs", store=str(tmp / "store"), token=TOKEN, slice_records=8, chunk_chars=1000
+    config = ServeConfig.of(
+        "docs", store=str(tmp / "store"), token=TOKEN, slice_records=8, chunk_chars=1000
     )
     pipeline = Pipeline(
         "docs", store=tmp / "store", embedder=pipeline_embedder, chunk_chars=1000, progress=False

@@ -14,16 +14,12 @@ from typing import Any
 
 from qflume._validate import display
 from qflume.exceptions import InvalidInputError, QflumeError, QflumeIOError
+from qflume.settings import add_arguments, config_from_args
 
 
-def _target_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--collection", "-c", help="collection name (or `collection` in qflume.toml)")
-    t = p.add_mutually_exclusive_group()
-    t.add_argument("--store", help="embedded Qdrant Edge store folder (default ./.qflume)")
-    t.add_argument("--url", help="Qdrant server gRPC URL, e.g. http://localhost:6334")
-    p.add_argument("--api-key", help="server API key (default: $QDRANT_API_KEY)")
-    p.add_argument("--state-dir", help="where state and cache live for --url (default ./.qflume)")
-    p.add_argument("--model", help="model folder (model.onnx + tokenizer.json, or BERT weights)")
+def _target_args(p: argparse.ArgumentParser, *groups: str, **helps: str) -> None:
+    """The pipeline's options (qflume.settings.add_arguments) and --json, --config."""
+    add_arguments(p, *groups, helps=helps)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument(
         "--config",
@@ -45,14 +41,8 @@ def _parser() -> argparse.ArgumentParser:
         nargs="*",
         help="folders or files; *.jsonl / *.parquet with --records (default: the config's sources)",
     )
-    _target_args(p)
+    _target_args(p, "sparse", "sparse_model", "chunking", "limits")
     p.add_argument("--records", action="store_true", help="read records from JSONL/Parquet files")
-    p.add_argument("--sparse", choices=["none", "bm25", "splade"], help="default none")
-    p.add_argument("--sparse-model", metavar="DIR", help=_SPARSE_MODEL_HELP)
-    size = p.add_mutually_exclusive_group()
-    size.add_argument("--chunk-chars", type=int, help="chunk size in characters")
-    size.add_argument("--chunk-tokens", type=int, help="chunk size in model tokens (default 64)")
-    p.add_argument("--overlap", type=int, help="overlap (chars or tokens; default 0)")
     p.add_argument("--include", action="append", help="glob of files to include (repeatable)")
     p.add_argument("--exclude", action="append", help="glob of files to exclude (repeatable)")
     p.add_argument(
@@ -61,30 +51,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--delete-missing", action="store_true", default=None, help="records: delete absent ids"
     )
-    p.add_argument(
-        "--wait", action="store_true", default=None, help="wait for each batch to be applied"
-    )
     p.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
-    p.add_argument(
-        "--max-memory",
-        type=int,
-        help="bytes the stage queues may hold; files over 1/16 of it are streamed, not read whole",
-    )
-    p.add_argument(
-        "--max-file-size",
-        type=int,
-        help="skip files over this many bytes as too-large (default 256 MiB, or half of "
-        "--max-memory)",
-    )
-    p.add_argument(
-        "--outage-deadline",
-        type=float,
-        help="--url: seconds an unreachable server is waited for while updates are spooled to "
-        "the outbox (default 900)",
-    )
-    p.add_argument(
-        "--outbox-bytes", type=int, help="--url: the outbox's disk budget (default 1 GiB)"
-    )
     p.add_argument(
         "--engine",
         choices=["local", "ray"],
@@ -106,7 +73,11 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("search", help="search a collection (several queries in one batch)")
     p.add_argument("queries", nargs="+")
-    _target_args(p)
+    _target_args(
+        p,
+        "sparse_model",
+        sparse_model="the SPLADE model to query with (default: the one the last ingest recorded)",
+    )
     p.add_argument("--limit", type=int, default=5)
     mode = p.add_mutually_exclusive_group()
     mode.add_argument(
@@ -116,11 +87,6 @@ def _parser() -> argparse.ArgumentParser:
     )
     mode.add_argument(
         "--sparse-only", action="store_true", help="the sparse vectors only (BM25 or SPLADE)"
-    )
-    p.add_argument(
-        "--sparse-model",
-        metavar="DIR",
-        help="the SPLADE model to query with (default: the one the last ingest recorded)",
     )
     p.add_argument(
         "--fusion",
@@ -198,25 +164,11 @@ def _apply_config(args: argparse.Namespace) -> None:
         raise InvalidInputError(f"no collection given: pass --collection NAME, or {where}")
 
 
-_SPARSE_MODEL_HELP = (
-    "the SPLADE model for --sparse splade: a BertForMaskedLM folder (config.json, "
-    "model.safetensors, tokenizer.json; built into ONNX once) or model.onnx + tokenizer.json"
-)
-
-
 def _pipeline(args: argparse.Namespace, **kw: Any) -> Any:
+    """The Pipeline of the parsed options (and ``kw``)."""
     from qflume.pipeline import Pipeline
 
-    return Pipeline(
-        args.collection,
-        store=args.store,
-        url=args.url,
-        api_key=args.api_key,
-        model=args.model,
-        state_dir=args.state_dir,
-        sparse_model=getattr(args, "sparse_model", None),
-        **kw,
-    )
+    return Pipeline(config_from_args(args, **kw))
 
 
 def _read_records(paths: Sequence[str]) -> Iterator[dict[str, Any]]:
@@ -354,21 +306,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         raise InvalidInputError(
             f"--sparse-model is the SPLADE model: give --sparse splade with it (not {args.sparse})"
         )
-    pipe = _pipeline(
-        args,
-        sparse=args.sparse,
-        chunk_chars=args.chunk_chars,
-        chunk_tokens=args.chunk_tokens,
-        overlap=args.overlap,
-        wait=args.wait,
-        max_memory=args.max_memory,
-        **{
-            k: getattr(args, k)
-            for k in ("max_file_size", "outage_deadline", "outbox_bytes")
-            if getattr(args, k) is not None
-        },
-        progress=args.progress,  # on stderr: --json keeps stdout one JSON object
-    )
+    pipe = _pipeline(args)  # progress on stderr: --json keeps stdout one JSON object
     reports = []
     since = time.time()
     with pipe, _alert_monitor(args):
@@ -546,13 +484,8 @@ def _version_parsers(sub: Any) -> None:
         "while searches go on, verify it, swap it in",
     )
     _target_args(p)
-    p.add_argument("--sparse", dest="to_sparse", choices=["none", "bm25", "splade"])
-    p.add_argument("--sparse-model", dest="to_sparse_model", metavar="DIR",
-                   help="the SPLADE model folder (with --sparse splade)")  # fmt: skip
-    size = p.add_mutually_exclusive_group()
-    size.add_argument("--chunk-chars", dest="to_chunk_chars", type=int)
-    size.add_argument("--chunk-tokens", dest="to_chunk_tokens", type=int)
-    p.add_argument("--overlap", dest="to_overlap", type=int)
+    # the new version's settings
+    add_arguments(p, "sparse", "sparse_model", "chunking", target=False, dest_prefix="to_")
     p.add_argument("--rechunk", action="store_true", help="read and chunk the sources again anyway")
     p.add_argument(
         "--records",

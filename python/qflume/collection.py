@@ -134,8 +134,10 @@ class Collection:
 
     @property
     def loaded_embedder(self) -> Any:
-        """The embedder if it is built (None: reading the model's config needs no model)."""
-        return self._embedder
+        """The embedder if its model is loaded (None: what needs only the model's config, such
+        as health's vector size check, reads it without loading the model)."""
+        emb = self._embedder
+        return emb if emb is not None and getattr(emb, "loaded", True) else None
 
     @property
     def loaded_sink(self) -> Sink | None:

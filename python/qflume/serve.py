@@ -42,7 +42,7 @@ import os
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, MutableMapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
@@ -62,6 +62,8 @@ from qflume.jobs import (
     QueueFullError,
     StepResult,
 )
+from qflume.settings import PipelineConfig, add_arguments
+from qflume.settings import config_from_args as pipeline_config
 
 try:
     from fastapi import FastAPI, Request
@@ -88,18 +90,11 @@ Send = Callable[[Message], Awaitable[None]]
 
 @dataclass
 class ServeConfig:
-    """Everything `qflume serve` is started with (the CLI flags, one to one)."""
+    """Everything `qflume serve` is started with (the CLI flags, one to one): the collection's
+    `PipelineConfig` (its ``max_memory`` is also health's and the memory alerts' budget), and
+    the service's own settings."""
 
-    collection: str
-    store: str | None = None
-    url: str | None = None
-    api_key: str | None = None
-    state_dir: str | None = None
-    model: str | None = None
-    sparse: str = "none"
-    sparse_model: str | None = None  # the SPLADE model (sparse "splade")
-    chunk_chars: int | None = None
-    chunk_tokens: int | None = None
+    pipeline: PipelineConfig
     host: str = "127.0.0.1"
     port: int = 8000
     max_body_bytes: int = 32 * 1024 * 1024
@@ -117,15 +112,22 @@ class ServeConfig:
     # counts every waiting job, a small update or delete only the small ones (see qflume.jobs)
     max_queued: int = 100
     jobs_path: str | None = None  # default: beside the state, <collection>.jobs.sqlite
-    pipeline_options: dict[str, Any] = field(default_factory=dict)
-    # the memory budget (bytes): the pipeline's max_memory, health's and the memory alerts'
-    max_memory: int | None = None
     # alert thresholds (qflume.alerts) besides the defaults (none with default_alerts=False),
     # checked every alert_interval s; each alert is logged and POSTed to alert_callback
     alerts: tuple[Any, ...] = ()
     default_alerts: bool = True
     alert_interval: float = 5.0
     alert_callback: str | None = None
+
+    @classmethod
+    def of(cls, collection: str, **options: Any) -> ServeConfig:
+        """``ServeConfig.of("docs", store="s", port=8001)``: the pipeline's settings (the
+        PipelineConfig fields) and the service's, in one call (the pipeline's progress off)."""
+        from qflume.settings import CONFIG_FIELDS
+
+        mine = {k: options.pop(k) for k in list(options) if k in CONFIG_FIELDS}
+        mine.setdefault("progress", False)
+        return cls(PipelineConfig(collection, **mine), **options)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -214,6 +216,11 @@ class _EmbedderView:
     def embed_query(self, text: str) -> np.ndarray:
         return self.embed([text])[0]
 
+    @property
+    def loaded(self) -> bool:
+        """Whether the model is loaded (health reads its config otherwise, loading nothing)."""
+        return bool(self._model.loaded)
+
     def close(self) -> None:
         """The service closes the real embedder (once), not its views."""
 
@@ -221,26 +228,6 @@ class _EmbedderView:
         if name.startswith("__"):
             raise AttributeError(name)
         return getattr(self._inner, name)
-
-
-class _SearchTarget:
-    """What `qflume.search.search` needs: an embedder and a sink (plus what health reads)."""
-
-    def __init__(self, pipeline: Any, embedder: _EmbedderView, sink: Any) -> None:
-        self.embedder = embedder
-        self.sink = sink
-        self.state = pipeline.state
-        self.store = pipeline.store
-        self.state_path = pipeline.state_path
-        self.model = pipeline.model
-        self.query_sparse = pipeline.query_sparse  # the collection's sparse vector and encoder
-        self.max_memory = getattr(pipeline, "max_memory", None)  # health's memory budget
-
-    @property
-    def _embedder(self) -> Any:
-        """The loaded model for health's vector-size check (None: read from the model's config,
-        without loading it)."""
-        return self.embedder if self.embedder._model.loaded else None
 
 
 class _LockedSink:
@@ -515,28 +502,13 @@ class Service:
             def load() -> Any:
                 from qflume.embed import Embedder
 
-                return Embedder(config.model)
+                return Embedder(config.pipeline.model)
 
             self._model = _LazyModel(load)
             self._own_embedder = True
         if pipeline is None:
-            opts = dict(config.pipeline_options)
-            opts.setdefault("progress", False)
-            if config.max_memory is not None:
-                opts.setdefault("max_memory", config.max_memory)
             pipeline = Pipeline(
-                config.collection,
-                store=config.store,
-                url=config.url,
-                api_key=config.api_key,
-                state_dir=config.state_dir,
-                model=config.model,
-                sparse=config.sparse,
-                sparse_model=config.sparse_model,
-                chunk_chars=config.chunk_chars,
-                chunk_tokens=config.chunk_tokens,
-                embedder=_EmbedderView(self._model, self._gate, urgent=False),
-                **opts,
+                config.pipeline, embedder=_EmbedderView(self._model, self._gate, urgent=False)
             )
         self.pipeline = pipeline
         try:
@@ -551,11 +523,13 @@ class Service:
                     # the version the pipeline writes (its physical name; qflume.versions)
                     pipeline.url,
                     sink.collection,
-                    api_key=pipeline.api_key,
+                    api_key=pipeline.config.api_key,
                 )
                 read_sink = _LockedSink(self._read_sink_own)
-            self.reader = _SearchTarget(
-                pipeline, _EmbedderView(self._model, self._gate, urgent=True), read_sink
+            # what searches and health use: the collection with the urgent embedder and the
+            # read connection
+            self.reader = pipeline.with_components(
+                embedder=_EmbedderView(self._model, self._gate, urgent=True), sink=read_sink
             )
             jobs_path = config.jobs_path or pipeline.state_path.with_name(
                 f"{pipeline.collection}.jobs.sqlite"
@@ -587,7 +561,7 @@ class Service:
         # the job queue nearly full: writes are about to be refused with 429
         queue = Threshold("queue_depth", "jobs", ">=", max(1, int(c.max_queued * 0.8)), "high")
         settings = AlertSettings(defaults=c.default_alerts, thresholds=tuple(c.alerts))
-        budget = c.max_memory or getattr(self.pipeline, "max_memory", None)
+        budget = c.pipeline.max_memory or self.pipeline.config.max_memory
         return AlertMonitor(
             settings.all_thresholds(extra=[queue] if c.default_alerts else []),
             interval=c.alert_interval,
@@ -619,7 +593,7 @@ class Service:
                 target=self._post_alerts, args=(url,), name="qflume-alert-posts", daemon=True
             ).start()
         try:
-            self._alert_posts.put_nowait({"alert": event, "collection": self.config.collection})
+            self._alert_posts.put_nowait({"alert": event, "collection": self.pipeline.collection})
         except Exception:  # a receiver 100 alerts behind: this one is only logged
             log.warning("qflume serve: alert callback queue full, alert %s not sent", event["id"])
 
@@ -1493,28 +1467,22 @@ def _version() -> str:
 
 
 def _parser() -> argparse.ArgumentParser:
-    d = ServeConfig(collection="")
+    d = ServeConfig(PipelineConfig("defaults"))
     ap = argparse.ArgumentParser(
         prog="qflume serve", description="Serve one collection over HTTP (batch store/search)."
     )
-    ap.add_argument("--collection", "-c", required=True, help="collection name")
-    t = ap.add_mutually_exclusive_group()
-    t.add_argument("--store", help="embedded Qdrant Edge store folder (default ./.qflume)")
-    t.add_argument("--url", help="Qdrant server gRPC URL, e.g. http://localhost:6334")
-    ap.add_argument("--api-key", default=os.environ.get("QDRANT_API_KEY"), help="server API key")
-    ap.add_argument("--state-dir", help="where state, cache and jobs live for --url")
-    ap.add_argument("--model", help="model folder (model.onnx + tokenizer.json, or BERT weights)")
-    ap.add_argument(
-        "--sparse", choices=["none", "bm25", "splade"], default="none", help="for hybrid search"
+    add_arguments(
+        ap,
+        "sparse",
+        "sparse_model",
+        "chunking",
+        collection_required=True,
+        api_key_default=os.environ.get("QDRANT_API_KEY"),
+        helps={
+            "state_dir": "where state, cache and jobs live for --url",
+            "sparse": "sparse vectors of stored records, for hybrid search (default none)",
+        },
     )
-    ap.add_argument(
-        "--sparse-model",
-        help="--sparse splade: the SPLADE model (a BertForMaskedLM folder, or model.onnx + "
-        "tokenizer.json)",
-    )
-    size = ap.add_mutually_exclusive_group()
-    size.add_argument("--chunk-chars", type=int, help="chunk size in characters (default 1000)")
-    size.add_argument("--chunk-tokens", type=int, help="chunk size in model tokens")
     ap.add_argument("--host", default=d.host, help=f"address to listen on (default {d.host})")
     ap.add_argument("--port", type=int, default=d.port, help=f"port (default {d.port})")
     ap.add_argument("--max-body-bytes", type=int, default=d.max_body_bytes)
@@ -1640,16 +1608,7 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
         except InvalidInputError as e:
             raise InvalidInputError(f"--alert: {e}") from None
     return ServeConfig(
-        collection=args.collection,
-        store=args.store,
-        url=args.url,
-        api_key=args.api_key,
-        state_dir=args.state_dir,
-        model=args.model,
-        sparse=args.sparse,
-        sparse_model=args.sparse_model,
-        chunk_chars=args.chunk_chars,
-        chunk_tokens=args.chunk_tokens,
+        pipeline_config(args, max_memory=max_memory, progress=False),
         host=args.host,
         port=args.port,
         max_body_bytes=args.max_body_bytes,
@@ -1660,7 +1619,6 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
         drain=args.drain,
         callback_hosts=tuple(_callback_target(h) for h in args.callback_host),
         token=args.token or None,
-        max_memory=max_memory,
         alerts=tuple(thresholds),
         default_alerts=file_alerts.defaults and not args.no_default_alerts,
         alert_interval=float(interval),

@@ -290,34 +290,51 @@ def add_arguments(
     *groups: str,
     collection_required: bool = False,
     api_key_default: str | None = None,
+    helps: Mapping[str, str] | None = None,
+    dest_prefix: str = "",
+    target: bool = True,
 ) -> None:
     """Add the options of ``groups`` to ``p``: ``target`` (always: --collection, --store |
     --url, --api-key, --state-dir, --model), ``sparse``, ``sparse_model``, ``chunking``
-    (--chunk-chars | --chunk-tokens, --overlap) and ``limits`` (--wait, memory, outbox)."""
-    p.add_argument(
-        "--collection",
-        "-c",
-        required=collection_required,
-        help="collection name"
-        + ("" if collection_required else " (or `collection` in qflume.toml)"),
-    )
-    t = p.add_mutually_exclusive_group()
-    t.add_argument("--store", help="embedded Qdrant Edge store folder (default ./.qflume)")
-    t.add_argument("--url", help="Qdrant server gRPC URL, e.g. http://localhost:6334")
-    p.add_argument(
-        "--api-key", default=api_key_default, help="server API key (default: $QDRANT_API_KEY)"
-    )
-    for group in ("target", *groups):
-        if group == "chunking":
-            size = p.add_mutually_exclusive_group()
-            size.add_argument("--chunk-chars", type=int, help="chunk size in characters")
-            size.add_argument(
-                "--chunk-tokens",
-                type=int,
-                help=f"chunk size in model tokens (default {DEFAULT_CHUNK_TOKENS})",
-            )
-        for flags, kw in _OPTIONS[group]:
-            p.add_argument(*flags, **kw)
+    (--chunk-chars | --chunk-tokens, --overlap) and ``limits`` (--wait, memory, outbox).
+    ``helps`` replaces the help of options by their dest; ``dest_prefix`` prefixes the dests
+    of all but the target's (``to_`` for reindex's new settings); ``target=False`` adds only
+    ``groups``."""
+    if target:
+        where = "" if collection_required else " (or `collection` in qflume.toml)"
+        p.add_argument(
+            "--collection", "-c", required=collection_required, help=f"collection name{where}"
+        )
+        t = p.add_mutually_exclusive_group()
+        t.add_argument("--store", help="embedded Qdrant Edge store folder (default ./.qflume)")
+        t.add_argument("--url", help="Qdrant server gRPC URL, e.g. http://localhost:6334")
+        p.add_argument(
+            "--api-key", default=api_key_default, help="server API key (default: $QDRANT_API_KEY)"
+        )
+    for group in ("target", *groups) if target else groups:
+        _add_group(p, group, "" if group == "target" else dest_prefix, helps or {})
+
+
+def _add_group(
+    p: argparse.ArgumentParser, group: str, prefix: str, helps: Mapping[str, str]
+) -> None:
+    if group == "chunking":
+        size = p.add_mutually_exclusive_group()
+        size.add_argument(
+            "--chunk-chars", dest=f"{prefix}chunk_chars", type=int, help="chunk size in characters"
+        )
+        size.add_argument(
+            "--chunk-tokens",
+            dest=f"{prefix}chunk_tokens",
+            type=int,
+            help=f"chunk size in model tokens (default {DEFAULT_CHUNK_TOKENS})",
+        )
+    for flags, kw in _OPTIONS[group]:
+        dest = flags[0].lstrip("-").replace("-", "_")
+        kw = {**kw, "dest": prefix + dest}
+        if dest in helps:
+            kw["help"] = helps[dest]
+        p.add_argument(*flags, **kw)
 
 
 def config_from_args(args: argparse.Namespace, **overrides: Any) -> PipelineConfig:
