@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from qflume.exceptions import InvalidInputError
+from qflume.settings import PipelineConfig
 
 __all__ = ["AsyncPipeline"]
 
@@ -25,7 +26,8 @@ _END = object()
 
 
 class AsyncPipeline:
-    """Async front of a `qflume.Pipeline` (built from the same arguments, or given as `pipeline`).
+    """Async front of a `qflume.Pipeline`: built from the same arguments (a collection name and
+    `qflume.settings.PipelineConfig`'s fields, or a PipelineConfig), or given as `pipeline`.
 
     ``async with AsyncPipeline("docs", store="./.qflume") as ap: hits = await ap.search([...])``.
     `read_threads` bounds concurrent reads (searches embed their queries in that thread too).
@@ -35,7 +37,7 @@ class AsyncPipeline:
 
     def __init__(
         self,
-        collection: str | None = None,
+        collection: str | PipelineConfig | None = None,
         *,
         pipeline: Any = None,
         read_threads: int = 1,

@@ -1476,11 +1476,15 @@ def _parser() -> argparse.ArgumentParser:
         "sparse",
         "sparse_model",
         "chunking",
+        "limits",
         collection_required=True,
         api_key_default=os.environ.get("QDRANT_API_KEY"),
         helps={
             "state_dir": "where state, cache and jobs live for --url",
             "sparse": "sparse vectors of stored records, for hybrid search (default none)",
+            "max_memory": "memory budget in bytes: the pipeline's queues, health's memory check "
+            "and the memory alerts (default 90%% of physical memory; [limits] max_memory of the "
+            "config)",
         },
     )
     ap.add_argument("--host", default=d.host, help=f"address to listen on (default {d.host})")
@@ -1513,12 +1517,6 @@ def _parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         help="a host callback URLs may point to besides loopback (repeatable)",
-    )
-    ap.add_argument(
-        "--max-memory",
-        type=int,
-        help="memory budget in bytes: the pipeline's queues, health's memory check and the "
-        "memory alerts (default 90%% of physical memory; [limits] max_memory of the config)",
     )
     ap.add_argument(
         "--alert",
