@@ -525,7 +525,7 @@ def collection_info(sink: Any) -> dict[str, Any]:
 
 def _expected_dim(target: Any) -> int | None:
     """The embedder's vector size, from the loaded embedder or the model's config (no load)."""
-    emb = getattr(target, "_embedder", None)
+    emb = target.loaded_embedder
     if emb is not None and getattr(emb, "dim", None):
         return int(emb.dim)
     import json
@@ -668,7 +668,8 @@ def health(
             problem("disk_near_full", f"cannot check free space of {path}: {e}")
 
     rss = rss_bytes()
-    budget = memory_budget(max_rss or getattr(target, "max_memory", None))
+    config = getattr(target, "config", None)
+    budget = memory_budget(max_rss or getattr(config, "max_memory", None))
     checks["memory"] = {"rss_bytes": rss, "budget_bytes": budget}
     if budget is not None and rss > budget:
         problem(

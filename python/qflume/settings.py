@@ -70,6 +70,9 @@ class PipelineConfig:
     outbox_bytes: int = 1 << 30
     outage_deadline: float = 900.0
     cache_entries: int = 1_000_000
+    #: The embedding cache's file (default <state folder>/<collection>.cache.sqlite): a reindex
+    #: builds the next version with the live one's cache.
+    cache_file: PathLike | None = None
     progress: bool | str | None = None
     progress_interval: float | None = None
     lock: bool = True
@@ -174,6 +177,8 @@ class PipelineConfig:
 
     @property
     def cache_path(self) -> Path:
+        if self.cache_file is not None:
+            return Path(self.cache_file)
         return self.state_base / f"{self.collection}.cache.sqlite"
 
     @property

@@ -763,9 +763,12 @@ def reindex(
                     ctx.target.drop(name)
                 _remove_build_files(ctx, name)
                 ctx.state.save_version(new)
-            build_pipe = Pipeline(new.name, store=ctx.store, url=url, api_key=api_key, **pipe_opts)
+            shared_cache = ctx.base / f"{collection}.cache.sqlite"
+            build_pipe = Pipeline(
+                new.name, store=ctx.store, url=url, api_key=api_key, cache_file=shared_cache,
+                **pipe_opts,
+            )  # fmt: skip
             try:
-                build_pipe.cache_path = ctx.base / f"{collection}.cache.sqlite"  # shared cache
                 new.settings = settings_of(build_pipe)
                 new.settings["known"] = True
                 ctx.state.save_version(new)
