@@ -964,10 +964,11 @@ class GrpcSink(Sink):
             raise
 
     @staticmethod
-    def _record(p: Any) -> PointRecord:
+    def _record(p: Any, with_payload: bool = True) -> PointRecord:
         pid = p.id.uuid if p.id.WhichOneof("point_id_options") == "uuid" else str(p.id.num)
         dense, sparse = vectors_to_py(p.vectors) if p.HasField("vectors") else (None, None)
-        return PointRecord(id=pid, payload=payload_to_py(p.payload), vector=dense, sparse=sparse)
+        body = payload_to_py(p.payload) if with_payload else None  # as on Qdrant Edge
+        return PointRecord(id=pid, payload=body, vector=dense, sparse=sparse)
 
     def retrieve(self, ids: Ids, *, with_vectors: bool = False) -> list[PointRecord]:
         self.flush()
@@ -1021,7 +1022,7 @@ class GrpcSink(Sink):
                     return
                 raise
             for p in resp.result:
-                yield self._record(p)
+                yield self._record(p, with_payload)
             if not resp.HasField("next_page_offset"):
                 return
             offset = resp.next_page_offset
