@@ -58,3 +58,23 @@ def test_ids_to_text_and_bytes_and_back() -> None:
     with pytest.raises(InvalidInputError, match="point id 12 is not a UUID"):
         ids.uuid_text(12)
     assert ids.split_hashes(rows.tobytes()) == [r.tobytes() for r in rows]
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "0000000 -0000-0000-0000-000000000000",  # a space where a digit goes
+        "00000000-0000-0000-0000-00000000000é",  # not ASCII
+        "00000000-0000-0000-0000-00000000000g",  # not hex
+        "00000000-0000-0000-0000-0000000000000",  # too long
+    ],
+)
+def test_text_ids_parsed_at_once_fall_back_to_naming_the_bad_one(bad: str) -> None:
+    good = str(uuid.UUID(int=3))
+    with pytest.raises(InvalidInputError, match=r"ids\[1\] = "):
+        ids.id_array([good, bad, good])
+    # other forms uuid.UUID reads are still ids (the one-by-one path)
+    braces = "{" + good + "}"
+    assert (
+        ids.id_array([good, braces, good.replace("-", "")]).tobytes() == uuid.UUID(good).bytes * 3
+    )

@@ -46,12 +46,8 @@ _TEXT_MATCHES: Final = ("text", "text_any", "phrase", "prefix", "substring")
 _SHORT_KEYS: Final = ("source", "source_prefix", "metadata")
 
 
-class _Bad(InvalidInputError):
-    pass
-
-
 def _bad(where: str, what: str) -> InvalidInputError:
-    return _Bad(f"{where}: {what}")
+    return InvalidInputError(f"{where}: {what}")
 
 
 def _short(v: Any, limit: int = 120) -> str:
@@ -138,7 +134,7 @@ def _match(m: Any, where: str) -> dict[str, Any]:
     return {kind: v}
 
 
-def _datetime_text(v: Any, where: str) -> str:
+def _datetime_text(v: str | date, where: str) -> str:
     if isinstance(v, str):
         text = v.strip()
         if text.endswith(("Z", "z")):
@@ -153,7 +149,7 @@ def _datetime_text(v: Any, where: str) -> str:
         v = datetime(v.year, v.month, v.day)
     if v.tzinfo is None:  # Qdrant reads dates without a zone as UTC
         v = v.replace(tzinfo=timezone.utc)
-    return v.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return str(v.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ"))
 
 
 def _range(r: Any, where: str) -> dict[str, Any]:
@@ -395,7 +391,7 @@ def normalize(flt: Any, *, short: bool = False) -> dict[str, Any] | None:
         flt = expand_short(flt)
     try:
         return _filter(flt, "filter", 0)
-    except _Bad:
+    except InvalidInputError:
         raise
     except RecursionError:
         raise InvalidInputError(f"filter: nests deeper than {MAX_DEPTH} levels") from None

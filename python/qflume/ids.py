@@ -85,18 +85,56 @@ def _one_bytes(x: Any, i: int) -> bytes:
         return x.bytes
     if isinstance(x, (bytes, bytearray)) and len(x) == HASH_LEN:
         return bytes(x)
-    return uuid.UUID(uuid_text(x, f"ids[{i}] =")).bytes
+    if isinstance(x, str):
+        try:
+            return uuid.UUID(x).bytes
+        except ValueError:
+            pass
+    raise InvalidInputError(f"ids[{i}] = {x!r} is not a UUID (qflume point ids are UUIDs)")
+
+
+#: Where the hyphens and the hex digits of canonical UUID text are.
+_HYPHENS = np.array([8, 13, 18, 23])
+_DIGITS = np.delete(np.arange(36), _HYPHENS)
+
+
+def _parse_canonical(ids: Sequence[Any]) -> IdArray | None:
+    """All ids at once when every one is 36-character UUID text (any case); else None."""
+    if not all(type(x) is str for x in ids):
+        return None
+    n = len(ids)
+    try:
+        text = np.frombuffer("".join(ids).encode("ascii"), np.uint8)
+    except UnicodeEncodeError:
+        return None
+    if text.size != 36 * n:
+        return None
+    rows = text.reshape(n, 36)
+    if not (rows[:, _HYPHENS] == ord("-")).all():
+        return None
+    try:
+        raw = bytes.fromhex(rows[:, _DIGITS].tobytes().decode("ascii"))
+    except ValueError:
+        return None
+    if len(raw) != HASH_LEN * n:  # fromhex skips whitespace
+        return None
+    return np.frombuffer(raw, np.uint8).reshape(n, HASH_LEN).copy()
 
 
 def id_array(ids: Ids) -> IdArray:
     """Point ids as a C-contiguous (n, 16) uint8 array (no copy when they are one already);
-    UUID strings and ``uuid.UUID`` objects are parsed one by one (the small calls' path)."""
+    canonical UUID text is parsed all at once, other forms (``uuid.UUID`` objects, 16 bytes,
+    braces) one by one."""
     if isinstance(ids, np.ndarray):
         return _check_array(ids)
     if isinstance(ids, (str, bytes)):
         raise InvalidInputError("ids must be a sequence of UUIDs, not a single string")
+    fast = _parse_canonical(ids)
+    if fast is not None:
+        return fast
     blob = b"".join(_one_bytes(x, i) for i, x in enumerate(ids))
-    return np.frombuffer(blob, dtype=np.uint8).reshape(-1, HASH_LEN).copy()
+    out: IdArray = np.frombuffer(blob, dtype=np.uint8).reshape(-1, HASH_LEN).copy()
+    return out
 
 
 def id_bytes(ids: Ids) -> list[bytes]:
@@ -112,9 +150,10 @@ def id_strings(ids: Ids) -> list[str]:
         if isinstance(ids, (str, bytes)):
             raise InvalidInputError("ids must be a sequence of UUIDs, not a single string")
         return [uuid_text(x, f"ids[{i}] =") for i, x in enumerate(ids)]
-    h = _check_array(ids).tobytes().hex()
-    return [
-        f"{h[j : j + 8]}-{h[j + 8 : j + 12]}-{h[j + 12 : j + 16]}-{h[j + 16 : j + 20]}-"
-        f"{h[j + 20 : j + 32]}"
-        for j in range(0, len(h), 32)
-    ]
+    arr = _check_array(ids)
+    n = len(arr)
+    digits = np.frombuffer(arr.tobytes().hex().encode("ascii"), np.uint8).reshape(n, 32)
+    rows = np.full((n, 36), ord("-"), np.uint8)
+    rows[:, _DIGITS] = digits
+    text = rows.tobytes().decode("ascii")
+    return [text[j : j + 36] for j in range(0, 36 * n, 36)]

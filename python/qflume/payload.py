@@ -160,9 +160,11 @@ def columns_payloads(
     if ei is not None and any(not -1 <= m < len(extra) for m in ei):
         raise ShapeError(f"chunk_meta_index must be -1 or index chunk_metadata (< {len(extra)})")
 
+    w = 2 * HASH_LEN  # hex digits per hash
+
     def payload_of(i: int) -> dict[str, Any]:
         own = extra[ei[i]] if ei is not None and ei[i] >= 0 else None
-        meta = chunk_metadata(docs[di[i]], own, ci[i], st[i], en[i], hx[32 * i : 32 * i + 32])
+        meta = chunk_metadata(docs[di[i]], own, ci[i], st[i], en[i], hx[w * i : w * (i + 1)])
         return {TEXT: texts[i], METADATA: meta}
 
     return payload_of

@@ -39,10 +39,11 @@ def _match(m: Mapping[str, Any]) -> qg.Match:
         name, x = _typed(v)
         return qg.Match(**{name: x})
     if kind in ("any", "except"):
-        prefix = "" if kind == "any" else "except_"
         if v and isinstance(v[0], int):
-            return qg.Match(**{f"{prefix}integers": qg.RepeatedIntegers(integers=v)})
-        return qg.Match(**{f"{prefix}keywords": qg.RepeatedStrings(strings=v)})
+            ints = qg.RepeatedIntegers(integers=v)
+            return qg.Match(integers=ints) if kind == "any" else qg.Match(except_integers=ints)
+        strs = qg.RepeatedStrings(strings=v)
+        return qg.Match(keywords=strs) if kind == "any" else qg.Match(except_keywords=strs)
     return qg.Match(**{kind: v})
 
 
