@@ -159,14 +159,14 @@ def _parse_ops(item: Mapping[str, Any]) -> list[_Op]:
         if not isinstance(spec, Mapping) or not spec:
             raise InvalidInputError(f"{kind} must be a non-empty object of field -> value")
         for path, value in spec.items():
-            if kind == "set" and path == "metadata":
+            if kind == "set" and path == layout.METADATA:
                 # {"set": {"metadata": {...}}} merges into metadata, never replaces it.
                 if not isinstance(value, Mapping) or not value:
                     raise InvalidInputError(
                         "set: 'metadata' must be a non-empty object (it is merged)"
                     )
                 for k, v in value.items():
-                    p = f"metadata.{k}"
+                    p = layout.field(str(k))
                     _check_value(v, p)
                     ops.append(_Op("set", p, _check_path(p, kind), v))
                 continue

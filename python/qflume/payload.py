@@ -123,7 +123,10 @@ def _column(a: Any, name: str, n: int) -> list[int]:
     arr = np.asarray(a)
     if arr.shape != (n,):
         raise ShapeError(f"{name} must have shape ({n},), got {arr.shape}")
-    return [int(x) for x in arr.tolist()]
+    if arr.dtype.kind not in "iu":
+        raise ShapeError(f"{name} must hold integers, got {arr.dtype}")
+    out: list[int] = arr.astype(np.int64, copy=False).tolist()
+    return out
 
 
 def columns_payloads(

@@ -42,6 +42,7 @@ import numpy.typing as npt
 from qdrant_client import grpc as qg
 
 from qflume import _core
+from qflume import payload as layout
 from qflume._validate import url_problem
 from qflume.exceptions import InvalidInputError, ShapeError, SinkError
 from qflume.ids import NIL_ID, id_array, id_strings
@@ -859,7 +860,7 @@ class GrpcSink(Sink):
         if not sources:
             return
         msgs = _core.pack_delete_by_values(
-            self.collection, list(sources), key="metadata.source", **self._pack_opts()
+            self.collection, list(sources), key=layout.SOURCE_FIELD, **self._pack_opts()
         )
         self._send("delete", "/qdrant.Points/Delete", msgs, [0] * len(msgs))
 
