@@ -100,6 +100,24 @@ BAD: dict[str, Any] = {
     "filter.must[0]: is_null must be true or false": {
         "must": [{"key": "metadata.n", "is_null": "yes"}]
     },
+    "filter.must[0]: key '\\udc80x' is not valid Unicode text": {
+        "must": [{"key": "\udc80x", "match": {"value": 1}}]
+    },
+    "filter.must[0]: match value 'a\\ud800' is not valid Unicode text": {
+        "must": [{"key": "metadata.source", "match": {"any": ["a\ud800"]}}]
+    },
+    "filter.must[0]: match value 36893488147419103232 does not fit in 64 bits": {
+        "must": [{"key": "metadata.n", "match": {"value": 2**65}}]
+    },
+    "filter.must[0]: values_count gte 1180591620717411303424 does not fit in 64 bits": {
+        "must": [{"key": "metadata.n", "values_count": {"gte": 2**70}}]
+    },
+    "filter.must[0]: geo point {'lon': 200.0, 'lat': 1.0} is off the globe": {
+        "must": [{"key": "loc", "geo_radius": {"center": {"lon": 200.0, "lat": 1.0}, "radius": 5}}]
+    },
+    "filter.must[0]: range mixes dates and numbers: 5": {
+        "must": [{"key": "metadata.n", "range": {"gte": "2024-01-01", "lt": 5}}]
+    },
     "filters nest deeper than 32 levels": {},  # built below
     "filter: expected a Qdrant filter mapping, got str": "metadata.source = 'a'",
 }
@@ -130,8 +148,9 @@ def test_a_bad_filter_fails_the_same_way_on_every_sink(sink: Sink, message: str)
             read()
         assert message in str(e.value), f"{name}: {e.value}"
     # validated once, before any sink: the same message from the one validator
-    with pytest.raises(InvalidInputError, match=message.replace("[", r"\[").replace("(", r"\(")):
+    with pytest.raises(InvalidInputError) as e:
         filters.normalize(flt)
+    assert message in str(e.value)
     # and the sink still works
     assert sink.count() == N
 

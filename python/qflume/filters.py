@@ -55,6 +55,26 @@ def _short(v: Any, limit: int = 120) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+#: Qdrant stores integers as signed 64-bit, counts and numeric ids as unsigned 64-bit.
+_INT64 = (-(2**63), 2**63 - 1)
+_UINT64 = (0, 2**64 - 1)
+
+
+def _utf8(v: str, where: str, what: str) -> str:
+    """``v`` if it is valid Unicode text (no lone surrogates: UTF-8 cannot carry them)."""
+    try:
+        v.encode("utf-8")
+    except UnicodeEncodeError:
+        raise _bad(where, f"{what} {_short(v)} is not valid Unicode text") from None
+    return v
+
+
+def _int_in(v: int, bounds: tuple[int, int], where: str, what: str) -> int:
+    if not bounds[0] <= v <= bounds[1]:
+        raise _bad(where, f"{what} {v} does not fit in 64 bits")
+    return v
+
+
 # --- the short form ------------------------------------------------------------------------------
 
 
@@ -97,9 +117,9 @@ def _keyword_or_int(v: Any, where: str) -> tuple[str, Any]:
     if isinstance(v, (bool, np.bool_)):
         return "boolean", bool(v)
     if isinstance(v, (int, np.integer)):
-        return "integer", int(v)
+        return "integer", _int_in(int(v), _INT64, where, "match value")
     if isinstance(v, str):
-        return "keyword", v
+        return "keyword", _utf8(v, where, "match value")
     raise _bad(where, f"match value {_short(v)} must be a string, an integer or a boolean")
 
 
@@ -131,7 +151,7 @@ def _match(m: Any, where: str) -> dict[str, Any]:
         return {kind: _values(v, where, kind)}
     if not isinstance(v, str):
         raise _bad(where, f"match {kind} must be a string, got {_short(v)}")
-    return {kind: v}
+    return {kind: _utf8(v, where, f"match {kind}")}
 
 
 def _datetime_text(v: str | date, where: str) -> str:
@@ -145,6 +165,8 @@ def _datetime_text(v: str | date, where: str) -> str:
             raise _bad(
                 where, f"range bound {_short(v)} is neither a number nor an RFC 3339 date"
             ) from None
+    elif not isinstance(v, date):
+        raise _bad(where, f"range mixes dates and numbers: {_short(v)}")
     elif not isinstance(v, datetime):  # a date
         v = datetime(v.year, v.month, v.day)
     if v.tzinfo is None:  # Qdrant reads dates without a zone as UTC
@@ -190,7 +212,7 @@ def _count(vc: Any, where: str) -> dict[str, int]:
             raise _bad(
                 where, f"values_count {k} must be a count (an integer >= 0), got {_short(v)}"
             )
-        out[k] = int(v)
+        out[k] = _int_in(int(v), _UINT64, where, f"values_count {k}")
     if not out:
         raise _bad(where, "values_count has no bound (give gte, gt, lte or lt)")
     return out
@@ -208,7 +230,12 @@ def _number(v: Any, where: str, what: str) -> float:
 def _geo(p: Any, where: str) -> dict[str, float]:
     if not isinstance(p, Mapping) or "lon" not in p or "lat" not in p:
         raise _bad(where, f"geo point must be {{'lon': ..., 'lat': ...}}, got {_short(p)}")
-    return {"lon": _number(p["lon"], where, "lon"), "lat": _number(p["lat"], where, "lat")}
+    lon, lat = _number(p["lon"], where, "lon"), _number(p["lat"], where, "lat")
+    if not (-180.0 <= lon <= 180.0 and -90.0 <= lat <= 90.0):
+        raise _bad(
+            where, f"geo point {_short(dict(p))} is off the globe (lon -180..180, lat -90..90)"
+        )
+    return {"lon": lon, "lat": lat}
 
 
 def _ring(ring: Any, where: str) -> dict[str, list[dict[str, float]]]:
@@ -250,7 +277,7 @@ def _geo_test(name: str, v: Any, where: str) -> dict[str, Any]:
 def _key(v: Any, where: str, what: str) -> str:
     if not isinstance(v, str) or not v:
         raise _bad(where, f"{what} must be a non-empty payload field name, got {_short(v)}")
-    return v
+    return _utf8(v, where, what)
 
 
 def _field(c: Mapping[str, Any], where: str) -> dict[str, Any]:
@@ -282,7 +309,7 @@ def _field(c: Mapping[str, Any], where: str) -> dict[str, Any]:
 
 def _point_id(x: Any, where: str) -> str | int:
     if isinstance(x, (int, np.integer)) and not isinstance(x, (bool, np.bool_)) and x >= 0:
-        return int(x)
+        return _int_in(int(x), _UINT64, where, "has_id")
     if isinstance(x, uuid.UUID):
         return str(x)
     if isinstance(x, str):
@@ -323,7 +350,7 @@ def _condition(c: Any, where: str, depth: int) -> dict[str, Any]:
         v = c["has_vector"]
         if not isinstance(v, str):
             raise _bad(where, f"has_vector must be a vector name, got {_short(v)}")
-        return {"has_vector": v}
+        return {"has_vector": _utf8(v, where, "has_vector")}
     if "nested" in c:
         _single_key(c, "nested", where)
         n = c["nested"]
@@ -368,7 +395,7 @@ def _filter(f: Mapping[str, Any], where: str, depth: int) -> dict[str, Any]:
             raise _bad(w, f"min_count must be an integer >= 0, got {_short(count)}")
         out["min_should"] = {
             "conditions": [_condition(c, f"{w}[{i}]", depth) for i, c in enumerate(conds)],
-            "min_count": int(count),
+            "min_count": _int_in(int(count), _UINT64, w, "min_count"),
         }
     return out
 
