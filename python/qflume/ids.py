@@ -118,7 +118,8 @@ def _parse_canonical(ids: Sequence[Any]) -> IdArray | None:
         return None
     if len(raw) != HASH_LEN * n:  # fromhex skips whitespace
         return None
-    return np.frombuffer(raw, np.uint8).reshape(n, HASH_LEN).copy()
+    out: IdArray = np.frombuffer(raw, np.uint8).reshape(n, HASH_LEN).copy()
+    return out
 
 
 def id_array(ids: Ids) -> IdArray:
