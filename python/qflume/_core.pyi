@@ -24,6 +24,7 @@ HASH_LEN: Final[int]
 
 def content_hash(data: str | bytes | bytearray | memoryview) -> bytes: ...
 def point_id(key: str, chunk_hash: bytes) -> str: ...
+def point_ids(key: str, hashes: bytes | npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]: ...
 
 # --- chunk -------------------------------------------------------------------
 
@@ -144,6 +145,11 @@ def read_text(path: str) -> str: ...
 def _raise_core_error(kind: str, input: str) -> None: ...
 
 # --- pack --------------------------------------------------------------------
+
+#: The chunk payload layout the packer writes: (text key, metadata key) and the per-chunk
+#: metadata keys in the order it writes them (qflume.payload holds the same names).
+PAYLOAD_KEYS: Final[tuple[str, str]]
+CHUNK_KEYS: Final[tuple[str, str, str, str]]
 
 _Sparse: TypeAlias = Mapping[str, Any]
 

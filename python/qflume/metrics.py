@@ -468,64 +468,20 @@ def disk_bytes(path: str | os.PathLike[str]) -> int:
 
 
 def collection_info(sink: Any) -> dict[str, Any]:
-    """The collection's own figures: points, indexed vectors, segments, status, vector size, and
-    storage: the embedded store's size on disk (``disk_bytes``), a server's optimizer status
-    (``optimizer``: "ok" or its error) and pending updates (``update_queue``)."""
-    from qflume.sinks.edge import EdgeSink
-
-    if isinstance(sink, EdgeSink):
-        shard = sink._shard
-        spec = sink.spec
-        if shard is None:
-            return {"exists": False}
-        info = shard.info()
-        return {
-            "exists": True,
-            "status": "green",
-            "points": int(info.points_count),
-            "indexed_vectors": int(info.indexed_vectors_count),
-            "segments": int(info.segments_count),
-            "vector_size": spec.dim if spec else None,
-            "sparse_vectors": list(spec.sparse) if spec else [],
-            "disk_bytes": disk_bytes(sink.path),
-        }
-    from qflume.sinks.grpc import GrpcSink
-
-    if isinstance(sink, GrpcSink):
-        from qdrant_client import grpc as qg
-
-        ginfo = sink._info()
-        if ginfo is None:
-            return {"exists": False}
-        dv = sink._default_vector(ginfo)
-        sparse_map = ginfo.config.params.sparse_vectors_config.map
-        opt = ginfo.optimizer_status
-        return {
-            "exists": True,
-            "status": qg.CollectionStatus.Name(ginfo.status).lower(),
-            "points": int(ginfo.points_count),
-            "indexed_vectors": int(ginfo.indexed_vectors_count),
-            "segments": int(ginfo.segments_count),
-            "vector_size": dv[0] if dv else None,
-            "sparse_vectors": sorted(sparse_map),
-            "optimizer": (
-                None
-                if not ginfo.HasField("optimizer_status")
-                else "ok"
-                if opt.ok
-                else opt.error or "error"
-            ),
-            "update_queue": (
-                int(ginfo.update_queue.length) if ginfo.HasField("update_queue") else None
-            ),
-            "warnings": [w.message for w in ginfo.warnings],
-        }
-    return {"exists": None, "points": sink.count()}
+    """The collection's own figures (`Sink.info`): points, indexed vectors, segments, status,
+    vector size, distance and sparse vectors, and storage: the embedded store's size on disk
+    (``disk_bytes``), a server's optimizer status (``optimizer``: "ok" or its error), pending
+    updates (``update_queue``) and warnings. ``{"exists": False}`` before it is created."""
+    if not callable(getattr(sink, "info", None)):  # a stand-in that only counts
+        return {"exists": None, "points": sink.count()}
+    info = sink.info()
+    return {"exists": False} if info is None else info.as_dict()
 
 
 def _expected_dim(target: Any) -> int | None:
-    """The embedder's vector size, from the loaded embedder or the model's config (no load)."""
-    emb = target.loaded_embedder
+    """The embedder's vector size, from the loaded embedder (``target.loaded_embedder``) or the
+    model's config (no load)."""
+    emb = getattr(target, "loaded_embedder", None)
     if emb is not None and getattr(emb, "dim", None):
         return int(emb.dim)
     import json

@@ -13,19 +13,18 @@ t}``, where `t` says what kind of failure it is (`ERROR_TYPES`).
 from __future__ import annotations
 
 import copy
-import inspect
 import json
 import math
 import threading
 import time
-import uuid
 import weakref
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-import numpy as np
-
+from qflume import ids as qids
+from qflume import payload as layout
 from qflume.exceptions import InvalidInputError, QflumeError
+from qflume.filters import normalize as normalize_filter
 from qflume.sinks.base import PointRecord, Sink
 
 __all__ = ["ERROR_TYPES", "MANAGED_FIELDS", "delete", "update_payload"]
@@ -36,14 +35,7 @@ __all__ = ["ERROR_TYPES", "MANAGED_FIELDS", "delete", "update_payload"]
 ERROR_TYPES = ("invalid", "not_found", "target_error")
 
 #: Payload fields qflume owns (the sync contract): updates may not write them.
-MANAGED_FIELDS = (
-    "page_content",
-    "metadata.source",
-    "metadata.content_hash",
-    "metadata.chunk_index",
-    "metadata.start",
-    "metadata.end",
-)
+MANAGED_FIELDS = layout.MANAGED_FIELDS
 _OPS = ("set", "merge", "increment", "set_now")
 _ITEM_KEYS = frozenset(("id", "source", *_OPS))
 
@@ -84,13 +76,16 @@ def _observe(op: str, seconds: float, items: int, errors: int) -> None:
 
 def _check_path(path: Any, what: str) -> list[str]:
     if not isinstance(path, str) or not path:
-        raise ValueError(f"{what}: field {path!r} must be a non-empty string like 'metadata.tag'")
+        raise InvalidInputError(
+            f"{what}: field {path!r} must be a non-empty string like 'metadata.tag'"
+        )
     parts = path.split(".")
     if any(not p for p in parts):
-        raise ValueError(f"{what}: field {path!r} has an empty segment")
-    for m in MANAGED_FIELDS:
-        if path == m or path.startswith(m + "."):
-            raise ValueError(f"{what}: field {path!r} is managed by qflume and cannot be written")
+        raise InvalidInputError(f"{what}: field {path!r} has an empty segment")
+    if layout.managed_field(path) is not None:
+        raise InvalidInputError(
+            f"{what}: field {path!r} is managed by qflume and cannot be written"
+        )
     return parts
 
 
@@ -98,7 +93,7 @@ def _check_value(v: Any, path: str) -> None:
     try:
         json.dumps(v, allow_nan=False)
     except (TypeError, ValueError) as e:
-        raise ValueError(f"value of {path!r} is not JSON ({e})") from None
+        raise InvalidInputError(f"value of {path!r} is not JSON ({e})") from None
 
 
 def _get(tree: Mapping[str, Any], parts: Sequence[str]) -> Any:
@@ -118,7 +113,7 @@ def _parent(tree: dict[str, Any], parts: Sequence[str], path: str) -> dict[str, 
             nxt = node[p] = {}
         elif not isinstance(nxt, dict):
             where = ".".join(parts[: i + 1])
-            raise ValueError(
+            raise InvalidInputError(
                 f"field {path!r}: {where!r} holds a {type(nxt).__name__}, not an object"
             )
         node = nxt
@@ -153,46 +148,50 @@ def _parse_ops(item: Mapping[str, Any]) -> list[_Op]:
             elif isinstance(spec, (list, tuple)):
                 fields = {p: "epoch" for p in spec}
             else:
-                raise ValueError("set_now must be a list of fields (or {field: 'epoch'|'iso'})")
+                raise InvalidInputError(
+                    "set_now must be a list of fields (or {field: 'epoch'|'iso'})"
+                )
             for path, fmt in fields.items():
                 if fmt not in ("epoch", "iso"):
-                    raise ValueError(f"set_now {path!r}: format must be 'epoch' or 'iso'")
+                    raise InvalidInputError(f"set_now {path!r}: format must be 'epoch' or 'iso'")
                 ops.append(_Op(kind, path, _check_path(path, kind), fmt))
             continue
         if not isinstance(spec, Mapping) or not spec:
-            raise ValueError(f"{kind} must be a non-empty object of field -> value")
+            raise InvalidInputError(f"{kind} must be a non-empty object of field -> value")
         for path, value in spec.items():
-            if kind == "set" and path == "metadata":
+            if kind == "set" and path == layout.METADATA:
                 # {"set": {"metadata": {...}}} merges into metadata, never replaces it.
                 if not isinstance(value, Mapping) or not value:
-                    raise ValueError("set: 'metadata' must be a non-empty object (it is merged)")
+                    raise InvalidInputError(
+                        "set: 'metadata' must be a non-empty object (it is merged)"
+                    )
                 for k, v in value.items():
-                    p = f"metadata.{k}"
+                    p = layout.field(str(k))
                     _check_value(v, p)
                     ops.append(_Op("set", p, _check_path(p, kind), v))
                 continue
             parts = _check_path(path, kind)
             if kind == "increment":
                 if not _is_number(value) or not math.isfinite(value):
-                    raise ValueError(f"increment {path!r}: {value!r} is not a finite number")
+                    raise InvalidInputError(f"increment {path!r}: {value!r} is not a finite number")
             elif kind == "merge":
                 if not isinstance(value, Mapping):
-                    raise ValueError(f"merge {path!r}: expected an object, got {value!r}")
+                    raise InvalidInputError(f"merge {path!r}: expected an object, got {value!r}")
             _check_value(value, path)
             ops.append(_Op(kind, path, parts, value))
     if not ops:
-        raise ValueError(f"nothing to do: give at least one of {', '.join(_OPS)}")
+        raise InvalidInputError(f"nothing to do: give at least one of {', '.join(_OPS)}")
     return ops
 
 
 def _apply(payload: dict[str, Any], ops: Sequence[_Op], now: float) -> list[str]:
-    """Apply ops to `payload` in place; the leaf paths written (raises ValueError, item-level)."""
+    """Apply ops to `payload` in place; the leaf paths written (raises InvalidInputError, item-level)."""
     leaves: list[str] = []
     for op in ops:
         if op.kind == "increment":
             cur = _get(payload, op.parts)
             if cur is not None and not _is_number(cur):
-                raise ValueError(
+                raise InvalidInputError(
                     f"increment {op.path!r}: the point holds {cur!r}, which is not a number"
                 )
             _parent(payload, op.parts, op.path)[op.parts[-1]] = (cur or 0) + op.value
@@ -214,7 +213,7 @@ def _apply(payload: dict[str, Any], ops: Sequence[_Op], now: float) -> list[str]
             if node is None:
                 node = parent[op.parts[-1]] = {}
             elif not isinstance(node, dict):
-                raise ValueError(
+                raise InvalidInputError(
                     f"merge {op.path!r}: the point holds a {type(node).__name__}, not an object"
                 )
             for k, v in op.value.items():
@@ -227,28 +226,16 @@ def _apply(payload: dict[str, Any], ops: Sequence[_Op], now: float) -> list[str]
 
 
 def _norm_id(x: Any) -> str:
-    if isinstance(x, uuid.UUID):
-        return str(x)
-    if isinstance(x, (bytes, bytearray)) and len(x) == 16:
-        return str(uuid.UUID(bytes=bytes(x)))
-    if isinstance(x, str):
-        try:
-            return str(uuid.UUID(x))
-        except ValueError:
-            pass
-    raise ValueError(f"point id {x!r} is not a UUID (qflume ids are UUIDs)")
+    return qids.uuid_text(x)
 
 
 def _source_ids(state: Any, keys: Sequence[str]) -> dict[str, list[str]]:
     """Point ids of each committed document (from the state: no collection scan)."""
-    from qflume._core import point_id
-
     out: dict[str, list[str]] = {}
     if state is None or not keys:
         return out
     for key, doc in state.get_many(list(keys)).items():
-        blob = doc.chunks
-        out[key] = [point_id(key, blob[i : i + 16]) for i in range(0, len(blob), 16)]
+        out[key] = qids.id_strings(qids.point_ids(key, doc.chunks))
     return out
 
 
@@ -302,23 +289,27 @@ def update_payload(
     for i, item in enumerate(items):
         try:
             if not isinstance(item, Mapping):
-                raise ValueError(f"an update must be an object, not {type(item).__name__}")
+                raise InvalidInputError(f"an update must be an object, not {type(item).__name__}")
             extra = set(item) - _ITEM_KEYS
             if extra:
-                raise ValueError(
+                raise InvalidInputError(
                     f"unknown key(s) {sorted(extra)}: use id or source, and {', '.join(_OPS)}"
                 )
             has_id, has_src = item.get("id") is not None, item.get("source") is not None
             if has_id == has_src:
-                raise ValueError("give exactly one of 'id' (a point) or 'source' (a document)")
+                raise InvalidInputError(
+                    "give exactly one of 'id' (a point) or 'source' (a document)"
+                )
             pid = _norm_id(item["id"]) if has_id else None
             src = item["source"] if has_src else None
             if src is not None and (not isinstance(src, str) or not src):
-                raise ValueError(f"source {src!r} must be a non-empty document key")
+                raise InvalidInputError(f"source {src!r} must be a non-empty document key")
             if src is not None and state is None:
-                raise ValueError("updates by source need a Pipeline (its state maps sources)")
+                raise InvalidInputError(
+                    "updates by source need a Pipeline (its state maps sources)"
+                )
             parsed.append((i, pid, src, _parse_ops(item)))
-        except ValueError as e:
+        except InvalidInputError as e:
             fail(i, str(e))
 
     with _lock_for(sink):
@@ -358,7 +349,7 @@ def update_payload(
                         base = current[p].payload or {}
                     trial[p] = copy.deepcopy(base)
                     writes[p] = _apply(trial[p], ops, stamp)
-            except ValueError as e:
+            except InvalidInputError as e:
                 fail(i, f"point {p}: {e}")
                 continue
             payloads.update(trial)
@@ -439,52 +430,6 @@ def _after_failed_update(
 # --- delete -------------------------------------------------------------------------------------
 
 
-def _scroll_filter(sink: Sink, flt: Mapping[str, Any]) -> Iterator[PointRecord]:
-    """The points matching a Qdrant filter (JSON layout), with payloads."""
-    params = inspect.signature(sink.scroll).parameters
-    if "filter" in params:
-        yield from sink.scroll(with_payload=True, filter=flt)  # type: ignore[call-arg]
-        return
-    from qflume.sinks.edge import EdgeSink
-
-    if isinstance(sink, EdgeSink):
-        import qdrant_edge as qe
-
-        from qflume.sinks.edge import edge_filter
-
-        shard = sink._shard
-        if shard is None:
-            return
-        offset: Any = None
-        ef = edge_filter(flt)
-        while True:
-            records, offset = shard.scroll(
-                qe.ScrollRequest(offset=offset, limit=1024, filter=ef, with_payload=True)
-            )
-            for r in records:
-                yield PointRecord(id=str(r.id), payload=r.payload)
-            if offset is None:
-                return
-    from qflume.sinks.grpc import GrpcSink
-
-    if isinstance(sink, GrpcSink):
-        try:
-            from qflume.sinks._grpc_query import grpc_filter
-
-            gf = grpc_filter(flt)
-        except ImportError:  # older tree: qdrant-client's own REST -> gRPC conversion
-            from qdrant_client import models
-            from qdrant_client.conversions.conversion import RestToGrpc
-
-            try:
-                gf = RestToGrpc.convert_filter(models.Filter.model_validate(dict(flt)))
-            except Exception as e:
-                raise InvalidInputError(f"filter {dict(flt)!r} is not a Qdrant filter: {e}") from e
-        yield from sink._scroll(gf, with_payload=True, with_vectors=False, batch=1024)
-        return
-    raise InvalidInputError(f"{type(sink).__name__} cannot select points by filter")
-
-
 def _forget_points(state: Any, records: Iterable[PointRecord]) -> None:
     """Drop deleted points' chunks from their documents' state rows (the state mirrors the
     collection: those chunks come back only when their document changes)."""
@@ -492,36 +437,11 @@ def _forget_points(state: Any, records: Iterable[PointRecord]) -> None:
         return
     gone: dict[str, set[bytes]] = {}
     for r in records:
-        meta = (r.payload or {}).get("metadata") or {}
-        src, h = meta.get("source"), meta.get("content_hash")
-        if isinstance(src, str) and isinstance(h, str) and len(h) == 32:
-            try:
-                gone.setdefault(src, set()).add(bytes.fromhex(h))
-            except ValueError:
-                continue
-    if not gone:
-        return
-    docs = state.get_many(sorted(gone))
-    if not docs:
-        return
-    with state.transaction() as db:
-        for key, doc in docs.items():
-            drop = gone[key]
-            hashes = [doc.chunks[i : i + 16] for i in range(0, len(doc.chunks), 16)]
-            keep = [j for j, h in enumerate(hashes) if h not in drop]
-            if len(keep) == len(hashes):
-                continue
-            offsets = np.frombuffer(doc.offsets, dtype=np.int64).reshape(-1, 3)
-            new_offsets = offsets[keep].tobytes() if len(offsets) == len(hashes) else b""
-            pending = b"".join(
-                doc.pending[i : i + 16]
-                for i in range(0, len(doc.pending), 16)
-                if doc.pending[i : i + 16] not in drop
-            )
-            db.execute(
-                "UPDATE documents SET chunks=?, offsets=?, pending=?, updated_at=? WHERE key=?",
-                (b"".join(hashes[j] for j in keep), new_offsets, pending, time.time(), key),
-            )
+        chunk = layout.chunk_fields(r.payload)
+        if chunk is not None:
+            gone.setdefault(chunk.source, set()).add(chunk.content_hash)
+    if gone:
+        state.forget_points(gone)
 
 
 def delete(
@@ -576,7 +496,7 @@ def _delete_ids(sink: Sink, state: Any, ids: list[Any]) -> list[dict[str, Any]]:
         try:
             valid.setdefault(_norm_id(x), []).append(i)
             res.append({"kind": "id", "index": i, "ok": True, "deleted": 0})
-        except ValueError as e:
+        except InvalidInputError as e:
             res.append({"kind": "id", "index": i, "ok": False, "error": str(e), "type": "invalid"})
     if not valid:
         return res
@@ -656,15 +576,13 @@ def _delete_sources(sink: Sink, state: Any, sources: list[Any]) -> list[dict[str
 
 
 def _delete_filter(sink: Sink, state: Any, flt: Mapping[str, Any]) -> dict[str, Any]:
-    from qflume.search import qdrant_filter
-
     try:
-        qf = qdrant_filter(flt)
-        if not qf:
+        qf = normalize_filter(flt, short=True)
+        if not qf or not any(qf.values()):
             raise InvalidInputError("an empty filter would delete everything: refused")
-        matched = list(_scroll_filter(sink, qf))
-    except (QflumeError, ValueError) as e:
-        kind = "invalid" if isinstance(e, ValueError) else "target_error"
+        matched = list(sink.scroll(filter=qf, with_payload=True))
+    except QflumeError as e:
+        kind = "invalid" if isinstance(e, InvalidInputError) else "target_error"
         return {"kind": "filter", "index": 0, "ok": False, "error": f"filter: {e}", "type": kind}
     if not matched:
         return {"kind": "filter", "index": 0, "ok": True, "deleted": 0}

@@ -10,9 +10,11 @@ from typing import Any
 import numpy as np
 
 from qflume import metrics
+from qflume import payload as layout
 from qflume._validate import printable, text_problem
 from qflume.exceptions import InvalidInputError
-from qflume.sinks.base import FUSIONS, QueryRequest
+from qflume.filters import normalize as normalize_filter
+from qflume.sinks.base import FUSIONS, QueryRequest, ScoredPoint
 
 MODES = ("dense", "sparse", "hybrid")
 # Hybrid: how the dense and the sparse candidate lists are merged on the server, and how many
@@ -50,44 +52,25 @@ class Hit:
 
 
 def qdrant_filter(flt: Mapping[str, Any] | None) -> dict[str, Any] | None:
-    """qflume's short filter form -> a Qdrant filter (a Qdrant filter passes through).
+    """qflume's short filter form or a Qdrant filter, validated and normalised
+    (`qflume.filters.normalize`); None for no filter.
 
     Short form: {"source": "a.md" | [...], "source_prefix": "library/", "metadata": {"lang": "en"}}.
     """
-    if not flt:
-        return None
-    if any(k in flt for k in ("must", "should", "must_not", "min_should")):
-        return dict(flt)
-    must: list[dict[str, Any]] = []
-    for k, v in flt.items():
-        if k == "source":
-            match = {"any": list(v)} if isinstance(v, (list, tuple)) else {"value": v}
-            must.append({"key": "metadata.source", "match": match})
-        elif k == "source_prefix":
-            must.append({"key": "metadata.source", "match": {"prefix": str(v)}})
-        elif k == "metadata":
-            for mk, mv in dict(v).items():
-                match = {"any": list(mv)} if isinstance(mv, (list, tuple)) else {"value": mv}
-                must.append({"key": f"metadata.{mk}", "match": match})
-        else:
-            raise InvalidInputError(
-                f"unknown filter field {k!r}: use source, source_prefix, metadata, "
-                "or a Qdrant filter with must/should/must_not"
-            )
-    return {"must": must}
+    return normalize_filter(flt, short=True)
 
 
-def _hit(p: Any) -> Hit:
-    payload = p.payload or {}
-    meta = payload.get("metadata") or {}
+def _hit(p: ScoredPoint) -> Hit:
+    meta = layout.metadata_of(p.payload)
+    start, end = meta.get(layout.START), meta.get(layout.END)
     return Hit(
         id=str(p.id),
         score=float(p.score),
-        page_content=str(payload.get("page_content", "")),
-        source=meta.get("source"),
-        start=meta.get("start"),
-        end=meta.get("end"),
-        metadata=dict(meta),
+        page_content=layout.text_of(p.payload) or "",
+        source=layout.source_of(p.payload),
+        start=start if isinstance(start, int) else None,
+        end=end if isinstance(end, int) else None,
+        metadata=meta,
     )
 
 

@@ -26,13 +26,13 @@ import numpy as np
 import numpy.typing as npt
 
 from qflume.exceptions import StateCorruptError, StateError, StateLockedError, StoreBusyError
+from qflume.ids import HASH_LEN
 
 SCHEMA_VERSION = 1
 #: How long a writer waits for readers (search, status) of an embedded store to finish.
 READER_WAIT_S = 30.0
 #: How long a writer waits for a reindex that reads the live version or swaps versions.
 REINDEX_WAIT_S = 3600.0
-HASH_LEN = 16
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (
@@ -485,6 +485,50 @@ class State:
                 "chunks=x'', offsets=x'', chunk_meta=x'' WHERE key=?",
                 [(k,) for k in keys],
             )
+
+    def forget_points(self, gone: Mapping[str, Iterable[bytes]]) -> int:
+        """Drop chunks whose points were deleted from the collection: ``gone`` maps a document
+        key to the content hashes of its deleted chunks. Each row loses those hashes from
+        ``chunks`` (with their offsets and structure digests) and ``pending``, so the state
+        keeps mirroring the collection; they come back only when their document changes.
+        Returns the number of rows changed."""
+        drop_of = {k: set(v) for k, v in gone.items()}
+        docs = self.get_many(sorted(drop_of))
+        rows = []
+        for key, doc in docs.items():
+            drop = drop_of[key]
+            hashes = [doc.chunks[i : i + HASH_LEN] for i in range(0, len(doc.chunks), HASH_LEN)]
+            keep = [j for j, h in enumerate(hashes) if h not in drop]
+            pending = [doc.pending[i : i + HASH_LEN] for i in range(0, len(doc.pending), HASH_LEN)]
+            kept_pending = [h for h in pending if h not in drop]
+            if len(keep) == len(hashes) and len(kept_pending) == len(pending):
+                continue
+            offsets = doc.chunk_offsets()
+            new_offsets = offsets[keep].tobytes() if len(offsets) == len(hashes) else b""
+            meta = doc.chunk_meta
+            new_meta = (
+                b"".join(meta[8 * j : 8 * j + 8] for j in keep)
+                if len(meta) == 8 * len(hashes)
+                else b""
+            )
+            rows.append(
+                (
+                    b"".join(hashes[j] for j in keep),
+                    new_offsets,
+                    new_meta,
+                    b"".join(kept_pending),
+                    time.time(),
+                    key,
+                )
+            )
+        if rows:
+            with self.transaction() as db:
+                db.executemany(
+                    "UPDATE documents SET chunks=?, offsets=?, chunk_meta=?, pending=?, "
+                    "updated_at=? WHERE key=?",
+                    rows,
+                )
+        return len(rows)
 
     @staticmethod
     def set_aside(path: str | os.PathLike[str]) -> Path:

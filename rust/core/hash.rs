@@ -7,6 +7,7 @@
 //! cannot use its SIMD tree on inputs under a few KB. Content hashes here only
 //! detect change; they are not a security boundary.
 
+use crate::core::{CoreError, CoreResult};
 use xxhash_rust::xxh3::{xxh3_128, Xxh3};
 
 /// Length of a content hash and of a point id, in bytes.
@@ -54,6 +55,25 @@ pub fn point_id(doc_key: &[u8], chunk_hash: &[u8; HASH_LEN]) -> [u8; HASH_LEN] {
     id
 }
 
+/// The point ids of many chunks of one document: `hashes` is n * 16 content
+/// hash bytes, the answer n * 16 id bytes (row i is `point_id(doc_key, hash i)`).
+pub fn point_ids(doc_key: &[u8], hashes: &[u8]) -> CoreResult<Vec<u8>> {
+    if hashes.len() % HASH_LEN != 0 {
+        return Err(CoreError::Shape(format!(
+            "chunk hashes must be a multiple of {HASH_LEN} bytes (one content hash per chunk), \
+             got {} bytes",
+            hashes.len()
+        )));
+    }
+    let mut out = Vec::with_capacity(hashes.len());
+    for h in hashes.chunks_exact(HASH_LEN) {
+        let mut one = [0u8; HASH_LEN];
+        one.copy_from_slice(h);
+        out.extend_from_slice(&point_id(doc_key, &one));
+    }
+    Ok(out)
+}
+
 /// Canonical 36-character UUID text of 16 id bytes.
 pub fn uuid_string(id: &[u8; HASH_LEN]) -> String {
     const HEX: &[u8; 16] = b"0123456789abcdef";
@@ -95,5 +115,17 @@ mod tests {
         let s = uuid_string(&a);
         assert_eq!(s.len(), 36);
         assert_eq!(&s[14..15], "8");
+    }
+
+    #[test]
+    fn point_ids_are_point_id_row_by_row() {
+        let (a, b) = (content_hash(b"one"), content_hash(b"two"));
+        let got = point_ids(b"k.md", &[a, b].concat()).unwrap();
+        assert_eq!(got, [point_id(b"k.md", &a), point_id(b"k.md", &b)].concat());
+        assert!(point_ids(b"k.md", &[]).unwrap().is_empty());
+        assert!(matches!(
+            point_ids(b"k.md", &[0u8; 17]),
+            Err(CoreError::Shape(_))
+        ));
     }
 }

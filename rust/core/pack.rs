@@ -22,9 +22,18 @@ pub const HARD_LIMIT_BYTES: usize = 32 * 1024 * 1024;
 /// Default number of points per request.
 pub const DEFAULT_MAX_POINTS: usize = 256;
 
-/// Keys of a chunk's metadata written by the packer itself; a document's own
-/// metadata keys with these names are left out (the chunk's value wins).
-const CHUNK_KEYS: [&str; 4] = ["chunk_index", "start", "end", "content_hash"];
+/// The top-level payload key of a chunk's text (python/qflume/payload.py: TEXT).
+pub const TEXT_KEY: &str = "page_content";
+/// The top-level payload key of a chunk's metadata object (payload.py: METADATA).
+pub const METADATA_KEY: &str = "metadata";
+/// Keys of a chunk's metadata written by the packer itself, in the order it
+/// writes them (payload.py: CHUNK_KEYS); a document's own metadata keys with
+/// these names are left out (the chunk's value wins).
+pub const CHUNK_KEYS: [&str; 4] = [CHUNK_INDEX_KEY, START_KEY, END_KEY, CONTENT_HASH_KEY];
+const CHUNK_INDEX_KEY: &str = "chunk_index";
+const START_KEY: &str = "start";
+const END_KEY: &str = "end";
+const CONTENT_HASH_KEY: &str = "content_hash";
 
 // ----------------------------------------------------------------------------
 // Payload values (json_with_int.proto `Value`)
@@ -592,10 +601,10 @@ impl<S: AsRef<str> + Sync> Encoder<'_, '_, S> {
     fn chunk_meta_len(&self, c: &ChunkColumns<'_, S>, i: usize) -> usize {
         let doc = &self.doc_fields[c.doc_index[i] as usize];
         doc.len()
-            + entry_len_with(1, "chunk_index", 1 + varint_len(c.chunk_index[i] as u64))
-            + entry_len_with(1, "start", 1 + varint_len(c.start[i] as u64))
-            + entry_len_with(1, "end", 1 + varint_len(c.end[i] as u64))
-            + entry_len_with(1, "content_hash", len_field(4, 32))
+            + entry_len_with(1, CHUNK_INDEX_KEY, 1 + varint_len(c.chunk_index[i] as u64))
+            + entry_len_with(1, START_KEY, 1 + varint_len(c.start[i] as u64))
+            + entry_len_with(1, END_KEY, 1 + varint_len(c.end[i] as u64))
+            + entry_len_with(1, CONTENT_HASH_KEY, len_field(4, 32))
     }
 
     /// Size of the payload entries of point i (PointStruct field 3, repeated).
@@ -605,8 +614,8 @@ impl<S: AsRef<str> + Sync> Encoder<'_, '_, S> {
             Payloads::Dicts(_) => self.dict_payloads[i].len(),
             Payloads::Chunks(c) => {
                 let text = c.texts[i].as_ref();
-                entry_len_with(3, "page_content", len_field(4, text.len()))
-                    + entry_len_with(3, "metadata", len_field(6, self.chunk_meta_len(c, i)))
+                entry_len_with(3, TEXT_KEY, len_field(4, text.len()))
+                    + entry_len_with(3, METADATA_KEY, len_field(6, self.chunk_meta_len(c, i)))
             }
         }
     }
@@ -641,28 +650,18 @@ impl<S: AsRef<str> + Sync> Encoder<'_, '_, S> {
             Payloads::Dicts(_) => buf.extend_from_slice(&self.dict_payloads[i]),
             Payloads::Chunks(c) => {
                 let text = c.texts[i].as_ref().as_bytes();
-                put_len(
-                    buf,
-                    3,
-                    len_field(1, 12) + len_field(2, len_field(4, text.len())),
-                );
-                put_bytes(buf, 1, b"page_content");
-                put_len(buf, 2, len_field(4, text.len()));
+                put_entry_head(buf, 3, TEXT_KEY, len_field(4, text.len()));
                 put_bytes(buf, 4, text);
 
                 let meta = self.chunk_meta_len(c, i);
-                put_len(buf, 3, len_field(1, 8) + len_field(2, len_field(6, meta)));
-                put_bytes(buf, 1, b"metadata");
-                put_len(buf, 2, len_field(6, meta));
+                put_entry_head(buf, 3, METADATA_KEY, len_field(6, meta));
                 put_len(buf, 6, meta);
                 buf.extend_from_slice(&self.doc_fields[c.doc_index[i] as usize]);
-                put_int_entry(buf, "chunk_index", c.chunk_index[i]);
-                put_int_entry(buf, "start", c.start[i]);
-                put_int_entry(buf, "end", c.end[i]);
+                put_int_entry(buf, CHUNK_INDEX_KEY, c.chunk_index[i]);
+                put_int_entry(buf, START_KEY, c.start[i]);
+                put_int_entry(buf, END_KEY, c.end[i]);
                 let hex = hex32(&c.chunk_hash[i * HASH_LEN..(i + 1) * HASH_LEN]);
-                put_len(buf, 1, len_field(1, 12) + len_field(2, len_field(4, 32)));
-                put_bytes(buf, 1, b"content_hash");
-                put_len(buf, 2, len_field(4, 32));
+                put_entry_head(buf, 1, CONTENT_HASH_KEY, len_field(4, 32));
                 put_bytes(buf, 4, &hex);
             }
         }
@@ -715,11 +714,20 @@ fn entry_len_sized(field: u32, key_len: usize, value_len: usize) -> usize {
     len_field(field, len_field(1, key_len) + len_field(2, value_len))
 }
 
-fn put_int_entry(buf: &mut impl Out, key: &str, v: i64) {
-    let vl = 1 + varint_len(v as u64);
-    put_len(buf, 1, len_field(1, key.len()) + len_field(2, vl));
+/// The head of a map entry `key -> Value` (field `field` of its message) whose
+/// Value message is `value_len` bytes: the Value's fields follow.
+fn put_entry_head(buf: &mut impl Out, field: u32, key: &str, value_len: usize) {
+    put_len(
+        buf,
+        field,
+        len_field(1, key.len()) + len_field(2, value_len),
+    );
     put_bytes(buf, 1, key.as_bytes());
-    put_len(buf, 2, vl);
+    put_len(buf, 2, value_len);
+}
+
+fn put_int_entry(buf: &mut impl Out, key: &str, v: i64) {
+    put_entry_head(buf, 1, key, 1 + varint_len(v as u64));
     put_tag(buf, 3, VARINT);
     put_varint(buf, v as u64);
 }

@@ -1,7 +1,13 @@
 //! Content hashes and point ids for Python.
 
-use crate::core::hash::{content_hash, point_id as core_point_id, uuid_string, HASH_LEN};
+use super::error::shape_error;
+use crate::core::hash::{
+    content_hash, point_id as core_point_id, point_ids as core_point_ids, uuid_string, HASH_LEN,
+};
 use crate::py::threads::detach;
+use crate::py::CoreErrorExt;
+use numpy::ndarray::Array2;
+use numpy::{IntoPyArray, PyArray2, PyReadonlyArray2};
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyByteArray, PyBytes, PyMemoryView, PyString};
@@ -61,9 +67,49 @@ fn point_id(key: &str, chunk_hash: &[u8]) -> PyResult<String> {
     )))
 }
 
+/// The point ids of many chunks of document `key`: `hashes` is bytes of n * 16
+/// content hashes, or an (n, 16) uint8 array of them; an (n, 16) uint8 array back.
+#[pyfunction]
+fn point_ids<'py>(
+    py: Python<'py>,
+    key: &str,
+    hashes: &Bound<'py, PyAny>,
+) -> PyResult<Bound<'py, PyArray2<u8>>> {
+    let shape = |msg: String| -> PyErr {
+        match shape_error(py) {
+            Ok(ty) => PyErr::from_type(ty.clone(), msg),
+            Err(e) => e,
+        }
+    };
+    let ids = if let Ok(b) = hashes.cast::<PyBytes>() {
+        core_point_ids(key.as_bytes(), b.as_bytes())
+    } else {
+        let arr = hashes.extract::<PyReadonlyArray2<'py, u8>>().map_err(|_| {
+            shape("hashes must be bytes or an (n, 16) uint8 numpy array".to_string())
+        })?;
+        let rows = arr.as_array();
+        if rows.ncols() != HASH_LEN {
+            return Err(shape(format!(
+                "hashes must be an (n, {HASH_LEN}) uint8 array, got {} columns",
+                rows.ncols()
+            )));
+        }
+        match arr.as_slice() {
+            Ok(flat) => core_point_ids(key.as_bytes(), flat),
+            Err(_) => core_point_ids(key.as_bytes(), &rows.iter().copied().collect::<Vec<u8>>()),
+        }
+    }
+    .py_err(py)?;
+    let n = ids.len() / HASH_LEN;
+    Array2::from_shape_vec((n, HASH_LEN), ids)
+        .map(|a| a.into_pyarray(py))
+        .map_err(|e| shape(e.to_string()))
+}
+
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("HASH_LEN", HASH_LEN)?;
     m.add_function(wrap_pyfunction!(content_hash_of, m)?)?;
     m.add_function(wrap_pyfunction!(point_id, m)?)?;
+    m.add_function(wrap_pyfunction!(point_ids, m)?)?;
     Ok(())
 }

@@ -9,7 +9,7 @@ use crate::core::hash::HASH_LEN;
 use crate::core::pack::{
     pack_delete as core_pack_delete, pack_delete_by_field, pack_set_payload as core_set_payload,
     plan_upsert, ChunkColumns, Ordering, Payloads, Points, RequestOptions, SparseCsr, Value,
-    DEFAULT_MAX_BYTES, DEFAULT_MAX_POINTS, HARD_LIMIT_BYTES,
+    CHUNK_KEYS, DEFAULT_MAX_BYTES, DEFAULT_MAX_POINTS, HARD_LIMIT_BYTES, METADATA_KEY, TEXT_KEY,
 };
 use numpy::{Element, PyReadonlyArray1, PyReadonlyArray2, PyUntypedArrayMethods};
 use pyo3::exceptions::PyTypeError;
@@ -608,5 +608,11 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(pack_delete, m)?)?;
     m.add_function(wrap_pyfunction!(pack_delete_by_values, m)?)?;
     m.add_function(wrap_pyfunction!(pack_set_payload, m)?)?;
+    // The chunk payload layout the packer writes (qflume.payload checks it matches).
+    m.add(
+        "PAYLOAD_KEYS",
+        PyTuple::new(m.py(), [TEXT_KEY, METADATA_KEY])?,
+    )?;
+    m.add("CHUNK_KEYS", PyTuple::new(m.py(), CHUNK_KEYS)?)?;
     Ok(())
 }

@@ -1,51 +1,21 @@
-"""Helpers shared by sinks: id and array coercion, and Qdrant gRPC values back to Python."""
+"""Helpers shared by sinks: array coercion, and Qdrant gRPC values back to Python (point ids:
+`qflume.ids`)."""
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
 
-from qflume.exceptions import InvalidInputError, ShapeError
-from qflume.sinks.base import Ids, SparseBatch
+from qflume.exceptions import ShapeError
+from qflume.sinks.base import SparseBatch
 
 if TYPE_CHECKING:  # pragma: no cover
     from qdrant_client import grpc as qg
 
 SparseArrays = tuple[npt.NDArray[np.int64], npt.NDArray[np.uint32], npt.NDArray[np.float32]]
-
-
-def ids_array(ids: Ids) -> npt.NDArray[np.uint8]:
-    """Point ids as a C-contiguous (n, 16) uint8 array of UUID bytes.
-
-    Accepts that array itself, or UUID strings / `uuid.UUID` objects (parsed one by one: the slow
-    path for small calls; the pipeline passes arrays).
-    """
-    if isinstance(ids, np.ndarray):
-        if ids.dtype != np.uint8 or ids.ndim != 2 or ids.shape[1] != 16:
-            raise ShapeError(
-                f"ids must be an (n, 16) uint8 array of UUID bytes, got {ids.dtype} array of "
-                f"shape {ids.shape}"
-            )
-        return np.ascontiguousarray(ids)
-    if isinstance(ids, (str, bytes)):
-        raise InvalidInputError("ids must be a sequence of UUIDs, not a single string")
-    out = np.empty((len(ids), 16), dtype=np.uint8)
-    for i, pid in enumerate(ids):
-        try:
-            b = pid.bytes if isinstance(pid, uuid.UUID) else uuid.UUID(str(pid)).bytes
-        except ValueError:
-            raise InvalidInputError(f"ids[{i}] = {pid!r} is not a UUID") from None
-        out[i] = np.frombuffer(b, dtype=np.uint8)
-    return out
-
-
-def uuid_strings(ids: npt.NDArray[np.uint8]) -> list[str]:
-    """The canonical UUID text of each row of an (n, 16) id array."""
-    return [str(uuid.UUID(bytes=row.tobytes())) for row in ids]
 
 
 def dense_array(dense: Any, n: int) -> npt.NDArray[np.float32] | None:

@@ -1,15 +1,14 @@
 """Searches as Qdrant gRPC messages: filters from Qdrant's JSON layout, Query API requests, hits back.
 
 Queries are few (one per search string), so plain `qdrant_client.grpc` messages are built here; the
-per-point hot path (upserts) stays in Rust. The filter converter accepts the same JSON layout as
-Qdrant's REST API and `qflume.sinks.edge.edge_filter`, and names the offending part of a bad filter.
+per-point hot path (upserts) stays in Rust. Filters are validated and normalised by
+`qflume.filters.normalize` (as on Qdrant Edge, `qflume.sinks.edge.edge_filter`), then translated.
 """
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Mapping, Sequence
-from datetime import date, datetime, timezone
+from collections.abc import Mapping
+from datetime import datetime
 from typing import Any
 
 import numpy as np
@@ -17,286 +16,129 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from qdrant_client import grpc as qg
 
 from qflume.exceptions import InvalidInputError, ShapeError
+from qflume.filters import FILTER_KEYS
+from qflume.filters import normalize as normalize_filter
 from qflume.sinks._common import payload_to_py, vectors_to_py
 from qflume.sinks.base import QueryRequest, ScoredPoint, check_fusion
 
 __all__ = ["grpc_filter", "query_points", "scored_points"]
 
-_FILTER_KEYS = frozenset({"must", "should", "must_not", "min_should"})
-_FIELD_TESTS = (
-    "match",
-    "range",
-    "values_count",
-    "geo_bounding_box",
-    "geo_radius",
-    "geo_polygon",
-    "is_empty",
-    "is_null",
-)
-_BOUNDS = ("gte", "gt", "lte", "lt")
+# --- filters: the canonical JSON layout (qflume.filters) -> qdrant.Filter ------------------------
 
 
-# --- filters: Qdrant's JSON layout -> qdrant.Filter ---------------------------------------------
+def _typed(v: Any) -> tuple[str, Any]:
+    """The qdrant.Match field of a (validated) match value."""
+    if isinstance(v, bool):
+        return "boolean", v
+    return ("integer", v) if isinstance(v, int) else ("keyword", v)
 
 
-def _bad(where: str, what: str) -> InvalidInputError:
-    return InvalidInputError(f"filter {where}: {what}")
+def _match(m: Mapping[str, Any]) -> qg.Match:
+    ((kind, v),) = m.items()
+    if kind == "value":
+        name, x = _typed(v)
+        return qg.Match(**{name: x})
+    if kind in ("any", "except"):
+        if v and isinstance(v[0], int):
+            ints = qg.RepeatedIntegers(integers=v)
+            return qg.Match(integers=ints) if kind == "any" else qg.Match(except_integers=ints)
+        strs = qg.RepeatedStrings(strings=v)
+        return qg.Match(keywords=strs) if kind == "any" else qg.Match(except_keywords=strs)
+    return qg.Match(**{kind: v})
 
 
-def _keyword_or_int(v: Any, where: str) -> tuple[str, Any]:
-    """('keyword' | 'integer' | 'boolean', value) of a match value (Qdrant has no float match)."""
-    if isinstance(v, (bool, np.bool_)):
-        return "boolean", bool(v)
-    if isinstance(v, (int, np.integer)):
-        return "integer", int(v)
-    if isinstance(v, str):
-        return "keyword", v
-    raise _bad(where, f"match value {v!r} must be a string, an integer or a boolean")
-
-
-def _values(vs: Any, where: str, what: str) -> tuple[str, list[Any]]:
-    """('keywords' | 'integers', values) of a match any / except list."""
-    if isinstance(vs, (str, bytes)) or not isinstance(vs, (Sequence, set, frozenset)):
-        raise _bad(where, f"match {what} must be a list of strings or of integers, got {vs!r}")
-    kinds = {_keyword_or_int(v, where)[0] for v in vs}
-    if kinds <= {"keyword"}:
-        return "keywords", [str(v) for v in vs]
-    if kinds == {"integer"}:
-        return "integers", [int(v) for v in vs]
-    raise _bad(where, f"match {what} mixes types or holds booleans: {list(vs)!r}")
-
-
-def _match(m: Any, where: str) -> qg.Match:
-    if not isinstance(m, Mapping):
-        raise _bad(where, f"match must be an object such as {{'value': ...}}, got {m!r}")
-    if "value" in m:
-        kind, v = _keyword_or_int(m["value"], where)
-        return qg.Match(**{kind: v})
-    if "any" in m:
-        kind, vs = _values(m["any"], where, "any")
-        if kind == "keywords":
-            return qg.Match(keywords=qg.RepeatedStrings(strings=vs))
-        return qg.Match(integers=qg.RepeatedIntegers(integers=vs))
-    if "except" in m:
-        kind, vs = _values(m["except"], where, "except")
-        if kind == "keywords":
-            return qg.Match(except_keywords=qg.RepeatedStrings(strings=vs))
-        return qg.Match(except_integers=qg.RepeatedIntegers(integers=vs))
-    for name in ("text", "text_any", "phrase", "prefix", "substring"):
-        if name in m:
-            if not isinstance(m[name], str):
-                raise _bad(where, f"match {name} must be a string, got {m[name]!r}")
-            return qg.Match(**{name: m[name]})
-    raise _bad(where, f"unknown match {dict(m)!r}")
-
-
-def _timestamp(v: Any, where: str) -> Timestamp:
-    if isinstance(v, str):
-        text = v.strip()
-        if text.endswith(("Z", "z")):
-            text = text[:-1] + "+00:00"
-        try:
-            v = datetime.fromisoformat(text)
-        except ValueError:
-            raise _bad(
-                where, f"range bound {v!r} is neither a number nor an RFC 3339 date"
-            ) from None
-    elif isinstance(v, date) and not isinstance(v, datetime):
-        v = datetime(v.year, v.month, v.day)
-    if v.tzinfo is None:  # Qdrant reads dates without a zone as UTC
-        v = v.replace(tzinfo=timezone.utc)
+def _timestamp(text: str) -> Timestamp:
     ts = Timestamp()
-    ts.FromDatetime(v)
+    ts.FromDatetime(datetime.fromisoformat(text.replace("Z", "+00:00")))
     return ts
 
 
-def _range_into(fc: qg.FieldCondition, r: Any, where: str) -> None:
-    if not isinstance(r, Mapping):
-        raise _bad(where, f"range must be an object with gte/gt/lte/lt, got {r!r}")
-    unknown = set(r) - set(_BOUNDS)
-    if unknown:
-        raise _bad(where, f"range has unknown bounds {sorted(unknown)} (use gte, gt, lte, lt)")
-    bounds = {k: r[k] for k in _BOUNDS if r.get(k) is not None}
-    if any(isinstance(v, (str, date)) for v in bounds.values()):
-        fc.datetime_range.CopyFrom(
-            qg.DatetimeRange(**{k: _timestamp(v, where) for k, v in bounds.items()})
-        )
-        return
-    try:
-        fc.range.CopyFrom(qg.Range(**{k: float(v) for k, v in bounds.items()}))
-    except (TypeError, ValueError):
-        raise _bad(where, f"range bounds must be numbers or dates, got {dict(r)!r}") from None
+def _geo(p: Mapping[str, float]) -> qg.GeoPoint:
+    return qg.GeoPoint(lon=p["lon"], lat=p["lat"])
 
 
-def _geo(p: Any, where: str) -> qg.GeoPoint:
-    try:
-        return qg.GeoPoint(lon=float(p["lon"]), lat=float(p["lat"]))
-    except (KeyError, TypeError, ValueError):
-        raise _bad(where, f"geo point must be {{'lon': ..., 'lat': ...}}, got {p!r}") from None
+def _line(ring: Mapping[str, Any]) -> qg.GeoLineString:
+    return qg.GeoLineString(points=[_geo(p) for p in ring["points"]])
 
 
-def _line(ring: Any, where: str) -> qg.GeoLineString:
-    points = ring["points"] if isinstance(ring, Mapping) else ring
-    return qg.GeoLineString(points=[_geo(p, where) for p in points])
-
-
-def _field(c: Mapping[str, Any], where: str) -> qg.FieldCondition:
-    unknown = set(c) - {"key", *_FIELD_TESTS}
-    if unknown:
-        raise _bad(where, f"condition on {c['key']!r} has unknown fields {sorted(unknown)}")
-    fc = qg.FieldCondition(key=str(c["key"]))
-    tests = 0
-    if c.get("match") is not None:
-        fc.match.CopyFrom(_match(c["match"], where))
-        tests += 1
-    if c.get("range") is not None:
-        _range_into(fc, c["range"], where)
-        tests += 1
-    if c.get("values_count") is not None:
-        vc = c["values_count"]
-        fc.values_count.CopyFrom(
-            qg.ValuesCount(**{k: int(vc[k]) for k in _BOUNDS if vc.get(k) is not None})
-        )
-        tests += 1
-    if c.get("geo_bounding_box") is not None:
+def _field(c: Mapping[str, Any]) -> qg.FieldCondition:
+    fc = qg.FieldCondition(key=c["key"])
+    if "match" in c:
+        fc.match.CopyFrom(_match(c["match"]))
+    if "range" in c:
+        r = c["range"]
+        if any(isinstance(v, str) for v in r.values()):
+            fc.datetime_range.CopyFrom(qg.DatetimeRange(**{k: _timestamp(v) for k, v in r.items()}))
+        else:
+            fc.range.CopyFrom(qg.Range(**r))
+    if "values_count" in c:
+        fc.values_count.CopyFrom(qg.ValuesCount(**c["values_count"]))
+    if "geo_bounding_box" in c:
         b = c["geo_bounding_box"]
         fc.geo_bounding_box.CopyFrom(
-            qg.GeoBoundingBox(
-                top_left=_geo(b.get("top_left"), where),
-                bottom_right=_geo(b.get("bottom_right"), where),
-            )
+            qg.GeoBoundingBox(top_left=_geo(b["top_left"]), bottom_right=_geo(b["bottom_right"]))
         )
-        tests += 1
-    if c.get("geo_radius") is not None:
+    if "geo_radius" in c:
         g = c["geo_radius"]
-        fc.geo_radius.CopyFrom(
-            qg.GeoRadius(center=_geo(g.get("center"), where), radius=float(g["radius"]))
-        )
-        tests += 1
-    if c.get("geo_polygon") is not None:
+        fc.geo_radius.CopyFrom(qg.GeoRadius(center=_geo(g["center"]), radius=g["radius"]))
+    if "geo_polygon" in c:
         poly = c["geo_polygon"]
         fc.geo_polygon.CopyFrom(
             qg.GeoPolygon(
-                exterior=_line(poly["exterior"], where),
-                interiors=[_line(r, where) for r in poly.get("interiors") or ()],
+                exterior=_line(poly["exterior"]),
+                interiors=[_line(r) for r in poly.get("interiors", ())],
             )
         )
-        tests += 1
-    if c.get("is_empty") is not None:
-        fc.is_empty = bool(c["is_empty"])
-        tests += 1
-    if c.get("is_null") is not None:
-        fc.is_null = bool(c["is_null"])
-        tests += 1
-    if not tests:
-        raise _bad(where, f"condition on {c['key']!r} has no test (match, range, ...)")
+    if "is_empty" in c:
+        fc.is_empty = c["is_empty"]
+    if "is_null" in c:
+        fc.is_null = c["is_null"]
     return fc
 
 
-def _key_of(v: Any, where: str, name: str) -> str:
-    key = v.get("key") if isinstance(v, Mapping) else None
-    if not isinstance(key, str):
-        raise _bad(where, f"{name} needs {{'key': 'field'}}, got {v!r}")
-    return key
+def _point_id(x: str | int) -> qg.PointId:
+    return qg.PointId(num=x) if isinstance(x, int) else qg.PointId(uuid=x)
 
 
-def _point_id(x: Any, where: str) -> qg.PointId:
-    if isinstance(x, (int, np.integer)) and not isinstance(x, bool) and x >= 0:
-        return qg.PointId(num=int(x))
-    try:
-        return qg.PointId(uuid=str(x if isinstance(x, uuid.UUID) else uuid.UUID(str(x))))
-    except ValueError:
-        raise _bad(where, f"has_id: {x!r} is neither a UUID nor an unsigned integer") from None
-
-
-def _condition(c: Any, where: str) -> qg.Condition:
-    try:
-        return _condition_of(c, where)
-    except InvalidInputError:
-        raise
-    except (TypeError, ValueError, KeyError, AttributeError, IndexError) as e:
-        what = f"missing {e}" if isinstance(e, KeyError) else str(e)
-        raise _bad(where, f"malformed condition {c!r} ({what})") from None
-
-
-def _condition_of(c: Any, where: str) -> qg.Condition:
-    if isinstance(c, qg.Condition):
-        return c
-    if isinstance(c, qg.Filter):
-        return qg.Condition(filter=c)
-    if not isinstance(c, Mapping):
-        raise _bad(where, f"a condition must be an object, got {c!r}")
-    if any(k in c for k in _FILTER_KEYS):
-        return qg.Condition(filter=_filter(c, where))
+def _condition(c: Mapping[str, Any]) -> qg.Condition:
+    if any(k in c for k in FILTER_KEYS):
+        return qg.Condition(filter=_to_grpc(c))
     if "key" in c:
-        return qg.Condition(field=_field(c, where))
+        return qg.Condition(field=_field(c))
     if "is_empty" in c:
-        return qg.Condition(
-            is_empty=qg.IsEmptyCondition(key=_key_of(c["is_empty"], where, "is_empty"))
-        )
+        return qg.Condition(is_empty=qg.IsEmptyCondition(key=c["is_empty"]["key"]))
     if "is_null" in c:
-        return qg.Condition(is_null=qg.IsNullCondition(key=_key_of(c["is_null"], where, "is_null")))
+        return qg.Condition(is_null=qg.IsNullCondition(key=c["is_null"]["key"]))
     if "has_id" in c:
-        ids = c["has_id"]
-        if isinstance(ids, (str, bytes, int)) or not isinstance(ids, (Sequence, set, frozenset)):
-            raise _bad(where, f"has_id must be a list of point ids, got {ids!r}")
-        return qg.Condition(has_id=qg.HasIdCondition(has_id=[_point_id(x, where) for x in ids]))
+        return qg.Condition(has_id=qg.HasIdCondition(has_id=[_point_id(x) for x in c["has_id"]]))
     if "has_vector" in c:
-        return qg.Condition(has_vector=qg.HasVectorCondition(has_vector=str(c["has_vector"])))
-    if "nested" in c:
-        n = c["nested"]
-        key = _key_of(n, where, "nested")
-        if not isinstance(n.get("filter"), Mapping):
-            raise _bad(where, f"nested needs {{'key': ..., 'filter': {{...}}}}, got {n!r}")
-        return qg.Condition(
-            nested=qg.NestedCondition(key=key, filter=_filter(n["filter"], f"{where}.nested"))
-        )
-    raise _bad(where, f"unknown condition {dict(c)!r}")
+        return qg.Condition(has_vector=qg.HasVectorCondition(has_vector=c["has_vector"]))
+    n = c["nested"]
+    return qg.Condition(nested=qg.NestedCondition(key=n["key"], filter=_to_grpc(n["filter"])))
 
 
-def _filter(f: Mapping[str, Any], where: str) -> qg.Filter:
-    unknown = set(f) - _FILTER_KEYS
-    if unknown:
-        raise _bad(
-            where,
-            f"unknown keys {sorted(unknown)} (a filter has must, should, must_not, min_should)",
-        )
+def _to_grpc(f: Mapping[str, Any]) -> qg.Filter:
     out = qg.Filter()
     for name in ("must", "should", "must_not"):
-        v = f.get(name)
-        if v is None:
-            continue
-        items = v if isinstance(v, (list, tuple)) else [v]
-        getattr(out, name).extend(
-            _condition(c, f"{where}.{name}[{i}]") for i, c in enumerate(items)
-        )
+        if name in f:
+            getattr(out, name).extend(_condition(c) for c in f[name])
     ms = f.get("min_should")
     if ms is not None:
-        if not isinstance(ms, Mapping) or "conditions" not in ms or "min_count" not in ms:
-            raise _bad(where, f"min_should needs conditions and min_count, got {ms!r}")
         out.min_should.CopyFrom(
             qg.MinShould(
-                conditions=[
-                    _condition(c, f"{where}.min_should[{i}]")
-                    for i, c in enumerate(ms["conditions"])
-                ],
-                min_count=int(ms["min_count"]),
+                conditions=[_condition(c) for c in ms["conditions"]], min_count=ms["min_count"]
             )
         )
     return out
 
 
 def grpc_filter(f: Any) -> qg.Filter | None:
-    """A `qdrant.Filter` from Qdrant's JSON layout, a qdrant_client `models.Filter`, or as is."""
-    if f is None or isinstance(f, qg.Filter):
+    """A ``qdrant.Filter`` from Qdrant's JSON layout or a qdrant_client ``models.Filter``
+    (validated by `qflume.filters.normalize`, as every sink does), or a ``qdrant.Filter`` as is."""
+    if isinstance(f, qg.Filter):
         return f
-    if hasattr(f, "model_dump"):  # qdrant_client.models.Filter (pydantic)
-        from qdrant_client.conversions.conversion import RestToGrpc
-
-        return RestToGrpc.convert_filter(f)
-    if not isinstance(f, Mapping):
-        raise InvalidInputError(f"filter: expected a Qdrant filter mapping, got {type(f).__name__}")
-    return _filter(f, "filter")
+    canonical = normalize_filter(f)
+    return None if canonical is None else _to_grpc(canonical)
 
 
 # --- queries ------------------------------------------------------------------------------------

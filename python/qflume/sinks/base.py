@@ -1,24 +1,39 @@
 """The contract every sink (Qdrant Edge in process, a Qdrant server over gRPC) implements.
 
 Point ids are qflume's deterministic UUIDs (`qflume.point_id`), passed either as UUID strings or as
-an (n, 16) uint8 array of their bytes. Dense vectors are float32 (n, dim) arrays; sparse vectors are
-CSR batches, one per named sparse vector. Payloads follow DESIGN.md: {"page_content": str,
-"metadata": {...}} (the layout LangChain's Qdrant store reads).
+an (n, 16) uint8 array of their bytes (`qflume.ids`). Dense vectors are float32 (n, dim) arrays;
+sparse vectors are CSR batches, one per named sparse vector. Payloads follow `qflume.payload`:
+{"page_content": str, "metadata": {...}} (the layout LangChain's Qdrant store reads). Filters are
+Qdrant filters in their JSON layout, validated by `qflume.filters.normalize` on every sink.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
+from qflume import payload as layout
 from qflume.exceptions import InvalidInputError
+from qflume.ids import Ids
 
-Ids = Sequence[str] | npt.NDArray[np.uint8]
+__all__ = [
+    "FUSIONS",
+    "CollectionInfo",
+    "CollectionSpec",
+    "Ids",
+    "PointBatch",
+    "PointRecord",
+    "QueryRequest",
+    "ScoredPoint",
+    "Sink",
+    "SparseBatch",
+    "check_fusion",
+]
 
 
 @dataclass(frozen=True)
@@ -44,15 +59,55 @@ class CollectionSpec:
 
 
 @dataclass(frozen=True)
+class CollectionInfo:
+    """A collection's own figures, as its sink reports them (`Sink.info`)."""
+
+    points: int
+    indexed_vectors: int
+    segments: int
+    #: "green" (ready), "yellow" (optimizing), "grey" (optimizations pending), "red" (failed)
+    status: str
+    #: the vectors configuration: dense size and distance, sparse vectors (None: the collection
+    #: has no default dense vector, so it is not a qflume collection)
+    spec: CollectionSpec | None
+    #: bytes on disk (the embedded store; None for a server, which does not say)
+    disk_bytes: int | None = None
+    #: a server's optimizer: "ok" or its error (None: not reported)
+    optimizer: str | None = None
+    #: a server's pending updates (None: not reported)
+    update_queue: int | None = None
+    warnings: tuple[str, ...] = field(default=())
+
+    def as_dict(self) -> dict[str, Any]:
+        """The JSON form (`qflume.metrics.collection_info`, ``qflume status``)."""
+        out: dict[str, Any] = {
+            "exists": True,
+            "status": self.status,
+            "points": self.points,
+            "indexed_vectors": self.indexed_vectors,
+            "segments": self.segments,
+            "vector_size": self.spec.dim if self.spec else None,
+            "distance": self.spec.distance if self.spec else None,
+            "sparse_vectors": sorted(self.spec.sparse) if self.spec else [],
+        }
+        if self.disk_bytes is not None:
+            out["disk_bytes"] = self.disk_bytes
+        else:
+            out["optimizer"] = self.optimizer
+            out["update_queue"] = self.update_queue
+            out["warnings"] = list(self.warnings)
+        return out
+
+
+@dataclass(frozen=True)
 class PointBatch:
     """A columnar batch of points, the form the pipeline hands to sinks (no per-point objects).
 
-    Either `payloads` is given (one dict per point, used verbatim), or the payload of point i is built
-    as DESIGN.md says: {"page_content": texts[i], "metadata": {**doc_metadata[doc_index[i]],
-    "chunk_index": chunk_index[i], "start": start[i], "end": end[i], "content_hash":
-    chunk_hash[i].hex()}} — metadata shared by the chunks of one document is given (and encoded) once.
-    Per-chunk metadata (a chunk's ``page``, ``heading``), given the same way: point i's metadata
-    also has ``chunk_metadata[chunk_meta_index[i]]`` merged in (none where the index is -1).
+    Either `payloads` is given (one dict per point, used verbatim), or the payload of point i is
+    `qflume.payload.chunk_payload` of texts[i] and the metadata of its document
+    (``doc_metadata[doc_index[i]]``: shared by the chunks of one document, given and encoded
+    once), its own page/heading keys (``chunk_metadata[chunk_meta_index[i]]``, none where the
+    index is -1), its chunk_index, start, end and content hash.
     """
 
     ids: npt.NDArray[np.uint8]  # (n, 16) UUID bytes
@@ -104,15 +159,19 @@ class PointBatch:
         assert self.texts is not None and self.doc_metadata is not None
         assert self.doc_index is not None and self.chunk_index is not None
         assert self.start is not None and self.end is not None and self.chunk_hash is not None
-        meta = dict(self.doc_metadata[int(self.doc_index[i])])
+        own = None
         if self.chunk_meta_index is not None and self.chunk_metadata is not None:
             if (m := int(self.chunk_meta_index[i])) >= 0:
-                meta.update(self.chunk_metadata[m])
-        meta["chunk_index"] = int(self.chunk_index[i])
-        meta["start"] = int(self.start[i])
-        meta["end"] = int(self.end[i])
-        meta["content_hash"] = self.chunk_hash[i].tobytes().hex()
-        return {"page_content": self.texts[i], "metadata": meta}
+                own = self.chunk_metadata[m]
+        meta = layout.chunk_metadata(
+            self.doc_metadata[int(self.doc_index[i])],
+            own,
+            int(self.chunk_index[i]),
+            int(self.start[i]),
+            int(self.end[i]),
+            self.chunk_hash[i].tobytes(),
+        )
+        return layout.chunk_payload(self.texts[i], meta)
 
 
 @dataclass(frozen=True)
@@ -211,8 +270,9 @@ class Sink(ABC):
             self.set_payload(payload, [pid], key=key)
 
     @abstractmethod
-    def count(self) -> int:
-        """Exact number of points in the collection (0 if it does not exist)."""
+    def count(self, filter: Any = None) -> int:
+        """Exact number of points (those matching `filter`, a Qdrant filter, if given; 0 if
+        the collection does not exist)."""
 
     @abstractmethod
     def retrieve(self, ids: Ids, *, with_vectors: bool = False) -> list[PointRecord]:
@@ -220,9 +280,24 @@ class Sink(ABC):
 
     @abstractmethod
     def scroll(
-        self, *, with_payload: bool = True, with_vectors: bool = False, batch: int = 1024
+        self,
+        *,
+        filter: Any = None,
+        with_payload: bool = True,
+        with_vectors: bool = False,
+        batch: int = 1024,
     ) -> Iterator[PointRecord]:
-        """Every point of the collection, in batches under the hood."""
+        """Every point of the collection (those matching `filter`, a Qdrant filter, if
+        given), `batch` at a time under the hood; nothing if the collection does not exist."""
+
+    @abstractmethod
+    def info(self) -> CollectionInfo | None:
+        """The collection's figures (None if it does not exist)."""
+
+    @abstractmethod
+    def collection_spec(self) -> CollectionSpec | None:
+        """The collection's dense size and distance and its sparse vectors (None: it does not
+        exist or has no default dense vector)."""
 
     @abstractmethod
     def flush(self) -> None:

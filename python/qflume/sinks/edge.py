@@ -10,7 +10,6 @@ import contextlib
 import json
 import os
 import time
-import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ import numpy as np
 import numpy.typing as npt
 import qdrant_edge as qe
 
+from qflume import payload as layout
 from qflume._validate import metadata_problem
 from qflume.exceptions import (
     InvalidInputError,
@@ -28,7 +28,11 @@ from qflume.exceptions import (
     SinkError,
     is_rust_panic,
 )
+from qflume.filters import FILTER_KEYS
+from qflume.filters import normalize as normalize_filter
+from qflume.ids import id_strings
 from qflume.sinks.base import (
+    CollectionInfo,
     CollectionSpec,
     Ids,
     PointBatch,
@@ -120,141 +124,105 @@ def _load_shard(path: Path, wait: float) -> Any:
             delay = min(0.1, delay * 2)
 
 
-def ids_to_strings(ids: Ids) -> list[str]:
-    """UUID strings from qflume ids: an (n, 16) uint8 array of UUID bytes, or strings already."""
-    if isinstance(ids, np.ndarray):
-        if ids.ndim != 2 or ids.shape[1] != 16 or ids.dtype != np.uint8:
-            raise ShapeError(
-                f"ids: expected an (n, 16) uint8 array of UUID bytes, got {ids.dtype} {ids.shape}"
-            )
-        h = np.ascontiguousarray(ids).tobytes().hex()
-        return [
-            f"{h[j : j + 8]}-{h[j + 8 : j + 12]}-{h[j + 12 : j + 16]}-{h[j + 16 : j + 20]}-{h[j + 20 : j + 32]}"
-            for j in range(0, len(h), 32)
-        ]
-    out = []
-    for i, x in enumerate(ids):
-        try:
-            out.append(str(uuid.UUID(str(x))))
-        except ValueError:
-            raise InvalidInputError(f"ids[{i}]: {x!r} is not a UUID") from None
-    return out
+#: UUID text of qflume ids (kept under this name for callers of the embedded sink).
+ids_to_strings = id_strings
 
 
-# --- filters: Qdrant's JSON layout -> Qdrant Edge objects ---------------------------------------
+# --- filters: the canonical JSON layout (qflume.filters) -> Qdrant Edge objects ------------------
+
+_MATCHES: dict[str, Any] = {
+    "value": qe.MatchValue,
+    "any": qe.MatchAny,
+    "except": qe.MatchExcept,
+    "text": qe.MatchText,
+    "text_any": qe.MatchTextAny,
+    "phrase": qe.MatchPhrase,
+    "prefix": qe.MatchPrefix,
+    "substring": qe.MatchSubstring,
+}
 
 
-def _match(m: Mapping[str, Any], where: str) -> Any:
-    if "value" in m:
-        return qe.MatchValue(m["value"])
-    if "any" in m:
-        return qe.MatchAny(list(m["any"]))
-    if "except" in m:
-        return qe.MatchExcept(list(m["except"]))
-    if "text" in m:
-        return qe.MatchText(m["text"])
-    if "text_any" in m:
-        return qe.MatchTextAny(m["text_any"])
-    if "phrase" in m:
-        return qe.MatchPhrase(m["phrase"])
-    if "prefix" in m:
-        return qe.MatchPrefix(m["prefix"])
-    if "substring" in m:
-        return qe.MatchSubstring(m["substring"])
-    raise InvalidInputError(f"filter {where}: unknown match {dict(m)!r}")
+def _geo(p: Mapping[str, float]) -> qe.GeoPoint:
+    return qe.GeoPoint(lon=p["lon"], lat=p["lat"])
 
 
-def _range(r: Mapping[str, Any]) -> Any:
-    bounds = {k: r[k] for k in ("gte", "gt", "lte", "lt") if r.get(k) is not None}
-    if any(isinstance(v, str) for v in bounds.values()):
-        return qe.RangeDateTime(**{k: str(v) for k, v in bounds.items()})
-    return qe.RangeFloat(**{k: float(v) for k, v in bounds.items()})
+def _ring(r: Mapping[str, Any]) -> list[qe.GeoPoint]:
+    return [_geo(p) for p in r["points"]]
 
 
-def _geo(p: Mapping[str, Any]) -> qe.GeoPoint:
-    return qe.GeoPoint(lon=float(p["lon"]), lat=float(p["lat"]))
+def _field(c: Mapping[str, Any]) -> qe.FieldCondition:
+    kw: dict[str, Any] = {}
+    if "match" in c:
+        ((kind, v),) = c["match"].items()
+        kw["match"] = _MATCHES[kind](v)
+    if "range" in c:
+        r = c["range"]
+        dated = any(isinstance(v, str) for v in r.values())
+        kw["range"] = qe.RangeDateTime(**r) if dated else qe.RangeFloat(**r)
+    if "values_count" in c:
+        kw["values_count"] = qe.ValuesCount(**c["values_count"])
+    if "geo_bounding_box" in c:
+        b = c["geo_bounding_box"]
+        kw["geo_bounding_box"] = qe.GeoBoundingBox(_geo(b["top_left"]), _geo(b["bottom_right"]))
+    if "geo_radius" in c:
+        g = c["geo_radius"]
+        kw["geo_radius"] = qe.GeoRadius(_geo(g["center"]), g["radius"])
+    if "geo_polygon" in c:
+        g = c["geo_polygon"]
+        interiors = [_ring(r) for r in g.get("interiors", ())] or None
+        kw["geo_polygon"] = qe.GeoPolygon(_ring(g["exterior"]), interiors)
+    for name in ("is_empty", "is_null"):
+        if name in c:
+            kw[name] = c[name]
+    return qe.FieldCondition(key=c["key"], **kw)
 
 
-def _condition(c: Any, where: str) -> Any:
-    if not isinstance(c, Mapping):
-        return c  # already an Edge condition
-    if any(k in c for k in ("must", "should", "must_not", "min_should")):
-        return _filter(c, where)
+def _condition(c: Mapping[str, Any]) -> Any:
+    if any(k in c for k in FILTER_KEYS):
+        return _to_edge(c)
     if "key" in c:
-        kw: dict[str, Any] = {}
-        if c.get("match") is not None:
-            kw["match"] = _match(c["match"], where)
-        if c.get("range") is not None:
-            kw["range"] = _range(c["range"])
-        if c.get("values_count") is not None:
-            vc = c["values_count"]
-            kw["values_count"] = qe.ValuesCount(
-                **{k: int(vc[k]) for k in ("lt", "gt", "lte", "gte") if vc.get(k) is not None}
-            )
-        if c.get("geo_bounding_box") is not None:
-            b = c["geo_bounding_box"]
-            kw["geo_bounding_box"] = qe.GeoBoundingBox(_geo(b["top_left"]), _geo(b["bottom_right"]))
-        if c.get("geo_radius") is not None:
-            g = c["geo_radius"]
-            kw["geo_radius"] = qe.GeoRadius(_geo(g["center"]), float(g["radius"]))
-        if c.get("is_empty") is not None:
-            kw["is_empty"] = bool(c["is_empty"])
-        if c.get("is_null") is not None:
-            kw["is_null"] = bool(c["is_null"])
-        if not kw:
-            raise InvalidInputError(f"filter {where}: condition on {c['key']!r} has no test")
-        return qe.FieldCondition(key=str(c["key"]), **kw)
+        return _field(c)
     if "is_empty" in c:
-        return qe.IsEmptyCondition(str(c["is_empty"]["key"]))
+        return qe.IsEmptyCondition(c["is_empty"]["key"])
     if "is_null" in c:
-        return qe.IsNullCondition(str(c["is_null"]["key"]))
+        return qe.IsNullCondition(c["is_null"]["key"])
     if "has_id" in c:
-        return qe.HasIdCondition({x if isinstance(x, int) else str(x) for x in c["has_id"]})
+        return qe.HasIdCondition(set(c["has_id"]))
     if "has_vector" in c:
-        return qe.HasVectorCondition(str(c["has_vector"]))
-    if "nested" in c:
-        n = c["nested"]
-        return qe.NestedCondition(str(n["key"]), _filter(n["filter"], f"{where}.nested"))
-    raise InvalidInputError(f"filter {where}: unknown condition {dict(c)!r}")
+        return qe.HasVectorCondition(c["has_vector"])
+    n = c["nested"]
+    return qe.NestedCondition(n["key"], _to_edge(n["filter"]))
 
 
-def _filter(f: Mapping[str, Any], where: str) -> qe.Filter:
+def _to_edge(f: Mapping[str, Any]) -> qe.Filter:
     def conds(name: str) -> list[Any] | None:
         v = f.get(name)
-        if v is None:
-            return None
-        items = v if isinstance(v, (list, tuple)) else [v]
-        return [_condition(c, f"{where}.{name}[{i}]") for i, c in enumerate(items)]
+        return None if v is None else [_condition(c) for c in v]
 
-    min_should = None
-    if f.get("min_should") is not None:
-        ms = f["min_should"]
-        min_should = qe.MinShould(
-            [_condition(c, f"{where}.min_should") for c in ms["conditions"]], int(ms["min_count"])
-        )
+    ms = f.get("min_should")
     return qe.Filter(
         must=conds("must"),
         should=conds("should"),
         must_not=conds("must_not"),
-        min_should=min_should,
+        min_should=None
+        if ms is None
+        else qe.MinShould([_condition(c) for c in ms["conditions"]], ms["min_count"]),
     )
 
 
 def edge_filter(f: Any) -> qe.Filter | None:
-    """A Qdrant Edge filter from Qdrant's JSON layout, a qdrant_client `models.Filter`, or as is."""
-    if f is None or isinstance(f, qe.Filter):
+    """A Qdrant Edge filter from Qdrant's JSON layout or a qdrant_client ``models.Filter``
+    (validated by `qflume.filters.normalize`, as every sink does), or a ``qe.Filter`` as is."""
+    if isinstance(f, qe.Filter):
         return f
-    if hasattr(f, "model_dump"):  # qdrant_client.models.Filter (pydantic)
-        f = f.model_dump(mode="json", exclude_none=True)
-    if not isinstance(f, Mapping):
-        raise InvalidInputError(f"filter: expected a Qdrant filter mapping, got {type(f).__name__}")
-    return _filter(f, "filter")
+    canonical = normalize_filter(f)
+    return None if canonical is None else _to_edge(canonical)
 
 
 def _sources_filter(sources: Sequence[str]) -> qe.Filter:
     return qe.Filter(
         must=[
-            qe.FieldCondition(key="metadata.source", match=qe.MatchAny([str(s) for s in sources]))
+            qe.FieldCondition(key=layout.SOURCE_FIELD, match=qe.MatchAny([str(s) for s in sources]))
         ]
     )
 
@@ -510,7 +478,7 @@ class EdgeSink(Sink):
         sparse: Mapping[str, SparseBatch] | None = None,
     ) -> None:
         self._need_shard()
-        sids: list[Any] = ids_to_strings(ids)
+        sids: list[Any] = id_strings(ids)
         if len(payloads) != len(sids):
             raise ShapeError(f"payloads: {len(payloads)} payloads for {len(sids)} ids")
         arr = self._check_dense(dense, len(sids))
@@ -519,7 +487,7 @@ class EdgeSink(Sink):
 
     def upsert_batch(self, batch: PointBatch) -> None:
         self._need_shard()
-        sids = ids_to_strings(batch.ids)
+        sids = id_strings(batch.ids)
         arr = self._check_dense(batch.dense, len(sids))
         if batch.payloads is not None:
             if len(batch.payloads) != len(sids):
@@ -528,46 +496,26 @@ class EdgeSink(Sink):
             _check_payloads(payloads)
             self._write(sids, arr, batch.sparse, lambda i: dict(payloads[i]))
             return
-        if batch.texts is None or batch.doc_metadata is None or batch.doc_index is None:
+        if batch.texts is None:
             raise ShapeError("PointBatch: give payloads, or texts + doc_index + doc_metadata")
         if len(batch.texts) != len(sids):
             raise ShapeError(f"texts: {len(batch.texts)} texts for {len(sids)} ids")
-        texts = batch.texts
-        metas = [dict(m) for m in batch.doc_metadata]
-        doc_index = batch.doc_index.tolist()
-        extra = list(batch.chunk_metadata or ())
-        extra_index = (
-            batch.chunk_meta_index.tolist()
-            if extra and batch.chunk_meta_index is not None
-            else None
+        payload_of = layout.columns_payloads(
+            batch.texts,
+            batch.doc_index,
+            batch.doc_metadata,
+            batch.chunk_index,
+            batch.start,
+            batch.end,
+            batch.chunk_hash,
+            batch.chunk_metadata,
+            batch.chunk_meta_index,
         )
-        chunk_index = batch.chunk_index.tolist() if batch.chunk_index is not None else None
-        start = batch.start.tolist() if batch.start is not None else None
-        end = batch.end.tolist() if batch.end is not None else None
-        hashes = None
-        if batch.chunk_hash is not None:
-            hx = np.ascontiguousarray(batch.chunk_hash).tobytes().hex()
-            hashes = [hx[j : j + 32] for j in range(0, len(hx), 32)]
-
-        def payload_of(i: int) -> dict[str, Any]:
-            meta = dict(metas[doc_index[i]])
-            if extra_index is not None and extra_index[i] >= 0:
-                meta.update(extra[extra_index[i]])
-            if chunk_index is not None:
-                meta["chunk_index"] = chunk_index[i]
-            if start is not None:
-                meta["start"] = start[i]
-            if end is not None:
-                meta["end"] = end[i]
-            if hashes is not None:
-                meta["content_hash"] = hashes[i]
-            return {"page_content": texts[i], "metadata": meta}
-
         self._write(sids, arr, batch.sparse, payload_of)
 
     def delete(self, ids: Ids) -> None:
         self._need_shard()
-        sids: list[Any] = ids_to_strings(ids)
+        sids: list[Any] = id_strings(ids)
         for lo in range(0, len(sids), _CHUNK * 4):
             self._update(qe.UpdateOperation.delete_points(sids[lo : lo + _CHUNK * 4]))
 
@@ -581,7 +529,7 @@ class EdgeSink(Sink):
 
     def set_payload(self, payload: Mapping[str, Any], ids: Ids, *, key: str | None = None) -> None:
         self._need_shard()
-        sids: list[Any] = ids_to_strings(ids)
+        sids: list[Any] = id_strings(ids)
         for lo in range(0, len(sids), _CHUNK * 4):
             self._update(
                 qe.UpdateOperation.set_payload(sids[lo : lo + _CHUNK * 4], dict(payload), key)
@@ -592,9 +540,30 @@ class EdgeSink(Sink):
     def count(self, filter: Any = None) -> int:
         """Exact number of points (matching `filter`, a Qdrant filter, if given)."""
         self._check_open()
+        flt = edge_filter(filter)
         if self._shard is None:
             return 0
-        return int(self._shard.count(qe.CountRequest(exact=True, filter=edge_filter(filter))))
+        return int(self._shard.count(qe.CountRequest(exact=True, filter=flt)))
+
+    def info(self) -> CollectionInfo | None:
+        self._check_open()
+        if self._shard is None:
+            return None
+        from qflume.metrics import disk_bytes
+
+        info = self._shard.info()
+        return CollectionInfo(
+            points=int(info.points_count),
+            indexed_vectors=int(info.indexed_vectors_count),
+            segments=int(info.segments_count),
+            status="green",  # Edge has no background work that could leave it yellow
+            spec=self._spec,
+            disk_bytes=disk_bytes(self.path),
+        )
+
+    def collection_spec(self) -> CollectionSpec | None:
+        self._check_open()
+        return self._spec
 
     def _record(self, r: Any) -> PointRecord:
         vector = None
@@ -618,21 +587,33 @@ class EdgeSink(Sink):
         self._check_open()
         if self._shard is None:
             return []
-        sids: list[Any] = ids_to_strings(ids)
+        sids: list[Any] = id_strings(ids)
         records = self._shard.retrieve(sids, True, with_vectors)
         return [self._record(r) for r in records]
 
     def scroll(
-        self, *, with_payload: bool = True, with_vectors: bool = False, batch: int = 1024
+        self,
+        *,
+        filter: Any = None,
+        with_payload: bool = True,
+        with_vectors: bool = False,
+        batch: int = 1024,
     ) -> Iterator[PointRecord]:
         self._check_open()
+        flt = edge_filter(filter)
+        if batch < 1:
+            raise InvalidInputError(f"scroll batch must be >= 1, got {batch}")
         if self._shard is None:
             return
         offset: Any = None
         while True:
             records, offset = self._need_shard().scroll(
                 qe.ScrollRequest(
-                    offset=offset, limit=batch, with_payload=with_payload, with_vector=with_vectors
+                    offset=offset,
+                    limit=batch,
+                    filter=flt,
+                    with_payload=with_payload,
+                    with_vector=with_vectors,
                 )
             )
             for r in records:

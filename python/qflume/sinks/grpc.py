@@ -42,21 +42,22 @@ import numpy.typing as npt
 from qdrant_client import grpc as qg
 
 from qflume import _core
+from qflume import payload as layout
 from qflume._validate import url_problem
 from qflume.exceptions import InvalidInputError, ShapeError, SinkError
+from qflume.ids import NIL_ID, id_array, id_strings
 from qflume.sinks._common import (
     SparseArrays,
     chunked,
     dense_array,
-    ids_array,
     int64_array,
     payload_to_py,
     sparse_arrays,
-    uuid_strings,
     vectors_to_py,
 )
 from qflume.sinks._grpc_query import grpc_filter, query_points, scored_points
 from qflume.sinks.base import (
+    CollectionInfo,
     CollectionSpec,
     Ids,
     PointBatch,
@@ -84,7 +85,6 @@ RETRYABLE = frozenset(
     }
 )
 _DISTANCES = {"cosine": "Cosine", "dot": "Dot", "euclid": "Euclid", "manhattan": "Manhattan"}
-_NIL_ID = "00000000-0000-0000-0000-000000000000"
 _HARD_LIMIT = 32 * 1024 * 1024
 
 
@@ -724,12 +724,35 @@ class GrpcSink(Sink):
         )
         return bool(resp.result)
 
-    def collection_spec(self) -> CollectionSpec | None:
-        """The collection's dense size and distance and its sparse vectors (None: it does not
-        exist or has no default dense vector)."""
+    def info(self) -> CollectionInfo | None:
         info = self._info()
-        dv = None if info is None else self._default_vector(info)
-        if info is None or dv is None:
+        if info is None:
+            return None
+        opt = info.optimizer_status
+        return CollectionInfo(
+            points=int(info.points_count),
+            indexed_vectors=int(info.indexed_vectors_count),
+            segments=int(info.segments_count),
+            status=qg.CollectionStatus.Name(info.status).lower(),
+            spec=self._spec_of(info),
+            optimizer=(
+                None
+                if not info.HasField("optimizer_status")
+                else "ok"
+                if opt.ok
+                else opt.error or "error"
+            ),
+            update_queue=(int(info.update_queue.length) if info.HasField("update_queue") else None),
+            warnings=tuple(w.message for w in info.warnings),
+        )
+
+    def collection_spec(self) -> CollectionSpec | None:
+        info = self._info()
+        return None if info is None else self._spec_of(info)
+
+    def _spec_of(self, info: Any) -> CollectionSpec | None:
+        dv = self._default_vector(info)
+        if dv is None:
             return None
         smap = info.config.params.sparse_vectors_config.map
         return CollectionSpec(
@@ -762,7 +785,7 @@ class GrpcSink(Sink):
         payloads: Sequence[Mapping[str, Any]],
         sparse: Mapping[str, SparseBatch] | None = None,
     ) -> None:
-        arr = ids_array(ids)
+        arr = id_array(ids)
         n = len(arr)
         vecs = dense_array(dense, n)
         self._check_dim(vecs)
@@ -779,7 +802,7 @@ class GrpcSink(Sink):
         self._send_upserts(msgs)
 
     def upsert_batch(self, batch: PointBatch) -> None:
-        arr = ids_array(batch.ids)
+        arr = id_array(batch.ids)
         n = len(arr)
         vecs = dense_array(batch.dense, n)
         self._check_dim(vecs)
@@ -825,7 +848,7 @@ class GrpcSink(Sink):
         self._send_upserts(msgs)
 
     def delete(self, ids: Ids) -> None:
-        arr = ids_array(ids)
+        arr = id_array(ids)
         if len(arr) == 0:
             return
         msgs = _core.pack_delete(self.collection, arr, **self._pack_opts())
@@ -837,12 +860,12 @@ class GrpcSink(Sink):
         if not sources:
             return
         msgs = _core.pack_delete_by_values(
-            self.collection, list(sources), key="metadata.source", **self._pack_opts()
+            self.collection, list(sources), key=layout.SOURCE_FIELD, **self._pack_opts()
         )
         self._send("delete", "/qdrant.Points/Delete", msgs, [0] * len(msgs))
 
     def set_payload(self, payload: Mapping[str, Any], ids: Ids, *, key: str | None = None) -> None:
-        arr = ids_array(ids)
+        arr = id_array(ids)
         if len(arr) == 0:
             return
         msgs = _core.pack_set_payload(self.collection, payload, arr, key=key, **self._pack_opts())
@@ -855,7 +878,7 @@ class GrpcSink(Sink):
             wait=True,
             points=qg.PointsSelector(
                 filter=qg.Filter(
-                    must=[qg.Condition(has_id=qg.HasIdCondition(has_id=[qg.PointId(uuid=_NIL_ID)]))]
+                    must=[qg.Condition(has_id=qg.HasIdCondition(has_id=[qg.PointId(uuid=NIL_ID)]))]
                 )
             ),
         )
@@ -894,17 +917,18 @@ class GrpcSink(Sink):
             return
         from qdrant_client.conversions.conversion import payload_to_grpc
 
+        uuids = id_strings([pid for pid, _ in items])
         ops = [
             qg.PointsUpdateOperation(
                 set_payload=qg.PointsUpdateOperation.SetPayload(
                     payload=payload_to_grpc(dict(payload)),
                     points_selector=qg.PointsSelector(
-                        points=qg.PointsIdsList(ids=[qg.PointId(uuid=str(pid))])
+                        points=qg.PointsIdsList(ids=[qg.PointId(uuid=u)])
                     ),
                     key=key,
                 )
             )
-            for pid, payload in items
+            for u, (_, payload) in zip(uuids, items, strict=True)
         ]
         msgs = [
             qg.UpdateBatchPoints(
@@ -941,15 +965,16 @@ class GrpcSink(Sink):
             raise
 
     @staticmethod
-    def _record(p: Any) -> PointRecord:
+    def _record(p: Any, with_payload: bool = True) -> PointRecord:
         pid = p.id.uuid if p.id.WhichOneof("point_id_options") == "uuid" else str(p.id.num)
         dense, sparse = vectors_to_py(p.vectors) if p.HasField("vectors") else (None, None)
-        return PointRecord(id=pid, payload=payload_to_py(p.payload), vector=dense, sparse=sparse)
+        body = payload_to_py(p.payload) if with_payload else None  # as on Qdrant Edge
+        return PointRecord(id=pid, payload=body, vector=dense, sparse=sparse)
 
     def retrieve(self, ids: Ids, *, with_vectors: bool = False) -> list[PointRecord]:
         self.flush()
         out: list[PointRecord] = []
-        for part in chunked(uuid_strings(ids_array(ids)), 1024):
+        for part in chunked(id_strings(id_array(ids)), 1024):
             req = qg.GetPoints(
                 collection_name=self.collection,
                 ids=[qg.PointId(uuid=u) for u in part],
@@ -966,17 +991,18 @@ class GrpcSink(Sink):
         return out
 
     def scroll(
-        self, *, with_payload: bool = True, with_vectors: bool = False, batch: int = 1024
+        self,
+        *,
+        filter: Any = None,
+        with_payload: bool = True,
+        with_vectors: bool = False,
+        batch: int = 1024,
     ) -> Iterator[PointRecord]:
-        yield from self._scroll(
-            None, with_payload=with_payload, with_vectors=with_vectors, batch=batch
-        )
-
-    def _scroll(
-        self, flt: qg.Filter | None, *, with_payload: bool, with_vectors: bool, batch: int
-    ) -> Iterator[PointRecord]:
-        """Every point `flt` selects (all without one), after flushing pending writes; nothing
-        when the collection does not exist."""
+        """Every point `filter` selects (all without one), after flushing pending writes;
+        nothing when the collection does not exist."""
+        flt = grpc_filter(filter)
+        if batch < 1:
+            raise InvalidInputError(f"scroll batch must be >= 1, got {batch}")
         self.flush()
         offset: Any = None
         while True:
@@ -997,7 +1023,7 @@ class GrpcSink(Sink):
                     return
                 raise
             for p in resp.result:
-                yield self._record(p)
+                yield self._record(p, with_payload)
             if not resp.HasField("next_page_offset"):
                 return
             offset = resp.next_page_offset
