@@ -28,6 +28,7 @@ the local pipeline embeds together, so the vectors are the same bits. Only a Qdr
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import queue
@@ -292,6 +293,11 @@ class SinkSettings:
     options: tuple[tuple[str, Any], ...] = ()
 
 
+#: The worker process's open sink, kept from one write to the next (its channel stays
+#: connected); `write_units` flushes it before returning, so nothing is left in flight.
+_SINKS: dict[SinkSettings, Any] = {}
+
+
 def write_units(
     settings: SinkSettings, units: Iterable[tuple[bytes, bytes | None]]
 ) -> dict[str, Any]:
@@ -312,13 +318,16 @@ def write_units(
     }
     embed_s = 0.0
     t = time.perf_counter()
-    sink = GrpcSink(
-        settings.url,
-        settings.collection,
-        api_key=settings.api_key,
-        wait=settings.wait,
-        **dict(settings.options),
-    )
+    sink = _SINKS.pop(settings, None)
+    if sink is None:
+        sink = GrpcSink(
+            settings.url,
+            settings.collection,
+            api_key=settings.api_key,
+            wait=settings.wait,
+            **dict(settings.options),
+        )
+    retried = sink.retried
     try:
         for blob, st in units:
             if st is not None:
@@ -335,9 +344,15 @@ def write_units(
                     updates.extend(p.update for p in s.plans if p.update is not None)
                     deleted.extend(k for k, _ in s.deleted)
         sink.flush()  # everything sent is acknowledged: only now may it be committed
-        counts["retried"] = sink.retried
-    finally:
-        sink.close()
+        counts["retried"] = sink.retried - retried
+    except BaseException:
+        sink.close()  # a sink that failed is not reused
+        raise
+    for other in _SINKS.values():  # one open channel per worker process: the last target's
+        with contextlib.suppress(QflumeError):
+            other.close()
+    _SINKS.clear()
+    _SINKS[settings] = sink
     return {
         "updates": updates,
         "deleted": deleted,
@@ -590,7 +605,7 @@ class _Actors:
             max_restarts=-1,
             max_task_retries=-1,
         )
-        handle = cls.remote(**self.args)
+        handle: Any = cls.remote(**self.args)
         self.ready[handle.__ray_ready__.remote()] = len(self.handles)
         self.handles.append(handle)
         self.load.append(0)
@@ -602,7 +617,7 @@ class _Actors:
 
     def grow(self, waiting: int) -> None:
         n = len(self.handles)
-        if not n or n >= self.hi or waiting <= 2 * n or time.monotonic() - self._checked < 1.0:
+        if not n or n >= self.hi or waiting < 2 * n or time.monotonic() - self._checked < 1.0:
             return
         self._checked = time.monotonic()
         free = ray.available_resources()
@@ -747,7 +762,8 @@ def _run_waves(
                 if u.docs:
                     actors.start()
                 blob = pickle.dumps(([_ship(d) for d in u.docs], u.deleted), protocol=5)
-                meta, data = _chunk_task.remote(settings, blob)
+                task: Any = _chunk_task.remote(settings, blob)
+                meta, data = task
                 chunking[meta] = (data, wave)
                 open_units[wave] = open_units.get(wave, 0) + 1
             refs = [*chunking, *embedding, *writing]
@@ -756,7 +772,7 @@ def _run_waves(
                     break
                 continue
             more = held is None and not feeder.finished
-            ready, _ = ray.wait(refs, num_returns=1, timeout=0.02 if more else None,
+            ready, _ = ray.wait(refs, num_returns=1, timeout=0.05 if more else None,
                                 fetch_local=False)  # fmt: skip
             for ref in ready:
                 if ref in chunking:
