@@ -751,7 +751,7 @@ def _run_waves(
     held: tuple[int, _Unit] | None = None  # taken from the planner, waiting for room
     try:
         while True:
-            while len(chunking) + len(embedding) < 2 + 2 * max(1, len(actors.handles)):
+            while len(chunking) + len(embedding) < 4 + 6 * max(1, len(actors.handles)):
                 busy = bool(chunking or embedding or writing)
                 if held is None:
                     held = feeder.take(block=not busy)
