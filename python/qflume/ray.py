@@ -588,7 +588,7 @@ class _Actors:
     retried: a unit's vectors and point ids are the same)."""
 
     def __init__(self, args: Mapping[str, Any], lo: int, hi: int, num_gpus: float) -> None:
-        cpus = float(ray.cluster_resources().get("CPU", 0))
+        self.total_cpus = cpus = float(ray.cluster_resources().get("CPU", 0))
         self.cpus = 1.0 if cpus >= lo + 1 else 0.0  # never the CPU the tasks need
         self.gpus = num_gpus
         self.args, self.lo, self.hi = dict(args), lo, hi
@@ -610,6 +610,11 @@ class _Actors:
         self.handles.append(handle)
         self.load.append(0)
         self.started.append(False)
+
+    def task_cpus(self) -> int:
+        """Chunk tasks to have running at once: the cluster's CPUs less the actors' (more would
+        take the CPU an actor is placed on first, and it would wait for a new worker)."""
+        return max(1, int(self.total_cpus - self.cpus * max(self.lo, len(self.handles))))
 
     def start(self) -> None:
         while len(self.handles) < self.lo:
@@ -751,7 +756,10 @@ def _run_waves(
     held: tuple[int, _Unit] | None = None  # taken from the planner, waiting for room
     try:
         while True:
-            while len(chunking) + len(embedding) < 4 + 6 * max(1, len(actors.handles)):
+            while (
+                len(chunking) + len(embedding) < 4 + 6 * max(1, len(actors.handles))
+                and len(chunking) < actors.task_cpus()
+            ):
                 busy = bool(chunking or embedding or writing)
                 if held is None:
                     held = feeder.take(block=not busy)
