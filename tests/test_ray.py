@@ -184,6 +184,42 @@ def test_actor_killed_mid_run(
     assert _points(server.url, on_ray) == _points(server.url, local)
 
 
+def test_one_actor_pool_for_the_whole_run(
+    cluster: str, server: QdrantGrpcServer, model: str, tmp_path: Path
+) -> None:
+    """The embedding actors live across waves: one model load per actor per run, not per wave."""
+    corpus = _write_corpus(tmp_path / "corpus", n=12, seed=5)
+    pids: set[int] = set()
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.is_set():
+            pids.update(p.pid for p in _embed_actors())
+            time.sleep(0.02)
+
+    th = threading.Thread(target=watch, daemon=True)
+    th.start()
+    try:
+        r = _ray(server.url, _name(), corpus, model, tmp_path / "s", wave_chunks=8,
+                 batch_chunks=16, concurrency=1)  # fmt: skip
+    finally:
+        done.set()
+        th.join()
+    assert r.documents_new == 12  # a unit of ~16 KiB of text per wave: 4 waves or more
+    assert len(pids) == 1, f"embedding actors started: {sorted(pids)}"
+
+
+def test_workers_do_not_import_ray_data() -> None:
+    """Every task and actor process imports qflume.ray; ray.data would cost each ~110 MiB."""
+    code = "import sys, qflume.ray; print('ray.data' in sys.modules)"
+    got = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert got.returncode == 0, got.stderr[-2000:]
+    assert got.stdout.strip() == "False"
+    code = "from qflume.ray import QflumeDatasink; print(QflumeDatasink.__mro__[1].__name__)"
+    got = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert got.stdout.strip() == "Datasink", got.stderr[-2000:]
+
+
 DRIVER = """
 import sys, ray
 import qflume.ray as qray
