@@ -9,19 +9,15 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from qflume._core import point_id
-from qflume.readers.meta import KEYS as CHUNK_META_KEYS
+from qflume import payload
+from qflume.ids import point_id, split_hashes
 from qflume.stages.batch import RECOVERED_ROOT
-from qflume.state import HASH_LEN, DocUpdate
+from qflume.state import DocUpdate
 
 if TYPE_CHECKING:
     from qflume.collection import Collection
 
 __all__ = ["rebuild_state", "verify"]
-
-
-def _split_hashes(blob: bytes) -> list[bytes]:
-    return [blob[i : i + HASH_LEN] for i in range(0, len(blob), HASH_LEN)]
 
 
 def verify(col: Collection, *, repair: bool = False) -> dict[str, Any]:
@@ -33,7 +29,7 @@ def verify(col: Collection, *, repair: bool = False) -> dict[str, Any]:
         rebuilt = rebuild_state(col)
     expected: dict[str, tuple[str, bytes]] = {}
     for doc in col.state.iter_all():
-        for h in _split_hashes(doc.chunks):
+        for h in split_hashes(doc.chunks):
             expected[point_id(doc.key, h)] = (doc.key, h)
     orphans: list[str] = []
     stale: list[str] = []
@@ -44,9 +40,8 @@ def verify(col: Collection, *, repair: bool = False) -> dict[str, Any]:
             orphans.append(pid)
             continue
         seen.add(pid)
-        meta = (rec.payload or {}).get("metadata") or {}
-        key, h = expected[pid]
-        if meta.get("source") != key or meta.get("content_hash") != h.hex():
+        got = payload.chunk_fields(rec.payload)
+        if got is None or (got.source, got.content_hash) != expected[pid]:
             stale.append(pid)
     missing = [pid for pid in expected if pid not in seen]
     # documents whose writes are pending (a run stopped, or a repair): the next ingest
@@ -90,22 +85,16 @@ def rebuild_state(col: Collection) -> int:
     start, end). Contents and settings are unknown, so the next ingest re-reads each
     document and re-sends its points (embeddings come from the cache): nothing is lost, and
     what the documents no longer have is deleted then."""
-    per_chunk = ("chunk_index", "start", "end", "content_hash", *CHUNK_META_KEYS)
     chunks: dict[str, dict[bytes, tuple[int, int, int]]] = {}
     metas: dict[str, str] = {}
     for rec in col.sink.scroll(with_payload=True):
-        meta = (rec.payload or {}).get("metadata") or {}
-        key, h = meta.get("source"), meta.get("content_hash")
-        if not isinstance(key, str) or not isinstance(h, str) or len(h) != 2 * HASH_LEN:
+        got = payload.chunk_fields(rec.payload)
+        if got is None or got.place is None:
             continue  # not a qflume point: verify reports it as an orphan
-        try:
-            row = (int(meta["chunk_index"]), int(meta["start"]), int(meta["end"]))
-            digest = bytes.fromhex(h)
-        except (KeyError, TypeError, ValueError):
-            continue
-        chunks.setdefault(key, {})[digest] = row
+        key = got.source
+        chunks.setdefault(key, {})[got.content_hash] = got.place
         if key not in metas:
-            doc_meta = {k: v for k, v in meta.items() if k not in per_chunk}
+            doc_meta = payload.document_metadata(payload.metadata_of(rec.payload))
             metas[key] = json.dumps(doc_meta, sort_keys=True, ensure_ascii=False)
     docs = []
     for key in sorted(chunks):

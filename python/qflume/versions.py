@@ -42,7 +42,6 @@ import re
 import shutil
 import sys
 import time
-import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -50,7 +49,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from qflume import payload
 from qflume.exceptions import InvalidInputError, StateLockedError, VersionError
+from qflume.ids import id_array
 from qflume.state import HASH_LEN, DocState, PointSpool, ReindexLock, State, VersionRow
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -554,21 +555,19 @@ def _ids(key: str, hashes: Sequence[bytes]) -> list[str]:
 
 
 def _id_bytes(ids: Sequence[str]) -> np.ndarray:
-    return np.frombuffer(b"".join(uuid.UUID(i).bytes for i in ids), np.uint8).reshape(-1, 16)
+    return id_array(ids)
 
 
 def _payload_fits(d: DocState, rec: PointRecord | None, j: int, h: bytes) -> bool:
-    if rec is None or not isinstance(rec.payload, dict):
+    if rec is None or payload.text_of(rec.payload) is None:
         return False
-    meta = rec.payload.get("metadata")
-    if not isinstance(meta, dict) or not isinstance(rec.payload.get("page_content"), str):
-        return False
-    if meta.get("source") != d.key or meta.get("content_hash") != h.hex():
+    got = payload.chunk_fields(rec.payload)
+    if got is None or (got.source, got.content_hash) != (d.key, h):
         return False
     offs = d.offsets
     if len(offs) == 24 * (len(d.chunks) // HASH_LEN):
-        row = np.frombuffer(offs, np.int64)[3 * j : 3 * j + 3].tolist()
-        if [meta.get("chunk_index"), meta.get("start"), meta.get("end")] != row:
+        row = tuple(np.frombuffer(offs, np.int64)[3 * j : 3 * j + 3].tolist())
+        if got.place != row:
             return False
     return True
 
@@ -606,10 +605,10 @@ class _SpoolSource(_Source):
         from qflume.sinks.base import PointRecord
 
         out: dict[str, PointRecord] = {}
-        for pid, payload, dense, sparse in self.spool.get_many(ids):
+        for pid, body, dense, sparse in self.spool.get_many(ids):
             vec = None if dense is None else np.frombuffer(dense, np.float32)
             sp = None if sparse is None else {k: (v[0], v[1]) for k, v in sparse.items()}
-            out[pid] = PointRecord(id=pid, payload=payload, vector=vec, sparse=sp)
+            out[pid] = PointRecord(id=pid, payload=body, vector=vec, sparse=sp)
         return out
 
 
@@ -983,7 +982,7 @@ def _copy_group(
             assert r is not None and r.payload is not None
             ids.append(pid)
             payloads.append(r.payload)
-            texts.append(r.payload["page_content"])
+            texts.append(str(payload.text_of(r.payload)))
             hashes.append(h)
             records.append(r)
         prev = progress.get(d.key)
@@ -1240,14 +1239,14 @@ def _verify(
     sample = random.Random(b.new.version).sample(ids, min(SELF_QUERIES, len(ids)))
     if sample:
         recs = {r.id: r for r in sink.retrieve(sample)}
-        texts = [str((recs[i].payload or {}).get("page_content", "")) for i in sample]
+        texts = [payload.text_of(recs[i].payload) or "" for i in sample]
         vecs = b.pipe.embedder.embed(texts)
         hits = sink.query_batch([QueryRequest(dense=np.ascontiguousarray(v), limit=SELF_LIMIT)
                                  for v in vecs])  # fmt: skip
         lost = [
             i
             for i, text, hs in zip(sample, texts, hits, strict=True)
-            if not any(h.id == i or (h.payload or {}).get("page_content") == text for h in hs)
+            if not any(h.id == i or payload.text_of(h.payload) == text for h in hs)
         ]
         if lost:
             raise VersionError(

@@ -16,10 +16,12 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from qflume._core import DocDiffer, point_id
+from qflume._core import DocDiffer
+from qflume.ids import HASH_LEN, point_id
+from qflume.payload import chunk_metadata, moved_fields
 from qflume.readers.meta import ChunkMeta
 from qflume.sinks.base import SparseBatch
-from qflume.state import HASH_LEN, DocState, DocUpdate
+from qflume.state import DocState, DocUpdate
 
 __all__ = [
     "RECORDS_ROOT",
@@ -125,12 +127,11 @@ class DocDiff:
         for i in restated.tolist():  # same text, another page or heading: metadata restated
             h = hashes[i].tobytes()
             m = -1 if meta_index is None else int(meta_index[i])
-            full = {**meta, **(metas[m] if metas is not None and m >= 0 else {})}
-            full.update(chunk_index=j0 + i, start=int(offsets[i, 0]), end=int(offsets[i, 1]))
-            full["content_hash"] = h.hex()
+            extra = metas[m] if metas is not None and m >= 0 else None
+            full = chunk_metadata(meta, extra, j0 + i, offsets[i, 0], offsets[i, 1], h)
             self.plan.restated.append((point_id(key, h), full))
         for i in moved.tolist():
-            fields = {"chunk_index": j0 + i, "start": int(offsets[i, 0]), "end": int(offsets[i, 1])}
+            fields = moved_fields(j0 + i, offsets[i, 0], offsets[i, 1])
             self.plan.moved.append((point_id(key, hashes[i].tobytes()), fields))
         return send
 
