@@ -217,6 +217,9 @@ def test_bad_hash_and_thread_arguments_are_qflume_errors() -> None:
         qflume.set_threads("4")  # type: ignore[arg-type]
     with pytest.raises(qflume.InvalidTypeError, match=r"n must be an int"):
         qflume.set_threads(True)
+    for huge in (4097, 10**6, 2**70):  # a pool that large would exhaust memory starting up
+        with pytest.raises(qflume.InvalidInputError, match=r"more than 4096 threads"):
+            qflume.set_threads(huge)
     assert qflume.get_threads() == before
 
 

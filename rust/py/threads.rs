@@ -140,6 +140,17 @@ fn _panic_for_test(py: Python<'_>, where_: &str) -> PyResult<()> {
     }
 }
 
+/// More threads than any machine has cores: a pool this large would only exhaust memory
+/// while its threads start.
+const MAX_THREADS: i64 = 4096;
+
+fn too_many(n: &Bound<'_, PyAny>) -> PyErr {
+    new_err(
+        invalid_input(n.py()),
+        format!("set_threads: n = {n} is more than {MAX_THREADS} threads"),
+    )
+}
+
 /// Sets how many threads qflume's parallel work uses (0 = all cores).
 #[pyfunction]
 fn set_threads(n: &Bound<'_, PyAny>) -> PyResult<()> {
@@ -151,19 +162,15 @@ fn set_threads(n: &Bound<'_, PyAny>) -> PyResult<()> {
         ));
     }
     let wanted = match n.extract::<i64>() {
-        Ok(v) if v >= 0 => usize::try_from(v).unwrap_or(usize::MAX),
-        Ok(v) => {
+        Ok(v @ 0..=MAX_THREADS) => v as usize,
+        Ok(v @ ..0) => {
             return Err(new_err(
                 invalid_input(py),
                 format!("set_threads: n must be >= 0 (0 = all cores), got {v}"),
             ))
         }
-        Err(_) if n.is_instance_of::<pyo3::types::PyInt>() => {
-            return Err(new_err(
-                invalid_input(py),
-                format!("set_threads: n = {n} is too large"),
-            ))
-        }
+        Ok(_) => return Err(too_many(n)),
+        Err(_) if n.is_instance_of::<pyo3::types::PyInt>() => return Err(too_many(n)),
         Err(_) => {
             let ty = n
                 .get_type()
