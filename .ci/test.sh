@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Sets up everything the tests need on a fresh machine (Debian packages, Rust
 # crates, a Python venv with the package built in it) and runs every check:
-# cargo fmt, clippy, cargo test, ruff, mypy stubtest and pytest.
+# cargo fmt, clippy, cargo test, ruff, mypy stubtest, mypy and pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -64,6 +64,9 @@ step "ruff"
 
 step "mypy stubtest qflume._core"
 "$py" -m mypy.stubtest qflume._core --allowlist .ci/stubtest-allowlist.txt
+
+step "mypy (strict) on python/qflume"
+"$py" -m mypy
 
 # A real Qdrant server for the tests marked qdrant_server (tests/conftest.py starts it on
 # loopback, free ports, a temporary storage folder, and stops it by its pid): ../shared/bin/qdrant

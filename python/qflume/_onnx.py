@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from qflume._validate import text_problem
-from qflume.exceptions import InvalidInputError, ModelError, TokenizerError
+from qflume.exceptions import InvalidInputError, InvalidTypeError, ModelError, TokenizerError
 
 #: Texts tokenized, sorted and batched together; the next window is tokenized meanwhile.
 WINDOW = 512
@@ -222,7 +222,7 @@ class OnnxModel:
     def _check_texts(texts: Sequence[str]) -> None:
         for i, t in enumerate(texts):
             if not isinstance(t, str):
-                raise InvalidInputError(f"text {i} is {type(t).__name__}, not str")
+                raise InvalidTypeError(f"text {i} is {type(t).__name__}, not str")
             bad = text_problem(t, f"text {i}")
             if bad:
                 raise InvalidInputError(bad)

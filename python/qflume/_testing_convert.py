@@ -15,12 +15,13 @@ import numpy as np
 import qdrant_edge as qe
 from qdrant_client import grpc as qg
 
+from qflume.exceptions import InvalidInputError
 from qflume.sinks._common import payload_to_py
 
 DEFAULT_RRF_K = 2  # Qdrant's default k for reciprocal rank fusion
 
 
-class UnsupportedRequest(ValueError):
+class UnsupportedRequest(InvalidInputError):
     """A request (or part of one) the test server does not implement."""
 
 

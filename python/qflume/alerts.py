@@ -502,8 +502,8 @@ class AlertMonitor:
                     alert.collection = self._collect(alert)
         self._publish()
         events = [a.as_dict() for a in changed]
-        for e in events:
-            self._deliver(e)
+        for event in events:
+            self._deliver(event)
         return events
 
     def _message(self, t: Threshold, value: float | None, *, raised: bool) -> str:

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from qflume._sqlite import open_wal
-from qflume.exceptions import QflumeIOError, ShapeError
+from qflume.exceptions import InvalidInputError, QflumeIOError, ShapeError
 
 __all__ = ["EmbeddingCache"]
 
@@ -48,15 +48,22 @@ class EmbeddingCache:
         max_entries: int = 1_000_000,
         memory_entries: int = 20_000,
     ) -> None:
-        if max_entries < 1 or memory_entries < 0:
-            raise ValueError("max_entries must be >= 1 and memory_entries >= 0")
+        for name, value, least in (
+            ("max_entries", max_entries, 1),
+            ("memory_entries", memory_entries, 0),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise InvalidInputError(
+                    f"EmbeddingCache({str(path)!r}): {name} must be an int >= {least}, "
+                    f"got {value!r}"
+                )
         self.path = Path(path)
         self.max_entries = max_entries
         self.memory_entries = memory_entries
         try:
             self._db = open_wal(self.path, _SCHEMA)
             row = self._db.execute("SELECT MAX(last_used) FROM vectors").fetchone()
-            self._count = self._db.execute("SELECT COUNT(*) FROM vectors").fetchone()[0]
+            self._count = int(self._db.execute("SELECT COUNT(*) FROM vectors").fetchone()[0])
         except (sqlite3.Error, OSError) as e:
             raise QflumeIOError(f"cannot open embedding cache {self.path}: {e}") from e
         self._clock = int(row[0]) if row and row[0] is not None else 0

@@ -20,6 +20,7 @@ import numpy as np
 import numpy.typing as npt
 
 from qflume import _core
+from qflume.exceptions import InvalidInputError, InvalidTypeError, invalid_type_from
 
 if TYPE_CHECKING:  # pragma: no cover
     from tokenizers import Tokenizer
@@ -42,7 +43,7 @@ class ChunkBatch(NamedTuple):
     ids: npt.NDArray[np.uint8]
     """(N, 16) point id bytes (``uuid.UUID(bytes=...)``; ``qflume.point_id`` gives the text form)."""
 
-    def __len__(self) -> int:  # type: ignore[override]
+    def __len__(self) -> int:
         return int(self.offsets.shape[0])
 
     def doc_chunks(self, d: int) -> Offsets:
@@ -124,16 +125,30 @@ class Chunker:
 
     def chunk(self, text: str) -> Offsets:
         """(n, 2) int64 array of (start, end) str offsets; ``text[start:end]`` is a chunk."""
-        return self._inner.chunk(text)
+        try:
+            return self._inner.chunk(text)
+        except TypeError:  # the core takes str only; checked on failure, free otherwise
+            raise _wrong_type("chunk() takes a str", text) from None
 
     def chunk_many(self, texts: Sequence[str]) -> list[Offsets]:
         """``chunk`` of every text, in parallel over texts (GIL released)."""
-        return self._inner.chunk_many(_as_list(texts))
+        items = _as_list(texts, "chunk_many: texts")
+        try:
+            return self._inner.chunk_many(items)
+        except TypeError as e:
+            raise _not_str(items, "chunk_many: texts") or invalid_type_from(
+                e, "chunk_many"
+            ) from None
 
     def chunk_batch(self, texts: Sequence[str], keys: Sequence[str]) -> ChunkBatch:
         """Chunks, content hashes and point ids of documents ``texts`` named ``keys``,
         in one parallel pass with no Python object per chunk."""
-        return ChunkBatch(*self._inner.chunk_batch(_as_list(texts), _as_list(keys)))
+        items, names = _as_list(texts, "chunk_batch: texts"), _as_list(keys, "chunk_batch: keys")
+        try:
+            return ChunkBatch(*self._inner.chunk_batch(items, names))
+        except TypeError as e:
+            bad = _not_str(items, "chunk_batch: texts") or _not_str(names, "chunk_batch: keys")
+            raise bad or invalid_type_from(e, "chunk_batch") from None
 
     def chunk_texts(self, text: str) -> list[str]:
         """The chunks of ``text`` as strings (convenience; ``chunk`` is cheaper)."""
@@ -142,7 +157,10 @@ class Chunker:
     def count_tokens(self, text: str) -> int | None:
         """Tokens in ``text`` without special tokens, as the limit counts them
         (None in character mode)."""
-        return self._inner.count_tokens(text)
+        try:
+            return self._inner.count_tokens(text)
+        except TypeError:
+            raise _wrong_type("count_tokens() takes a str", text) from None
 
     def chunk_file(
         self, path: str | os.PathLike[str], *, block_size: int = 1 << 20
@@ -166,7 +184,13 @@ class Chunker:
         ``key``, point ids ``(n, 16)`` (as ``chunk_batch`` gives them; ``(0, 16)`` without a key)."""
         if not isinstance(block_size, int) or block_size < 1:
             raise _invalid(f"block_size must be a positive int, got {block_size!r}")
-        return iter(self._inner.chunk_file(os.fspath(path), block_size=block_size, key=key))
+        if key is not None and not isinstance(key, str):
+            raise _wrong_type("chunk_file: key must be a str or None", key)
+        try:
+            name = os.fspath(path)
+        except TypeError:
+            raise _wrong_type("chunk_file: path must be a str or os.PathLike", path) from None
+        return iter(self._inner.chunk_file(name, block_size=block_size, key=key))
 
 
 def chunk_file(
@@ -183,11 +207,26 @@ def chunk_file(
     return chunker.chunk_file(path, block_size=block_size)
 
 
-def _as_list(items: Sequence[str]) -> list[str]:
-    return items if isinstance(items, list) else list(items)
+def _as_list(items: Sequence[str], what: str) -> list[str]:
+    if isinstance(items, list):
+        return items
+    try:
+        return list(items)
+    except TypeError:
+        raise _wrong_type(f"{what} must be a list of str", items) from None
 
 
-def _invalid(msg: str) -> Exception:
-    from qflume.exceptions import InvalidInputError
+def _not_str(items: Sequence[object], what: str) -> InvalidTypeError | None:
+    """The error naming the first item of ``items`` that is not a str, if one is not."""
+    for i, item in enumerate(items):
+        if not isinstance(item, str):
+            return _wrong_type(f"{what}[{i}] must be a str", item)
+    return None
 
+
+def _invalid(msg: str) -> InvalidInputError:
     return InvalidInputError(msg)
+
+
+def _wrong_type(msg: str, value: object) -> InvalidTypeError:
+    return InvalidTypeError(f"{msg}, got {type(value).__name__}")

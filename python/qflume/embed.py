@@ -38,7 +38,7 @@ from qflume._onnx import (  # noqa: F401
 from qflume._onnx import cpu_count as _cpu_count  # noqa: F401
 from qflume._onnx import has_cuda as _has_cuda
 from qflume._onnx import quantizes_dynamically as _quantizes_dynamically  # noqa: F401
-from qflume.exceptions import InvalidInputError, ModelError
+from qflume.exceptions import InvalidInputError, InvalidTypeError, ModelError
 
 __all__ = ["Embedder", "model_fingerprint"]
 
@@ -225,7 +225,13 @@ class Embedder(OnnxModel):
         """Embed ``texts`` -> float32 array (len(texts), dim), in the caller's order."""
         if isinstance(texts, str):
             raise InvalidInputError("embed() takes a sequence of texts; use embed_query(text)")
-        out = np.empty((len(texts), self.dim), np.float32)
+        try:
+            n = len(texts)
+        except TypeError:
+            raise InvalidTypeError(
+                f"embed() takes a sequence of str, got {type(texts).__name__}"
+            ) from None
+        out = np.empty((n, self.dim), np.float32)
         if len(texts) == 0:
             return out
         self._check_texts(texts)
@@ -235,7 +241,7 @@ class Embedder(OnnxModel):
     def embed_query(self, text: str) -> np.ndarray:
         """Embed one text -> float32 array (dim,)."""
         if not isinstance(text, str):
-            raise InvalidInputError(f"query is {type(text).__name__}, not str")
+            raise InvalidTypeError(f"query is {type(text).__name__}, not str")
         vector: np.ndarray = self.embed([text])[0]
         return vector
 

@@ -6,6 +6,7 @@ __all__ = [
     "ConfigError",
     "DecodeError",
     "InvalidInputError",
+    "InvalidTypeError",
     "ModelError",
     "QflumeError",
     "QflumeIOError",
@@ -27,6 +28,12 @@ class QflumeError(Exception):
 
 class InvalidInputError(QflumeError, ValueError):
     """An argument or an input record that cannot be used; the message names it."""
+
+
+class InvalidTypeError(InvalidInputError, TypeError):
+    """An argument of the wrong type (a number where a list of str goes, a missing argument of a
+    pair). Also a ``TypeError``, which Python raises for the same mistake, as numpy's
+    ``AxisError`` is both a ``ValueError`` and an ``IndexError``."""
 
 
 class DecodeError(InvalidInputError):
@@ -56,7 +63,8 @@ class ModelError(QflumeError, RuntimeError):
 
 
 class QflumeIOError(QflumeError, OSError):
-    """A file or folder that cannot be read or written."""
+    """A file or folder that cannot be read or written, a port that cannot be bound, or
+    another resource the system refuses (worker threads)."""
 
 
 class SinkError(QflumeError, ConnectionError):
@@ -64,7 +72,8 @@ class SinkError(QflumeError, ConnectionError):
 
 
 class StateError(QflumeError, RuntimeError):
-    """The ingestion state is unusable."""
+    """The ingestion state is unusable, or an object is used in a state that forbids it:
+    after it finished or stopped, before it started, or from two threads at once."""
 
 
 class StateLockedError(StateError):
@@ -93,3 +102,11 @@ class RustPanicError(QflumeError, RuntimeError):
 def is_rust_panic(e: BaseException) -> bool:
     """Whether ``e`` is PyO3's PanicException (each Rust extension has its own class)."""
     return type(e).__name__ == "PanicException"
+
+
+def invalid_type_from(e: TypeError, where: str) -> InvalidTypeError:
+    """``e`` (a ``TypeError`` of an argument conversion, such as PyO3's) as an
+    ``InvalidTypeError`` that says where it happened, with the argument it names in a note."""
+    notes = [n.removeprefix("while processing ") for n in getattr(e, "__notes__", ())]
+    about = f" (argument {', '.join(notes)})" if notes else ""
+    return InvalidTypeError(f"{where}{about}: {e}")

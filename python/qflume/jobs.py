@@ -35,7 +35,7 @@ from typing import Any
 
 from qflume._sqlite import open_wal
 from qflume._validate import redact_url
-from qflume.exceptions import QflumeError, StateError, is_rust_panic
+from qflume.exceptions import InvalidInputError, QflumeError, StateError, is_rust_panic
 
 __all__ = [
     "BULK",
@@ -219,7 +219,7 @@ class JobQueue:
         on_failure: OnFailure | None = None,
     ) -> None:
         if max_queued is not None and max_queued < 1:
-            raise ValueError(f"max_queued must be >= 1 (or None), got {max_queued}")
+            raise InvalidInputError(f"max_queued must be >= 1 (or None), got {max_queued}")
         self.path = Path(path)
         self.max_queued = max_queued
         self.on_failure = on_failure
@@ -357,7 +357,9 @@ class JobQueue:
     ) -> Job:
         """Queue a job (written to the file before this returns)."""
         if kind not in self.runners:
-            raise ValueError(f"unknown job kind {kind!r}")
+            raise InvalidInputError(
+                f"unknown job kind {kind!r}: this queue runs {', '.join(sorted(self.runners))}"
+            )
         with self._cond:
             if self._stopping:
                 raise QueueClosedError(f"the job queue {self.path} is shutting down: no new jobs")

@@ -32,6 +32,8 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from qflume.exceptions import InvalidInputError
+
 __all__ = [
     "REGISTRY",
     "Metrics",
@@ -114,7 +116,9 @@ def _labels(labels: Mapping[str, Any]) -> LabelKey:
         if v is None:
             continue
         if not _NAME_RE.match(k):
-            raise ValueError(f"metric label {k!r} is not a valid name ([a-zA-Z_][a-zA-Z0-9_]*)")
+            raise InvalidInputError(
+                f"metric label {k!r} is not a valid name ([a-zA-Z_][a-zA-Z0-9_]*)"
+            )
         out.append((k, str(v)))
     return tuple(sorted(out))
 
@@ -124,7 +128,7 @@ class Metrics:
 
     def __init__(self, *, window: int = 2048, rate_window_s: float = 60.0) -> None:
         if window < 1:
-            raise ValueError(f"window must be >= 1, got {window}")
+            raise InvalidInputError(f"window must be >= 1, got {window}")
         self.window = window
         self.rate_window_s = float(rate_window_s)
         self._lock = threading.Lock()
@@ -151,7 +155,9 @@ class Metrics:
         with partial failures). Labels (e.g. ``stage="embed"``) make separate series.
         """
         if not _NAME_RE.match(op):
-            raise ValueError(f"operation name {op!r} is not a valid name ([a-zA-Z_][a-zA-Z0-9_]*)")
+            raise InvalidInputError(
+                f"operation name {op!r} is not a valid name ([a-zA-Z_][a-zA-Z0-9_]*)"
+            )
         key = (op, _labels(labels))
         now = time.monotonic()
         secs = max(0.0, float(seconds))
@@ -186,19 +192,23 @@ class Metrics:
     def gauge(self, name: str, value: float | None = None, **labels: Any) -> None:
         """Set gauge `name` (e.g. ``gauge("queue_depth", value=3, stage="embed")``)."""
         if value is None:
-            raise ValueError(f"gauge {name!r}: give a value")
+            raise InvalidInputError(f"gauge {name!r}: give a value")
         if not _NAME_RE.match(name):
-            raise ValueError(f"gauge name {name!r} is not a valid name ([a-zA-Z_][a-zA-Z0-9_]*)")
+            raise InvalidInputError(
+                f"gauge name {name!r} is not a valid name ([a-zA-Z_][a-zA-Z0-9_]*)"
+            )
         with self._lock:
             self._gauges[(name, _labels(labels))] = float(value)
 
     def inc(self, name: str, value: float = 1, **labels: Any) -> None:
         """Add `value` (>= 0) to counter `name` (exported as ``qflume_<name>_total``)."""
         if not _NAME_RE.match(name):
-            raise ValueError(f"counter name {name!r} is not a valid name ([a-zA-Z_][a-zA-Z0-9_]*)")
+            raise InvalidInputError(
+                f"counter name {name!r} is not a valid name ([a-zA-Z_][a-zA-Z0-9_]*)"
+            )
         v = float(value)
         if not v >= 0 or math.isinf(v):
-            raise ValueError(f"counter {name!r}: add a finite value >= 0, not {value!r}")
+            raise InvalidInputError(f"counter {name!r}: add a finite value >= 0, not {value!r}")
         key = (name, _labels(labels))
         with self._lock:
             self._counters[key] = self._counters.get(key, 0.0) + v

@@ -228,12 +228,13 @@ class PipelineFactory:
     def __call__(
         self, collection: str | None = None, *, server: Any = None, **options: Any
     ) -> Pipeline:
+        from qflume.exceptions import InvalidTypeError
         from qflume.pipeline import Pipeline
 
         name = collection or self.collection
         if server is not None:
             if "store" in options or "url" in options:
-                raise TypeError("qflume_pipeline: give server, or store / url, not both")
+                raise InvalidTypeError("qflume_pipeline: give server, or store / url, not both")
             options["url"] = str(server.url)
             options.setdefault("api_key", getattr(server, "api_key", None))
         if options.get("url") is not None:
@@ -326,16 +327,17 @@ class IngestBenchmark:
         warmup_rounds: int = 0,
         **kwargs: Any,
     ) -> IngestReport:
+        from qflume.exceptions import InvalidTypeError
         from qflume.pipeline import IngestReport
 
         if not callable(target):
-            raise TypeError(f"qflume_benchmark: target {target!r} is not callable")
+            raise InvalidTypeError(f"qflume_benchmark: target {target!r} is not callable")
         reports: list[IngestReport] = []
 
         def run(*a: Any, **kw: Any) -> IngestReport:
             report = target(*a, **kw)
             if not isinstance(report, IngestReport):
-                raise TypeError(
+                raise InvalidTypeError(
                     f"qflume_benchmark: {getattr(target, '__name__', target)!r} returned "
                     f"{type(report).__name__}, not an IngestReport"
                 )

@@ -45,6 +45,7 @@ from typing import Union
 
 from qflume import _core
 from qflume._core import SKIP_REASONS, FileEntry
+from qflume.exceptions import InvalidTypeError, invalid_type_from
 
 __all__ = ["SKIP_REASONS", "FileEntry", "read_text", "scan"]
 
@@ -57,10 +58,17 @@ def _str_list(what: str, value: str | Iterable[str] | None) -> list[str] | None:
         return None
     if isinstance(value, str):
         return [value]
-    items = list(value)
+    try:
+        items = list(value)
+    except TypeError:
+        raise InvalidTypeError(
+            f"scan: {what} must be a str or a list of str patterns, got {type(value).__name__}"
+        ) from None
     for item in items:
         if not isinstance(item, str):
-            raise TypeError(f"scan: {what} patterns must be str, got {type(item).__name__}")
+            raise InvalidTypeError(
+                f"scan: {what} patterns must be str, got {type(item).__name__} ({item!r})"
+            )
     return items
 
 
@@ -84,20 +92,33 @@ def scan(
     skipped as ``binary`` or ``not-utf8``: a document reader decodes them. Runs on qflume's
     thread pool (`qflume.set_threads`) with the GIL released.
     """
-    if isinstance(paths, (str, bytes, os.PathLike)):
-        paths = [paths]  # type: ignore[list-item]
-    roots = [os.fsdecode(p) for p in paths]  # type: ignore[union-attr]
-    return _core.scan(
-        roots,
-        include=_str_list("include", include),
-        exclude=_str_list("exclude", exclude),
-        max_file_size=max_file_size,
-        known=known,
-        follow_links=follow_links,
-        hidden=hidden,
-        ignore_files=ignore_files,
-        raw_extensions=_str_list("raw_extensions", raw_extensions),
-    )
+    many = [paths] if isinstance(paths, (str, bytes, os.PathLike)) else paths
+    try:
+        roots = [os.fsdecode(p) for p in many]
+    except TypeError:
+        raise InvalidTypeError(
+            "scan: paths must be a path or a list of paths (str or os.PathLike), got "
+            f"{type(paths).__name__}"
+        ) from None
+    # Checked before the call: the except below is for the core's own argument conversion.
+    inc, exc = _str_list("include", include), _str_list("exclude", exclude)
+    raw = _str_list("raw_extensions", raw_extensions)
+    try:
+        return _core.scan(
+            roots,
+            include=inc,
+            exclude=exc,
+            max_file_size=max_file_size,
+            known=known,
+            follow_links=follow_links,
+            hidden=hidden,
+            ignore_files=ignore_files,
+            raw_extensions=raw,
+        )
+    except InvalidTypeError:
+        raise
+    except TypeError as e:  # an option of the wrong type (PyO3 names it)
+        raise invalid_type_from(e, "scan") from None
 
 
 def read_text(path: StrPath) -> str:
@@ -105,4 +126,10 @@ def read_text(path: StrPath) -> str:
 
     Raises `DecodeError` (a ValueError) or `QflumeIOError` (an OSError), both naming the path.
     """
-    return _core.read_text(os.fspath(path))
+    try:
+        name = os.fspath(path)
+    except TypeError:
+        raise InvalidTypeError(
+            f"read_text: path must be a str or os.PathLike, got {type(path).__name__}"
+        ) from None
+    return _core.read_text(name)

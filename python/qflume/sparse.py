@@ -16,7 +16,7 @@ import numpy as np
 
 from qflume import _core
 from qflume._onnx import OnnxModel
-from qflume.exceptions import InvalidInputError, ModelError
+from qflume.exceptions import InvalidInputError, InvalidTypeError, ModelError, invalid_type_from
 from qflume.sinks.base import SparseBatch
 
 __all__ = ["Bm25", "Splade", "splade_fingerprint"]
@@ -24,7 +24,22 @@ __all__ = ["Bm25", "Splade", "splade_fingerprint"]
 
 def _texts(texts: str | Iterable[str]) -> list[str]:
     # A lone str is one text (as in FastEmbed), never a sequence of characters.
-    return [texts] if isinstance(texts, str) else list(texts)
+    if isinstance(texts, str):
+        return [texts]
+    try:
+        return list(texts)
+    except TypeError:
+        raise InvalidTypeError(
+            f"texts must be a str or an iterable of str, got {type(texts).__name__}"
+        ) from None
+
+
+def _not_str(texts: Sequence[object]) -> InvalidTypeError | None:
+    """The error naming the first text that is not a str (after the core refused the batch)."""
+    for i, t in enumerate(texts):
+        if not isinstance(t, str):
+            return InvalidTypeError(f"text {i} is {type(t).__name__}, not str")
+    return None
 
 
 def _batch(arrays: tuple[np.ndarray, np.ndarray, np.ndarray]) -> SparseBatch:
@@ -55,16 +70,33 @@ class Bm25:
         token_max_length: int = 40,
         threads: int | None = None,
     ) -> None:
-        words = None if stopwords is None else list(stopwords)
-        self._enc = _core.Bm25Encoder(
-            language=language,
-            k=k,
-            b=b,
-            avg_len=avg_len,
-            stopwords=words,
-            token_max_length=token_max_length,
-            threads=threads,
-        )
+        if not isinstance(language, str):
+            raise InvalidTypeError(f"Bm25: language must be a str, got {language!r}")
+        for name, number in (("k", k), ("b", b), ("avg_len", avg_len)):
+            if isinstance(number, bool) or not isinstance(number, (int, float)):
+                raise InvalidTypeError(f"Bm25: {name} must be a number, got {number!r}")
+        for name, count in (("token_max_length", token_max_length), ("threads", threads)):
+            if count is None and name == "threads":
+                continue
+            if isinstance(count, bool) or not isinstance(count, int):
+                raise InvalidTypeError(f"Bm25: {name} must be an int, got {count!r}")
+            if count < 0:
+                raise InvalidInputError(f"Bm25: {name} must be >= 0, got {count}")
+        words = None if stopwords is None else _texts(stopwords)
+        try:
+            self._enc = _core.Bm25Encoder(
+                language=language,
+                k=k,
+                b=b,
+                avg_len=avg_len,
+                stopwords=words,
+                token_max_length=token_max_length,
+                threads=threads,
+            )
+        except OverflowError as e:  # an int too large for the core
+            raise InvalidInputError(f"Bm25: {e}") from None
+        except TypeError as e:
+            raise invalid_type_from(e, "Bm25") from None
         custom = ""
         if words is not None:
             digest = hashlib.sha256("\n".join(sorted({w.lower() for w in words})).encode())
@@ -79,14 +111,24 @@ class Bm25:
 
     def embed(self, texts: str | Iterable[str]) -> SparseBatch:
         """Document vectors of `texts`."""
-        return _batch(self._enc.embed(_texts(texts)))
+        items = _texts(texts)
+        try:
+            return _batch(self._enc.embed(items))
+        except TypeError as e:  # checked only on failure: the hot path pays nothing
+            raise (_not_str(items) or invalid_type_from(e, "Bm25.embed")) from None
 
     def embed_query(self, texts: str | Iterable[str]) -> SparseBatch:
         """Query vectors of `texts`."""
-        return _batch(self._enc.embed_query(_texts(texts)))
+        items = _texts(texts)
+        try:
+            return _batch(self._enc.embed_query(items))
+        except TypeError as e:
+            raise (_not_str(items) or invalid_type_from(e, "Bm25.embed_query")) from None
 
     def tokens(self, text: str) -> list[str]:
         """The stems of `text` that get a weight, in order (for inspection)."""
+        if not isinstance(text, str):
+            raise InvalidTypeError(f"tokens() takes a str, got {type(text).__name__}")
         return self._enc.tokens(text)
 
     @staticmethod

@@ -25,7 +25,13 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from qflume.exceptions import StateCorruptError, StateError, StateLockedError, StoreBusyError
+from qflume.exceptions import (
+    InvalidInputError,
+    StateCorruptError,
+    StateError,
+    StateLockedError,
+    StoreBusyError,
+)
 from qflume.ids import HASH_LEN
 
 SCHEMA_VERSION = 1
@@ -735,7 +741,8 @@ class State:
                         mine = self._columns(db, "documents")
                         if rows == "import":
                             theirs = set(self._columns(db, "documents", "build"))
-                            src, where, args = "build.documents", "", ()
+                            args: tuple[int, ...] = ()
+                            src, where = "build.documents", ""
                         else:
                             theirs = set(self._columns(db, "version_documents"))
                             src, where, args = (
@@ -753,7 +760,9 @@ class State:
                                 "DELETE FROM version_documents WHERE version=?", (live.version,)
                             )
                     else:
-                        raise ValueError(f"switch_version: rows={rows!r}")
+                        raise InvalidInputError(
+                            f"switch_version: rows must be 'refingerprint', 'import' or 'archive', got {rows!r}"
+                        )
                     if old is not None:
                         self._put_version(db, old)
                     self._put_version(db, live)

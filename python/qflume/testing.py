@@ -28,6 +28,7 @@ with kill, freeze and restart, for tests against the production path.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -51,6 +52,7 @@ import qdrant_edge as qe
 from qdrant_client import grpc as qg
 
 from qflume import _testing_convert as cv
+from qflume.exceptions import InvalidInputError, QflumeIOError, SinkError, StateError
 
 if TYPE_CHECKING:  # pragma: no cover
     from qdrant_client import QdrantClient
@@ -744,7 +746,9 @@ class QdrantGrpcServer:
             want = self._port if self._port is not None else self._requested_port
             bound = server.add_insecure_port(f"{self.host}:{want}")
             if bound == 0:
-                raise OSError(f"QdrantGrpcServer: cannot listen on {self.host}:{want}")
+                raise QflumeIOError(
+                    f"QdrantGrpcServer: cannot listen on {self.host}:{want} (is the port taken?)"
+                )
             server.start()
             self._port = bound
             self._server = server
@@ -784,7 +788,7 @@ class QdrantGrpcServer:
     @property
     def port(self) -> int:
         if self._port is None:
-            raise RuntimeError("QdrantGrpcServer is not started: call start() or use `with`")
+            raise StateError("QdrantGrpcServer is not started: call start() or use `with`")
         return self._port
 
     @property
@@ -821,7 +825,7 @@ class QdrantGrpcServer:
         Faults queue up: each call consumes the first pending fault that matches it.
         """
         if n < 1:
-            raise ValueError(f"fail_next: n must be >= 1, got {n}")
+            raise InvalidInputError(f"fail_next: n must be >= 1, got {n}")
         names = None if methods is None else frozenset(_normalize(m) for m in methods)
         with self._lock:
             self._faults.append(
@@ -831,7 +835,7 @@ class QdrantGrpcServer:
     def set_latency(self, seconds: float, methods: Iterable[str] | None = None) -> None:
         """Delay every call (to `methods` only, if given) by `seconds` before it runs; 0 clears."""
         if seconds < 0:
-            raise ValueError(f"set_latency: seconds must be >= 0, got {seconds}")
+            raise InvalidInputError(f"set_latency: seconds must be >= 0, got {seconds}")
         with self._lock:
             self._latency = float(seconds)
             self._latency_methods = (
@@ -927,7 +931,9 @@ class QdrantServer:
     ) -> None:
         self.binary = Path(binary).resolve()
         if not self.binary.is_file() or not os.access(self.binary, os.X_OK):
-            raise FileNotFoundError(f"no executable qdrant server at {self.binary}")
+            raise QflumeIOError(
+                errno.ENOENT, f"no executable qdrant server at {self.binary}", str(self.binary)
+            )
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         if root is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="qflume-qdrant-server-")
@@ -998,7 +1004,7 @@ class QdrantServer:
                 time.sleep(0.1)
         tail = self.log.read_text(encoding="utf-8", errors="replace")[-2000:]
         self.stop()
-        raise RuntimeError(f"qdrant at {self.binary} did not become ready; its log ends:\n{tail}")
+        raise SinkError(f"qdrant at {self.binary} did not become ready; its log ends:\n{tail}")
 
     def freeze(self) -> None:
         """SIGSTOP: the server keeps its connections open and answers nothing."""
@@ -1033,7 +1039,7 @@ class QdrantServer:
 
     def _signal(self, sig: int) -> None:
         if self.proc is None or self.proc.poll() is not None:
-            raise RuntimeError("the qdrant server is not running")
+            raise StateError("the qdrant server is not running: start() it first")
         self.proc.send_signal(sig)
 
     def __enter__(self) -> QdrantServer:

@@ -5,11 +5,11 @@ use crate::core::chunk::{
 };
 use crate::core::hash::HASH_LEN;
 use crate::core::CoreError;
+use crate::py::error::{new_err, state_error};
 use crate::py::threads::{detach, detach_parallel, guarded};
 use crate::py::CoreErrorExt;
 use numpy::ndarray::Array2;
 use numpy::{IntoPyArray, PyArray1, PyArray2};
-use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
 use pyo3::pybacked::PyBackedStr;
 use pyo3::types::PyList;
@@ -263,7 +263,11 @@ impl ChunkFileIter {
         })?;
         let batch = next
             .map_err(|_| {
-                PyRuntimeError::new_err("chunk_file iterator is already in use by another thread")
+                new_err(
+                    state_error(py),
+                    "chunk_file iterator is already in use by another thread (iterate it from \
+                     one thread, or open one per thread)",
+                )
             })?
             .py_err(py)?;
         match batch {

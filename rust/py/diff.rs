@@ -2,20 +2,23 @@
 
 use crate::core::diff::{Digest, DocDiff, Hash, Row};
 use crate::core::hash::HASH_LEN;
+use crate::py::error::{new_err, shape_error, state_error};
 use crate::py::threads::guarded;
 use numpy::ndarray::Array2;
-use numpy::{IntoPyArray, PyArray1, PyArray2, PyReadonlyArray2};
-use pyo3::exceptions::{PyRuntimeError, PyValueError};
+use numpy::{IntoPyArray, PyArray1, PyArray2, PyReadonlyArray2, PyUntypedArrayMethods};
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 use std::sync::Mutex;
 
-fn fixed<const N: usize>(blob: &[u8], what: &str) -> PyResult<Vec<[u8; N]>> {
+fn fixed<const N: usize>(py: Python<'_>, blob: &[u8], what: &str) -> PyResult<Vec<[u8; N]>> {
     if blob.len() % N != 0 {
-        return Err(PyValueError::new_err(format!(
-            "{what}: {} bytes is not a whole number of {N}-byte entries",
-            blob.len()
-        )));
+        return Err(new_err(
+            shape_error(py),
+            format!(
+                "{what}: {} bytes is not a whole number of {N}-byte entries",
+                blob.len()
+            ),
+        ));
     }
     Ok(blob
         .chunks_exact(N)
@@ -27,8 +30,8 @@ fn fixed<const N: usize>(blob: &[u8], what: &str) -> PyResult<Vec<[u8; N]>> {
         .collect())
 }
 
-fn rows_of(blob: &[u8]) -> PyResult<Vec<Row>> {
-    Ok(fixed::<24>(blob, "prev_offsets")?
+fn rows_of(py: Python<'_>, blob: &[u8]) -> PyResult<Vec<Row>> {
+    Ok(fixed::<24>(py, blob, "prev_offsets")?
         .into_iter()
         .map(|r| {
             let f = |k: usize| {
@@ -65,15 +68,24 @@ pub struct PyDocDiffer {
     inner: Mutex<Option<DocDiff>>,
 }
 
+fn busy(py: Python<'_>) -> PyErr {
+    new_err(
+        state_error(py),
+        "DocDiffer is in use by another thread (one document's diff runs on one thread)",
+    )
+}
+
+fn finished(py: Python<'_>) -> PyErr {
+    new_err(
+        state_error(py),
+        "DocDiffer is finished: make a new one for the next document",
+    )
+}
+
 impl PyDocDiffer {
-    fn with<T>(&self, f: impl FnOnce(&mut DocDiff) -> T) -> PyResult<T> {
-        let mut g = self
-            .inner
-            .try_lock()
-            .map_err(|_| PyRuntimeError::new_err("DocDiffer is in use by another thread"))?;
-        let d = g
-            .as_mut()
-            .ok_or_else(|| PyRuntimeError::new_err("DocDiffer is finished"))?;
+    fn with<T>(&self, py: Python<'_>, f: impl FnOnce(&mut DocDiff) -> T) -> PyResult<T> {
+        let mut g = self.inner.try_lock().map_err(|_| busy(py))?;
+        let d = g.as_mut().ok_or_else(|| finished(py))?;
         Ok(f(d))
     }
 }
@@ -83,16 +95,17 @@ impl PyDocDiffer {
     #[new]
     #[pyo3(signature = (prev_chunks, prev_offsets, prev_meta, pending, resend_all))]
     fn new(
+        py: Python<'_>,
         prev_chunks: &[u8],
         prev_offsets: &[u8],
         prev_meta: &[u8],
         pending: &[u8],
         resend_all: bool,
     ) -> PyResult<Self> {
-        let chunks = fixed::<HASH_LEN>(prev_chunks, "prev_chunks")?;
-        let rows = rows_of(prev_offsets)?;
-        let digests = fixed::<8>(prev_meta, "prev_meta")?;
-        let pending = fixed::<HASH_LEN>(pending, "pending")?;
+        let chunks = fixed::<HASH_LEN>(py, prev_chunks, "prev_chunks")?;
+        let rows = rows_of(py, prev_offsets)?;
+        let digests = fixed::<8>(py, prev_meta, "prev_meta")?;
+        let pending = fixed::<HASH_LEN>(py, pending, "pending")?;
         Ok(Self {
             inner: Mutex::new(Some(DocDiff::new(
                 &chunks, &rows, &digests, &pending, resend_all,
@@ -111,32 +124,43 @@ impl PyDocDiffer {
         j0: i64,
         digests: Option<&[u8]>,
     ) -> PyResult<(Indices<'py>, Indices<'py>, Indices<'py>)> {
+        let contiguous = |what: &str| {
+            new_err(
+                shape_error(py),
+                format!("{what} must be a C-contiguous array (np.ascontiguousarray)"),
+            )
+        };
         let hs = hashes
             .as_slice()
-            .map_err(|_| PyValueError::new_err("hashes must be a C-contiguous (k, 16) array"))?;
+            .map_err(|_| contiguous("hashes (k, 16)"))?;
         let os = offsets
             .as_slice()
-            .map_err(|_| PyValueError::new_err("offsets must be a C-contiguous (k, 2) array"))?;
-        let hs = fixed::<HASH_LEN>(hs, "hashes")?;
+            .map_err(|_| contiguous("offsets (k, 2)"))?;
+        let hs = fixed::<HASH_LEN>(py, hs, "hashes")?;
         let spans: Vec<[i64; 2]> = os.chunks_exact(2).map(|c| [c[0], c[1]]).collect();
-        if spans.len() != hs.len() {
-            return Err(PyValueError::new_err(format!(
-                "{} hashes but {} offsets",
-                hs.len(),
-                spans.len()
-            )));
+        let (h, o) = (hashes.shape(), offsets.shape());
+        if h[1] != HASH_LEN || o[1] != 2 || h[0] != o[0] {
+            return Err(new_err(
+                shape_error(py),
+                format!(
+                    "hashes must have shape (k, {HASH_LEN}) and offsets (k, 2), got ({}, {}) and \
+                     ({}, {})",
+                    h[0], h[1], o[0], o[1]
+                ),
+            ));
         }
-        let dg: Option<Vec<Digest>> = digests.map(|d| fixed::<8>(d, "digests")).transpose()?;
+        let dg: Option<Vec<Digest>> = digests.map(|d| fixed::<8>(py, d, "digests")).transpose()?;
         if let Some(d) = &dg {
             if d.len() != hs.len() {
-                return Err(PyValueError::new_err(format!(
-                    "{} hashes but {} digests",
-                    hs.len(),
-                    d.len()
-                )));
+                return Err(new_err(
+                    shape_error(py),
+                    format!("{} hashes but {} digests", hs.len(), d.len()),
+                ));
             }
         }
-        let b = self.with(|d| guarded(py, || d.take(&hs, &spans, j0, dg.as_deref())))??;
+        let b = self.with(py, |d| {
+            guarded(py, || d.take(&hs, &spans, j0, dg.as_deref()))
+        })??;
         Ok((
             indices(py, b.send),
             indices(py, b.moved),
@@ -145,13 +169,13 @@ impl PyDocDiffer {
     }
 
     /// Distinct chunks taken so far.
-    fn count(&self) -> PyResult<usize> {
-        self.with(|d| d.count())
+    fn count(&self, py: Python<'_>) -> PyResult<usize> {
+        self.with(py, |d| d.count())
     }
 
     /// (n, 16) hashes taken that were not committed.
     fn uncommitted<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyArray2<u8>>> {
-        let v = self.with(|d| d.uncommitted())?;
+        let v = self.with(py, |d| d.uncommitted())?;
         Ok(hash_array(py, v))
     }
 
@@ -169,9 +193,9 @@ impl PyDocDiffer {
         let d = self
             .inner
             .try_lock()
-            .map_err(|_| PyRuntimeError::new_err("DocDiffer is in use by another thread"))?
+            .map_err(|_| busy(py))?
             .take()
-            .ok_or_else(|| PyRuntimeError::new_err("DocDiffer is finished"))?;
+            .ok_or_else(|| finished(py))?;
         let f = guarded(py, || d.finish())?;
         let rows: Vec<u8> = f.rows.iter().flat_map(|v| v.to_ne_bytes()).collect();
         let meta: &[u8] = if f.any_digest { &f.digests } else { &[] };

@@ -4,12 +4,13 @@ use super::error::shape_error;
 use crate::core::hash::{
     content_hash, point_id as core_point_id, point_ids as core_point_ids, uuid_string, HASH_LEN,
 };
+use crate::py::error::{arg, invalid_input, invalid_type, new_err};
 use crate::py::threads::detach;
 use crate::py::CoreErrorExt;
 use numpy::ndarray::Array2;
 use numpy::{IntoPyArray, PyArray2, PyReadonlyArray2};
-use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
+use pyo3::pybacked::{PyBackedBytes, PyBackedStr};
 use pyo3::types::{PyByteArray, PyBytes, PyMemoryView, PyString};
 
 /// Inputs under this size are hashed without releasing the GIL: the release
@@ -41,29 +42,38 @@ fn content_hash_of<'py>(
         let b = copied.cast::<PyBytes>()?;
         hash_slice(py, b.as_bytes())?
     } else {
-        return Err(PyTypeError::new_err(format!(
-            "content_hash expects str, bytes, bytearray or memoryview, not {}",
-            data.get_type().name()?
-        )));
+        return Err(new_err(
+            invalid_type(py),
+            format!(
+                "content_hash expects str, bytes, bytearray or memoryview, not {}",
+                data.get_type().name()?
+            ),
+        ));
     };
     Ok(PyBytes::new(py, &digest))
 }
 
-fn as_hash(chunk_hash: &[u8]) -> PyResult<&[u8; HASH_LEN]> {
+fn as_hash<'a>(py: Python<'_>, chunk_hash: &'a [u8]) -> PyResult<&'a [u8; HASH_LEN]> {
     chunk_hash.try_into().map_err(|_| {
-        PyValueError::new_err(format!(
-            "chunk_hash must be {HASH_LEN} bytes (a qflume content hash), got {}",
-            chunk_hash.len()
-        ))
+        new_err(
+            invalid_input(py),
+            format!(
+                "chunk_hash must be {HASH_LEN} bytes (a qflume content hash), got {}",
+                chunk_hash.len()
+            ),
+        )
     })
 }
 
 /// The point id (UUID text) of the chunk with `chunk_hash` in document `key`.
 #[pyfunction]
-fn point_id(key: &str, chunk_hash: &[u8]) -> PyResult<String> {
+fn point_id(key: &Bound<'_, PyAny>, chunk_hash: &Bound<'_, PyAny>) -> PyResult<String> {
+    let py = key.py();
+    let key: PyBackedStr = arg(key, "point_id: key", "str")?;
+    let chunk_hash: PyBackedBytes = arg(chunk_hash, "point_id: chunk_hash", "bytes")?;
     Ok(uuid_string(&core_point_id(
         key.as_bytes(),
-        as_hash(chunk_hash)?,
+        as_hash(py, &chunk_hash)?,
     )))
 }
 
@@ -75,12 +85,7 @@ fn point_ids<'py>(
     key: &str,
     hashes: &Bound<'py, PyAny>,
 ) -> PyResult<Bound<'py, PyArray2<u8>>> {
-    let shape = |msg: String| -> PyErr {
-        match shape_error(py) {
-            Ok(ty) => PyErr::from_type(ty.clone(), msg),
-            Err(e) => e,
-        }
-    };
+    let shape = |msg: String| -> PyErr { new_err(shape_error(py), msg) };
     let ids = if let Ok(b) = hashes.cast::<PyBytes>() {
         core_point_ids(key.as_bytes(), b.as_bytes())
     } else {

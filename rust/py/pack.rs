@@ -2,7 +2,7 @@
 //! payload dicts become `Value` trees under the GIL (once per document in the
 //! columnar form), and the encoding runs detached in qflume's pool.
 
-use super::error::shape_error;
+use super::error::{invalid_input, invalid_type, new_err, shape_error};
 use super::threads::{detach_parallel, guarded};
 use super::CoreErrorExt;
 use crate::core::hash::HASH_LEN;
@@ -12,7 +12,6 @@ use crate::core::pack::{
     CHUNK_KEYS, DEFAULT_MAX_BYTES, DEFAULT_MAX_POINTS, HARD_LIMIT_BYTES, METADATA_KEY, TEXT_KEY,
 };
 use numpy::{Element, PyReadonlyArray1, PyReadonlyArray2, PyUntypedArrayMethods};
-use pyo3::exceptions::PyTypeError;
 use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::pybacked::PyBackedStr;
@@ -23,10 +22,14 @@ use rayon::prelude::*;
 const MAX_DEPTH: usize = 64;
 
 fn err_shape(py: Python<'_>, msg: String) -> PyErr {
-    match shape_error(py) {
-        Ok(ty) => PyErr::from_type(ty.clone(), msg),
-        Err(e) => e,
-    }
+    new_err(shape_error(py), msg)
+}
+
+fn type_name(obj: &Bound<'_, PyAny>) -> String {
+    obj.get_type()
+        .name()
+        .map(|n| n.to_string())
+        .unwrap_or_default()
 }
 
 fn describe(obj: &Bound<'_, PyAny>) -> String {
@@ -78,20 +81,19 @@ fn array2<'py, T: Element>(
     })
 }
 
+fn not_contiguous(py: Python<'_>, name: &str) -> PyErr {
+    err_shape(
+        py,
+        format!("{name} must be C-contiguous (np.ascontiguousarray)"),
+    )
+}
+
 fn slice1<'a, T: Element>(a: &'a PyReadonlyArray1<'_, T>, name: &str) -> PyResult<&'a [T]> {
-    a.as_slice().map_err(|_| {
-        PyTypeError::new_err(format!(
-            "{name} must be C-contiguous (np.ascontiguousarray)"
-        ))
-    })
+    a.as_slice().map_err(|_| not_contiguous(a.py(), name))
 }
 
 fn slice2<'a, T: Element>(a: &'a PyReadonlyArray2<'_, T>, name: &str) -> PyResult<&'a [T]> {
-    a.as_slice().map_err(|_| {
-        PyTypeError::new_err(format!(
-            "{name} must be C-contiguous (np.ascontiguousarray)"
-        ))
-    })
+    a.as_slice().map_err(|_| not_contiguous(a.py(), name))
 }
 
 /// Borrows ids as n * 16 bytes, checking the (n, 16) shape.
@@ -222,14 +224,10 @@ fn mapping_fields(
         Err(_) => {
             owned = PyDict::new(obj.py());
             let items = obj.call_method0("items").map_err(|_| {
-                PyTypeError::new_err(format!(
-                    "{} must be a dict, got {}",
-                    what(),
-                    obj.get_type()
-                        .name()
-                        .map(|n| n.to_string())
-                        .unwrap_or_default()
-                ))
+                new_err(
+                    invalid_type(obj.py()),
+                    format!("{} must be a dict, got {}", what(), type_name(obj)),
+                )
             })?;
             owned.call_method1("update", (items,))?;
             &owned
@@ -253,7 +251,16 @@ fn mapping_fields(
 
 fn sequence_of_fields(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<Vec<Vec<(String, Value)>>> {
     let mut out = Vec::with_capacity(obj.len().unwrap_or(0));
-    for (i, item) in obj.try_iter()?.enumerate() {
+    let items = obj.try_iter().map_err(|_| {
+        new_err(
+            invalid_type(obj.py()),
+            format!(
+                "{what}s must be a sequence of dicts, got {}",
+                type_name(obj)
+            ),
+        )
+    })?;
+    for (i, item) in items.enumerate() {
         out.push(mapping_fields(&item?, &|| format!("{what} {i}"))?);
     }
     Ok(out)
@@ -284,11 +291,16 @@ fn to_list<'py>(py: Python<'py>, msgs: Vec<Vec<u8>>) -> PyResult<Bound<'py, PyLi
 }
 
 /// A required argument of the columnar payload form.
-fn need<'a, 'py>(o: Option<&'a Bound<'py, PyAny>>, name: &str) -> PyResult<&'a Bound<'py, PyAny>> {
+fn need<'a, 'py>(
+    py: Python<'py>,
+    o: Option<&'a Bound<'py, PyAny>>,
+    name: &str,
+) -> PyResult<&'a Bound<'py, PyAny>> {
     o.filter(|x| !x.is_none()).ok_or_else(|| {
-        PyTypeError::new_err(format!(
-            "texts needs {name} as well (the columnar payload form)"
-        ))
+        new_err(
+            invalid_type(py),
+            format!("texts needs {name} as well (the columnar payload form)"),
+        )
     })
 }
 
@@ -303,22 +315,38 @@ fn sparse_arrays<'py>(sparse: Option<&Bound<'py, PyAny>>) -> PyResult<Vec<Sparse
     let Some(sparse) = sparse else {
         return Ok(Vec::new());
     };
+    let py = sparse.py();
+    let not_a_mapping = || {
+        new_err(
+            invalid_type(py),
+            format!(
+                "sparse must be a dict of vector name -> SparseBatch, got {}",
+                type_name(sparse)
+            ),
+        )
+    };
+    let not_csr = |name: &str| {
+        new_err(
+            invalid_type(py),
+            format!("sparse[{name:?}] must be (indptr, indices, values) or a SparseBatch"),
+        )
+    };
     let mut out = Vec::new();
-    for item in sparse.call_method0("items")?.try_iter()? {
-        let (name, csr): (String, Bound<'py, PyAny>) = item?.extract()?;
+    let items = sparse
+        .call_method0("items")
+        .and_then(|i| i.try_iter())
+        .map_err(|_| not_a_mapping())?;
+    for item in items {
+        let (name, csr): (String, Bound<'py, PyAny>) =
+            item?.extract().map_err(|_| not_a_mapping())?;
         let (indptr, indices, values) = if let Ok(t) = csr.cast::<PyTuple>() {
             if t.len() != 3 {
-                return Err(PyTypeError::new_err(format!(
-                    "sparse[{name:?}] must be (indptr, indices, values) or a SparseBatch"
-                )));
+                return Err(not_csr(&name));
             }
             (t.get_item(0)?, t.get_item(1)?, t.get_item(2)?)
         } else {
-            (
-                csr.getattr("indptr")?,
-                csr.getattr("indices")?,
-                csr.getattr("values")?,
-            )
+            let field = |f: &str| csr.getattr(f).map_err(|_| not_csr(&name));
+            (field("indptr")?, field("indices")?, field("values")?)
         };
         out.push(SparseArrays {
             indptr: array1(&indptr, &format!("sparse[{name:?}].indptr"), "int64")?,
@@ -407,7 +435,8 @@ fn pack_upsert<'py>(
     let columns;
     let payload_mode = match (payloads.filter(|p| !p.is_none()), &texts) {
         (Some(_), Some(_)) => {
-            return Err(PyTypeError::new_err(
+            return Err(new_err(
+                invalid_type(py),
                 "give either payloads or the columnar texts/doc_metadata form, not both",
             ))
         }
@@ -417,14 +446,18 @@ fn pack_upsert<'py>(
         }
         (None, Some(t)) => {
             docs = sequence_of_fields(
-                need(doc_metadata, "doc_metadata")?,
+                need(py, doc_metadata, "doc_metadata")?,
                 "doc_metadata of document",
             )?;
-            let di = array1::<i64>(need(doc_index, "doc_index")?, "doc_index", "int64")?;
-            let ci = array1::<i64>(need(chunk_index, "chunk_index")?, "chunk_index", "int64")?;
-            let st = array1::<i64>(need(start, "start")?, "start", "int64")?;
-            let en = array1::<i64>(need(end, "end")?, "end", "int64")?;
-            let ch = array2::<u8>(need(chunk_hash, "chunk_hash")?, "chunk_hash", "uint8")?;
+            let di = array1::<i64>(need(py, doc_index, "doc_index")?, "doc_index", "int64")?;
+            let ci = array1::<i64>(
+                need(py, chunk_index, "chunk_index")?,
+                "chunk_index",
+                "int64",
+            )?;
+            let st = array1::<i64>(need(py, start, "start")?, "start", "int64")?;
+            let en = array1::<i64>(need(py, end, "end")?, "end", "int64")?;
+            let ch = array2::<u8>(need(py, chunk_hash, "chunk_hash")?, "chunk_hash", "uint8")?;
             columns = (di, ci, st, en, ch);
             Payloads::Chunks(ChunkColumns {
                 texts: t.as_slice(),
@@ -486,8 +519,12 @@ unsafe impl Send for RawTarget {}
 
 /// A new `bytes` object of `size` uninitialized bytes, and its buffer.
 fn uninit_bytes(py: Python<'_>, size: usize) -> PyResult<(Bound<'_, PyBytes>, RawTarget)> {
-    let len = ffi::Py_ssize_t::try_from(size)
-        .map_err(|_| PyTypeError::new_err(format!("message of {size} bytes is too large")))?;
+    let len = ffi::Py_ssize_t::try_from(size).map_err(|_| {
+        new_err(
+            invalid_input(py),
+            format!("message of {size} bytes is too large"),
+        )
+    })?;
     // SAFETY: PyBytes_FromStringAndSize(NULL, len) returns a new reference to
     // a bytes object with `len` uninitialized bytes (or NULL with an error
     // set); PyBytes_AsString returns its internal buffer, valid while the

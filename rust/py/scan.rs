@@ -1,11 +1,10 @@
 //! `scan`, `FileEntry` and `read_text` for Python.
 
-use super::error::CoreErrorExt;
+use super::error::{arg, invalid_type, new_err, CoreErrorExt};
 use super::threads::{detach, detach_parallel};
 use crate::core::hash::HASH_LEN;
 use crate::core::scan::{self as core_scan, Known, KnownMap, ScanEntry, ScanOptions, SkipReason};
 use crate::core::CoreError;
-use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
 use std::ffi::OsString;
@@ -79,15 +78,29 @@ impl FileEntry {
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
-        key: Bound<'_, PyString>,
-        path: Bound<'_, PyString>,
-        size: u64,
-        mtime_ns: i64,
-        hash: Option<Bound<'_, PyBytes>>,
-        skip: Option<Bound<'_, PyString>>,
-        detail: Option<Bound<'_, PyString>>,
+        key: &Bound<'_, PyAny>,
+        path: &Bound<'_, PyAny>,
+        size: &Bound<'_, PyAny>,
+        mtime_ns: &Bound<'_, PyAny>,
+        hash: Option<&Bound<'_, PyAny>>,
+        skip: Option<&Bound<'_, PyAny>>,
+        detail: Option<&Bound<'_, PyAny>>,
         unchanged: bool,
     ) -> PyResult<Self> {
+        // Converted here, not by PyO3, so that a wrong type is an InvalidTypeError naming it.
+        let key: Bound<'_, PyString> = arg(key, "FileEntry: key", "str")?;
+        let path: Bound<'_, PyString> = arg(path, "FileEntry: path", "str")?;
+        let size: u64 = arg(size, "FileEntry: size", "an int >= 0")?;
+        let mtime_ns: i64 = arg(mtime_ns, "FileEntry: mtime_ns", "an int")?;
+        let hash: Option<Bound<'_, PyBytes>> = hash
+            .map(|h| arg(h, "FileEntry: hash", "bytes or None"))
+            .transpose()?;
+        let skip: Option<Bound<'_, PyString>> = skip
+            .map(|s| arg(s, "FileEntry: skip", "str or None"))
+            .transpose()?;
+        let detail: Option<Bound<'_, PyString>> = detail
+            .map(|d| arg(d, "FileEntry: detail", "str or None"))
+            .transpose()?;
         if let Some(h) = &hash {
             if h.as_bytes().len() != HASH_LEN {
                 return Err(CoreError::InvalidArgument(format!(
@@ -227,13 +240,16 @@ fn known_map(py: Python<'_>, known: Option<&Bound<'_, PyAny>>) -> PyResult<Known
     }
     let mut add = |k: Bound<'_, PyAny>, v: Bound<'_, PyAny>| -> PyResult<()> {
         let key: OsString = k.extract().map_err(|_| {
-            PyTypeError::new_err(format!(
-                "known: keys must be str (scan keys), got {}",
-                k.get_type()
-                    .name()
-                    .map(|n| n.to_string())
-                    .unwrap_or_default()
-            ))
+            new_err(
+                invalid_type(py),
+                format!(
+                    "known: keys must be str (scan keys), got {}",
+                    k.get_type()
+                        .name()
+                        .map(|n| n.to_string())
+                        .unwrap_or_default()
+                ),
+            )
         })?;
         if let Some(v) = known_value(py, &k, &v)? {
             map.insert(key, v);
@@ -245,11 +261,16 @@ fn known_map(py: Python<'_>, known: Option<&Bound<'_, PyAny>>) -> PyResult<Known
             add(k, v)?;
         }
     } else {
-        let items = known.call_method0("items").map_err(|_| {
-            PyTypeError::new_err("known must be a mapping of key -> (size, mtime_ns, hash)")
-        })?;
-        for item in items.try_iter()? {
-            let (k, v): (Bound<'_, PyAny>, Bound<'_, PyAny>) = item?.extract()?;
+        let not_a_mapping = || {
+            new_err(
+                invalid_type(py),
+                "known must be a mapping of key -> (size, mtime_ns, hash)",
+            )
+        };
+        let items = known.call_method0("items").map_err(|_| not_a_mapping())?;
+        for item in items.try_iter().map_err(|_| not_a_mapping())? {
+            let (k, v): (Bound<'_, PyAny>, Bound<'_, PyAny>) =
+                item?.extract().map_err(|_| not_a_mapping())?;
             add(k, v)?;
         }
     }
@@ -314,7 +335,7 @@ fn read_text<'py>(py: Python<'py>, path: PathBuf) -> PyResult<Bound<'py, PyStrin
 /// only other capabilities produce.
 #[pyfunction]
 fn _raise_core_error(py: Python<'_>, kind: &str, input: &str) -> PyResult<()> {
-    let err = match kind {
+    let core = match kind {
         "invalid_argument" => CoreError::InvalidArgument(format!("{input}: bad argument")),
         "io" => CoreError::io(
             input,
@@ -330,12 +351,13 @@ fn _raise_core_error(py: Python<'_>, kind: &str, input: &str) -> PyResult<()> {
         },
         "shape" => CoreError::Shape(format!("{input}: 3 ids but 2 vectors")),
         other => {
-            return Err(PyTypeError::new_err(format!(
-                "unknown CoreError kind {other:?}"
-            )))
+            return Err(new_err(
+                invalid_type(py),
+                format!("unknown CoreError kind {other:?}"),
+            ))
         }
     };
-    Err(super::error::to_pyerr(py, err))
+    Err(super::error::to_pyerr(py, core))
 }
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {

@@ -1,7 +1,7 @@
 //! BM25 and SPLADE sparse vectors for Python: CSR out as three numpy arrays.
 
 use crate::core::sparse::{splade_pool as core_splade_pool, token_id, Bm25, Csr};
-use crate::py::error::CoreErrorExt;
+use crate::py::error::{new_err, shape_error, CoreErrorExt};
 use crate::py::threads::{detach_parallel, guarded};
 use numpy::{IntoPyArray, PyArray1, PyReadonlyArray2, PyReadonlyArray3, PyUntypedArrayMethods};
 use pyo3::prelude::*;
@@ -139,12 +139,16 @@ fn splade_pool<'py>(
 ) -> PyResult<CsrArrays<'py>> {
     let dims = logits.shape();
     let shape = (dims[0], dims[1], dims[2]);
-    let logits = logits.as_slice().map_err(|_| {
-        pyo3::exceptions::PyValueError::new_err("splade_pool: logits must be C-contiguous")
-    })?;
-    let mask = attention_mask.as_slice().map_err(|_| {
-        pyo3::exceptions::PyValueError::new_err("splade_pool: attention_mask must be C-contiguous")
-    })?;
+    let contiguous = |what: &str| {
+        new_err(
+            shape_error(py),
+            format!("splade_pool: {what} must be C-contiguous (np.ascontiguousarray)"),
+        )
+    };
+    let logits = logits.as_slice().map_err(|_| contiguous("logits"))?;
+    let mask = attention_mask
+        .as_slice()
+        .map_err(|_| contiguous("attention_mask"))?;
     let threads = threads.unwrap_or(0);
     let csr = detach_parallel(py, || {
         core_splade_pool(logits, mask, shape, top_k, threshold, threads)

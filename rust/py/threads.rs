@@ -8,8 +8,7 @@
 
 #![allow(dead_code)] // used by the parallel capabilities as they land
 
-use crate::py::error::rust_panic;
-use pyo3::exceptions::PyRuntimeError;
+use crate::py::error::{invalid_input, invalid_type, io_error, new_err, rust_panic};
 use pyo3::prelude::*;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, Mutex};
@@ -48,10 +47,7 @@ fn panic_error(py: Python<'_>, payload: Box<dyn std::any::Any + Send>) -> PyErr 
         "internal error in qflume's Rust core{at}: {what} (a bug: please report it with the \
          input that caused it; nothing was written by this call)"
     );
-    match rust_panic(py) {
-        Ok(ty) => PyErr::from_type(ty.clone(), msg),
-        Err(e) => e,
-    }
+    new_err(rust_panic(py), msg)
 }
 
 /// Runs `f` here (the GIL held): a panic becomes `RustPanicError`.
@@ -80,7 +76,7 @@ fn default_threads() -> usize {
         .unwrap_or(1)
 }
 
-pub(crate) fn pool() -> PyResult<Arc<rayon::ThreadPool>> {
+pub(crate) fn pool(py: Python<'_>) -> PyResult<Arc<rayon::ThreadPool>> {
     let wanted = get_threads();
     let pid = std::process::id();
     let mut guard = POOL.lock().unwrap_or_else(|p| p.into_inner());
@@ -95,7 +91,13 @@ pub(crate) fn pool() -> PyResult<Arc<rayon::ThreadPool>> {
         .build()
         .map(Arc::new)
         .map_err(|e| {
-            PyRuntimeError::new_err(format!("qflume: cannot start {wanted} worker threads: {e}"))
+            new_err(
+                io_error(py),
+                format!(
+                    "qflume cannot start {wanted} worker threads ({e}): set fewer with \
+                     qflume.set_threads(n) or free some"
+                ),
+            )
         })?;
     *guard = Some(Pool {
         pid,
@@ -111,7 +113,7 @@ pub(crate) fn detach_parallel<T: Send>(
     py: Python<'_>,
     f: impl FnOnce() -> T + Send,
 ) -> PyResult<T> {
-    let pool = pool()?;
+    let pool = pool(py)?;
     detach(py, || pool.install(f))
 }
 
@@ -131,16 +133,58 @@ fn _panic_for_test(py: Python<'_>, where_: &str) -> PyResult<()> {
                 }
             })
         }),
-        other => Err(pyo3::exceptions::PyValueError::new_err(format!(
-            "where_ must be here, detached or parallel, not {other:?}"
-        ))),
+        other => Err(new_err(
+            invalid_input(py),
+            format!("where_ must be here, detached or parallel, not {other:?}"),
+        )),
     }
+}
+
+/// More threads than any machine has cores: a pool this large would only exhaust memory
+/// while its threads start.
+const MAX_THREADS: i64 = 4096;
+
+fn too_many(n: &Bound<'_, PyAny>) -> PyErr {
+    new_err(
+        invalid_input(n.py()),
+        format!("set_threads: n = {n} is more than {MAX_THREADS} threads"),
+    )
 }
 
 /// Sets how many threads qflume's parallel work uses (0 = all cores).
 #[pyfunction]
-fn set_threads(n: usize) {
-    *WANTED.lock().unwrap_or_else(|p| p.into_inner()) = n;
+fn set_threads(n: &Bound<'_, PyAny>) -> PyResult<()> {
+    let py = n.py();
+    if n.is_instance_of::<pyo3::types::PyBool>() {
+        return Err(new_err(
+            invalid_type(py),
+            format!("set_threads: n must be an int (0 = all cores), not {n}"),
+        ));
+    }
+    let wanted = match n.extract::<i64>() {
+        Ok(v @ 0..=MAX_THREADS) => v as usize,
+        Ok(v @ ..0) => {
+            return Err(new_err(
+                invalid_input(py),
+                format!("set_threads: n must be >= 0 (0 = all cores), got {v}"),
+            ))
+        }
+        Ok(_) => return Err(too_many(n)),
+        Err(_) if n.is_instance_of::<pyo3::types::PyInt>() => return Err(too_many(n)),
+        Err(_) => {
+            let ty = n
+                .get_type()
+                .name()
+                .map(|t| t.to_string())
+                .unwrap_or_default();
+            return Err(new_err(
+                invalid_type(py),
+                format!("set_threads: n must be an int (0 = all cores), not {ty}"),
+            ));
+        }
+    };
+    *WANTED.lock().unwrap_or_else(|p| p.into_inner()) = wanted;
+    Ok(())
 }
 
 /// How many threads qflume's parallel work uses now.

@@ -9,7 +9,7 @@ the offset where each page starts.
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, overload
 
 from qflume.readers import Document, ReaderSkip
 
@@ -21,7 +21,7 @@ PAGE_SEP = "\n\n"
 
 # Line ends as "\n"; PDFium's markers (0x02 for a hyphen it added at a line end, U+FFFE/U+FFFF
 # for unknown glyphs) and other control characters dropped; tabs and form feeds kept as spaces.
-_TABLE = {c: None for c in range(32) if c not in (9, 10, 12, 13)}
+_TABLE: dict[int, str | None] = {c: None for c in range(32) if c not in (9, 10, 12, 13)}
 _TABLE.update({9: " ", 12: "\n", 13: "\n", 0xFFFE: None, 0xFFFF: None, 0x7F: None})
 
 
@@ -80,6 +80,12 @@ def no_text(pages: int) -> ReaderSkip:
     return ReaderSkip(
         "no-text", f"{pages} page{'s' * (pages != 1)} without a text layer (scanned images?)"
     )
+
+
+@overload
+def read(path: str, max_pages: None = None) -> Document: ...
+@overload
+def read(path: str, max_pages: int | None) -> Document | int: ...
 
 
 def read(path: str, max_pages: int | None = None) -> Document | int:

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
+from qflume.exceptions import InvalidInputError
 from qflume.readers import Document, ReaderSkip, read_builtin, run_plugin
 
 _LEN = struct.Struct("<Q")
@@ -45,7 +46,7 @@ def _task(op: str, args: tuple[Any, ...]) -> Any:
 
         path, lo, hi = args
         return pdf.read_window(path, lo, hi)
-    raise ValueError(f"unknown reader task {op!r}")
+    raise InvalidInputError(f"unknown reader task {op!r}")
 
 
 class _Worker:
