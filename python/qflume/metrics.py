@@ -492,6 +492,8 @@ def _expected_dim(target: Any) -> int | None:
     """The embedder's vector size, from the loaded embedder (``target.loaded_embedder``) or the
     model's config (no load)."""
     emb = getattr(target, "loaded_embedder", None)
+    if emb is None:  # until Pipeline and serve's search target name it publicly (the Collection)
+        emb = getattr(target, "_embedder", None)
     if emb is not None and getattr(emb, "dim", None):
         return int(emb.dim)
     import json
