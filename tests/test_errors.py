@@ -353,14 +353,7 @@ NO_BAD_CALL = {"ChunkBatch", "ProgressEvent", "get_threads"}
 
 # Bad calls still answered with a bare builtin, in modules whose owners are changing them now:
 # each is expected to fail until it is fixed (strict: a fix makes the test say so).
-PENDING = {
-    ("Pipeline", "collection=5"): "pipeline.py",
-    ("health", "target=None"): "metrics.py (health)",
-    ("ingest", "paths=5"): "pipeline.py",
-    ("ingest_records", "records=5"): "pipeline.py",
-    ("load_config", "explicit=5"): "config.py",
-    ("search", "target=None"): "search.py",
-}
+PENDING: dict[tuple[str, str], str] = {}  # (callable, bad call) -> the module that still errs
 
 
 def _bad_call_ids() -> list[Any]:
@@ -406,7 +399,7 @@ def test_a_bad_call_of_the_public_api_raises_a_qflume_error(
 
 ROOT = Path(__file__).resolve().parents[1]
 # Files still raising bare builtins (their owner is converting them): each must shrink to none.
-PENDING_FILES = {"python/qflume/ops.py"}
+PENDING_FILES: set[str] = set()  # modules still raising a bare builtin
 
 
 def test_no_module_raises_a_bare_builtin() -> None:

@@ -411,7 +411,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         for h in hits:
             snippet = " ".join(h.page_content.split())[:160]
             lines.append(
-                f"  {h.score:.4f}  {display(h.source)} [{h.start}:{h.end}]  {display(snippet)}"
+                f"  {h.score:.4f}  {display(h.source or '')} [{h.start}:{h.end}]  {display(snippet)}"
             )
     _print(out, args.json, "\n".join(lines))
     return 0

@@ -256,9 +256,9 @@ class Collection:
         """The model folder, without loading the model into ONNX Runtime."""
         if self._embedder is not None:
             return Path(self._embedder.model_path)
-        from qflume.embed import _has_cuda, _Spec
+        from qflume.embed import model_folder
 
-        return Path(_Spec(self.config.model, max_tokens=None, default_fp32=_has_cuda()).folder)
+        return model_folder(self.config.model)
 
     def model_id(self) -> str:
         """The embedding model's id, without loading the model when it is not loaded yet."""

@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from qflume._validate import display
-from qflume.exceptions import ConfigError, InvalidInputError
+from qflume.exceptions import ConfigError, InvalidInputError, InvalidTypeError
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -163,6 +163,8 @@ def find_config(
     """Which file holds the config, and under which table prefix: ``explicit`` (it must exist),
     else ./qflume.toml, else ./pyproject.toml when it has a ``[tool.qflume]`` table, else None."""
     if explicit is not None:
+        if not isinstance(explicit, (str, os.PathLike)):
+            raise InvalidTypeError(f"config file: a path, not {type(explicit).__name__}")
         path = Path(explicit)
         if not path.is_file():
             why = "is a folder" if path.is_dir() else "does not exist"

@@ -163,6 +163,12 @@ def model_fingerprint(
     return _Spec(model, max_tokens=max_tokens, default_fp32=_has_cuda()).model_id()
 
 
+def model_folder(model: str | os.PathLike[str] | None = None) -> Path:
+    """The folder ``Embedder(model)`` loads (the default model, or a weights folder, built into
+    the cache first if it is not there yet), without loading it into ONNX Runtime."""
+    return Path(_Spec(model, max_tokens=None, default_fp32=_has_cuda()).folder)
+
+
 class Embedder(OnnxModel):
     """Dense text embeddings from an ONNX model folder (default: all-MiniLM-L6-v2, built on first
     use: the int8 build, per-channel weights with the most sensitive MatMuls kept fp32, see

@@ -30,9 +30,14 @@ import time
 from collections import deque
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from qflume.exceptions import InvalidInputError
+from qflume.exceptions import InvalidInputError, InvalidTypeError
+
+if TYPE_CHECKING:
+    from qflume.collection import Collection
+    from qflume.pipeline import Pipeline
+    from qflume.sinks.base import Sink
 
 __all__ = [
     "REGISTRY",
@@ -488,17 +493,15 @@ def collection_info(sink: Any) -> dict[str, Any]:
     return {"exists": False} if info is None else info.as_dict()
 
 
-def _expected_dim(target: Any) -> int | None:
+def _expected_dim(target: Collection) -> int | None:
     """The embedder's vector size, from the loaded embedder (``target.loaded_embedder``) or the
     model's config (no load)."""
-    emb = getattr(target, "loaded_embedder", None)
-    if emb is None:  # until Pipeline and serve's search target name it publicly (the Collection)
-        emb = getattr(target, "_embedder", None)
+    emb = target.loaded_embedder
     if emb is not None and getattr(emb, "dim", None):
         return int(emb.dim)
     import json
 
-    model = getattr(target, "model", None)
+    model = target.model
     try:
         if model is None:
             from qflume.model import default_source
@@ -539,7 +542,7 @@ ALERT_WEIGHTS = {"low": 0, "medium": 5, "high": 15, "critical": 30}
 
 
 def health(
-    target: Any,
+    target: Collection | Sink,
     *,
     max_rss: int | None = None,
     min_free_ratio: float = 0.05,
@@ -564,8 +567,17 @@ def health(
     def problem(code: str, message: str) -> None:
         problems.append({"code": code, "message": message})
 
+    from qflume.collection import Collection
+    from qflume.sinks.base import Sink
+
     checks: dict[str, Any] = {}
-    sink = getattr(target, "sink", target)
+    col = target if isinstance(target, Collection) else None
+    if col is None and not isinstance(target, Sink):
+        raise InvalidTypeError(
+            f"health() takes a Collection (a Pipeline) or a Sink, not {type(target).__name__}"
+        )
+    sink = col.sink if col is not None else target
+    assert isinstance(sink, Sink)
     points: int | None = None
     try:
         points = int(sink.count())
@@ -578,7 +590,7 @@ def health(
             have = collection_info(sink).get("vector_size")
         except Exception:
             have = None
-        want = _expected_dim(target) if hasattr(target, "state") else None
+        want = _expected_dim(col) if col is not None else None
         checks["vector_size"] = {"collection": have, "embedder": want}
         if have is not None and want is not None and have != want:
             problem(
@@ -588,7 +600,7 @@ def health(
                 "collection",
             )
 
-    state = getattr(target, "state", None)
+    state = col.state if col is not None else None
     if state is not None:
         try:
             st = state.stats()
@@ -614,9 +626,7 @@ def health(
         except Exception as e:
             problem("state_behind", f"cannot read the state {state.path}: {e}")
 
-    folder = getattr(target, "store", None) or getattr(
-        getattr(target, "state_path", None), "parent", None
-    )
+    folder = None if col is None else (col.store or col.state_path.parent)
     if folder is not None:
         path = Path(folder)
         while not path.exists() and path != path.parent:
@@ -636,8 +646,7 @@ def health(
             problem("disk_near_full", f"cannot check free space of {path}: {e}")
 
     rss = rss_bytes()
-    config = getattr(target, "config", None)
-    budget = memory_budget(max_rss or getattr(config, "max_memory", None))
+    budget = memory_budget(max_rss or (col.config.max_memory if col is not None else None))
     checks["memory"] = {"rss_bytes": rss, "budget_bytes": budget}
     if budget is not None and rss > budget:
         problem(
@@ -665,7 +674,7 @@ def health(
     }
 
 
-def status_report(target: Any, *, registry: Metrics | None = None) -> dict[str, Any]:
+def status_report(target: Pipeline, *, registry: Metrics | None = None) -> dict[str, Any]:
     """What `qflume status` prints: the pipeline's status, the collection's figures (storage
     included), the cache, health (with its score, problems and alerts), the alerts active now in
     this process and those of the last run, and the operation metrics of this process."""
@@ -674,13 +683,14 @@ def status_report(target: Any, *, registry: Metrics | None = None) -> dict[str, 
         out.update(target.status())
     except Exception as e:
         out["status_error"] = str(e)
-    sink = getattr(target, "sink", target)
+    sink = target.sink
     try:
         out["collection_info"] = collection_info(sink)
     except Exception as e:
         out["collection_info"] = {"error": str(e)}
     out["health"] = health(target)
-    last = out.get("last_run") if isinstance(out.get("last_run"), dict) else {}
+    last = out.get("last_run")
+    last = last if isinstance(last, dict) else {}
     out["alerts"] = {"active": out["health"]["alerts"], "last_run": last.get("alerts", [])}
     out["metrics"] = (registry or REGISTRY).to_json()
     return out

@@ -19,13 +19,17 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from qflume import ids as qids
 from qflume import payload as layout
-from qflume.exceptions import InvalidInputError, QflumeError
+from qflume.exceptions import InvalidInputError, InvalidTypeError, QflumeError
 from qflume.filters import normalize as normalize_filter
 from qflume.sinks.base import PointRecord, Sink
+
+if TYPE_CHECKING:
+    from qflume.collection import Collection
+    from qflume.state import State
 
 __all__ = ["ERROR_TYPES", "MANAGED_FIELDS", "delete", "update_payload"]
 
@@ -53,16 +57,17 @@ def _lock_for(sink: Any) -> threading.RLock:
         return lock
 
 
-def _parts(target: Any) -> tuple[Sink, Any]:
-    """(sink, state or None) of a Pipeline-like target or a bare Sink."""
+def _parts(target: Collection | Sink) -> tuple[Sink, State | None]:
+    """(sink, state or None) of a Collection (a Pipeline) or a bare Sink."""
+    from qflume.collection import Collection
+
     if isinstance(target, Sink):
         return target, None
-    sink = getattr(target, "sink", None)
-    if sink is None:
-        raise InvalidInputError(
-            f"target must be a qflume Pipeline or Sink, not {type(target).__name__}"
+    if not isinstance(target, Collection):
+        raise InvalidTypeError(
+            f"target must be a qflume Pipeline or Sink (or a Collection), not {type(target).__name__}"
         )
-    return sink, getattr(target, "state", None)
+    return target.sink, target.state
 
 
 def _observe(op: str, seconds: float, items: int, errors: int) -> None:
@@ -251,7 +256,7 @@ def _retrieve(sink: Sink, ids: Sequence[str]) -> dict[str, PointRecord]:
 
 
 def update_payload(
-    target: Any,
+    target: Collection | Sink,
     updates: Iterable[Mapping[str, Any]],
     *,
     now: Callable[[], float] = time.time,
@@ -445,7 +450,7 @@ def _forget_points(state: Any, records: Iterable[PointRecord]) -> None:
 
 
 def delete(
-    target: Any,
+    target: Collection | Sink,
     *,
     ids: Sequence[Any] | None = None,
     sources: Sequence[str] | None = None,

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from qflume.collection import Collection
-from qflume.exceptions import InvalidInputError, QflumeError, QflumeIOError
+from qflume.exceptions import InvalidInputError, InvalidTypeError, QflumeError, QflumeIOError
 from qflume.progress import Progress, ProgressEvent, resolve_interval, resolve_mode
 from qflume.report import IngestReport, StageStats
 from qflume.runner import Planner, run_local
@@ -110,6 +110,12 @@ class Pipeline(Collection):
         """Bring the collection in line with the files under `paths`."""
         if isinstance(paths, (str, os.PathLike)):
             paths = [paths]
+        if not isinstance(paths, Sequence) or not all(
+            isinstance(p, (str, os.PathLike)) for p in paths
+        ):
+            raise InvalidTypeError(
+                f"ingest() takes a path or a list of paths, not {type(paths).__name__}"
+            )
         roots = [str(Path(p).resolve()) for p in paths]
         for r in roots:
             if not os.path.exists(r):
@@ -126,6 +132,10 @@ class Pipeline(Collection):
         dry_run: bool = False,
     ) -> IngestReport:
         """Ingest {"id", "text", "metadata"} records, keyed by id (same semantics as files)."""
+        if not isinstance(records, Iterable) or isinstance(records, (str, bytes, Mapping)):
+            raise InvalidTypeError(
+                f"ingest_records() takes an iterable of records, not {type(records).__name__}"
+            )
         return self._run(lambda run: plan_records(self, run, records, delete_missing), dry_run)
 
     def new_run(self, dry_run: bool = False) -> Run:

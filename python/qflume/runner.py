@@ -122,7 +122,11 @@ def _install_sigint(run: Run) -> Callable[[], None]:
         old = signal.signal(signal.SIGINT, handler)
     except ValueError:
         return lambda: None
-    return lambda: signal.signal(signal.SIGINT, old)
+
+    def restore() -> None:
+        signal.signal(signal.SIGINT, old)
+
+    return restore
 
 
 def _dry(col: Collection, planner: Planner, run: Run) -> None:

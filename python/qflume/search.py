@@ -5,16 +5,19 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from qflume import metrics
 from qflume import payload as layout
 from qflume._validate import printable, text_problem
-from qflume.exceptions import InvalidInputError
+from qflume.exceptions import InvalidInputError, InvalidTypeError
 from qflume.filters import normalize as normalize_filter
 from qflume.sinks.base import FUSIONS, QueryRequest, ScoredPoint
+
+if TYPE_CHECKING:
+    from qflume.collection import Collection
 
 MODES = ("dense", "sparse", "hybrid")
 # Hybrid: how the dense and the sparse candidate lists are merged on the server, and how many
@@ -75,7 +78,7 @@ def _hit(p: ScoredPoint) -> Hit:
 
 
 def search(
-    target: Any,
+    target: Collection,
     queries: Sequence[str],
     *,
     limit: int = 10,
@@ -90,6 +93,12 @@ def search(
     prefetch on the server with `fusion`: "dbsf"
     (distribution-based score fusion, the default) or "rrf" (reciprocal rank fusion).
     """
+    from qflume.collection import Collection
+
+    if not isinstance(target, Collection):
+        raise InvalidTypeError(
+            f"search() takes a Collection (a Pipeline), not {type(target).__name__}"
+        )
     if isinstance(queries, str):
         raise InvalidInputError("search() takes a list of queries")
     if mode not in MODES:

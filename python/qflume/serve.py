@@ -214,7 +214,7 @@ class _EmbedderView:
         return out
 
     def embed_query(self, text: str) -> np.ndarray:
-        return self.embed([text])[0]
+        return np.asarray(self.embed([text])[0])
 
     @property
     def loaded(self) -> bool:
@@ -1132,9 +1132,9 @@ class _Guard:
         status = 500
         if not self._authorized(scope):
             status = 401
-            refusal = _error(401, "missing or wrong bearer token (Authorization: Bearer <token>)")
-            refusal.headers["WWW-Authenticate"] = "Bearer"
-            await refusal(scope, receive, send)
+            denied = _error(401, "missing or wrong bearer token (Authorization: Bearer <token>)")
+            denied.headers["WWW-Authenticate"] = "Bearer"
+            await denied(scope, receive, send)
             return
 
         async def send_wrapper(message: Message) -> None:

@@ -130,6 +130,12 @@ class PipelineConfig:
     # -- derived settings ---------------------------------------------------------------------
 
     @property
+    def file_size_limit(self) -> int:
+        """``max_file_size`` as resolved (bytes; files over it are skipped as too-large)."""
+        assert self.max_file_size is not None  # __post_init__ resolved it
+        return self.max_file_size
+
+    @property
     def sparse_kind(self) -> str:
         """``none``, ``bm25`` or ``splade``."""
         return self.sparse or "none"

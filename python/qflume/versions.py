@@ -51,8 +51,8 @@ import numpy as np
 
 from qflume import payload
 from qflume.exceptions import InvalidInputError, StateLockedError, VersionError
-from qflume.ids import id_array
-from qflume.state import HASH_LEN, DocState, PointSpool, ReindexLock, State, VersionRow
+from qflume.ids import HASH_LEN, id_array
+from qflume.state import DocState, PointSpool, ReindexLock, State, VersionRow
 
 if TYPE_CHECKING:  # pragma: no cover
     from qflume.collection import Collection
@@ -384,9 +384,9 @@ def _open(
 
     if not collection or "/" in collection or collection.startswith("."):
         raise InvalidInputError(f"collection name {collection!r} is not usable")
-    if _VERSION_RE.match(collection):
+    if m := _VERSION_RE.match(collection):
         raise InvalidInputError(
-            f"collection {collection!r} is a version of {_VERSION_RE.match(collection)['base']!r} "
+            f"collection {collection!r} is a version of {m['base']!r} "
             "(names ending in __vN are versions): give the collection's own name"
         )
     if store is not None and url is not None:
@@ -1505,7 +1505,7 @@ def _copy_plain(ctx: _Ctx, name: str) -> int:
     src = ctx.target.sink(ctx.collection)
     dst = ctx.target.sink(name)
     try:
-        spec = src.collection_spec()  # type: ignore[attr-defined]
+        spec = src.collection_spec()
         if spec is None:
             raise VersionError(f"collection {ctx.collection!r} has no default dense vector: "
                                "qflume did not make it")  # fmt: skip
@@ -1518,7 +1518,8 @@ def _copy_plain(ctx: _Ctx, name: str) -> int:
         def send() -> None:
             sp = {k: _csr([s.get(k, ([], [])) for s in sparse]) for k in spec.sparse} or None
             dst.upsert(ids, np.stack(dense), payloads, sparse=sp)
-            ids.clear(), payloads.clear(), dense.clear(), sparse.clear()
+            for part in (ids, payloads, dense, sparse):
+                part.clear()
 
         n = 0
         for r in src.scroll(with_payload=True, with_vectors=True, batch=256):

@@ -127,7 +127,7 @@ class _Pending:
     __slots__ = ("attempt", "done_at", "future", "kind", "method", "points", "request", "sent_at")
 
     def __init__(
-        self, kind: str, method: str, request: bytes, points: int, future: grpc.Future
+        self, kind: str, method: str, request: bytes, points: int, future: grpc.Future[Any]
     ) -> None:
         self.kind = kind
         self.method = method
@@ -302,7 +302,7 @@ class GrpcSink(Sink):
             self._channel = grpc.insecure_channel(target, options=options)
         self.meter = RpcMeter()  # bytes each way, failures by code, per-call metrics
         self._channel = grpc.intercept_channel(self._channel, self.meter)
-        self._methods: dict[str, grpc.UnaryUnaryMultiCallable] = {}
+        self._methods: dict[str, grpc.UnaryUnaryMultiCallable[Any, Any]] = {}
         self._pending: deque[_Pending] = deque()
         self._dirty = False  # updates sent since the last barrier
         self._dim: int | None = None
@@ -330,7 +330,7 @@ class GrpcSink(Sink):
 
     # --- plumbing ------------------------------------------------------------------------------
 
-    def _method(self, path: str, response: Any) -> grpc.UnaryUnaryMultiCallable:
+    def _method(self, path: str, response: Any) -> grpc.UnaryUnaryMultiCallable[Any, Any]:
         m = self._methods.get(path)
         if m is None:
             # request_serializer=None: requests are already serialized bytes.

@@ -20,7 +20,7 @@ import grpc
 __all__ = ["RpcMeter"]
 
 
-class RpcMeter(grpc.UnaryUnaryClientInterceptor):  # type: ignore[misc]
+class RpcMeter(grpc.UnaryUnaryClientInterceptor):
     """Counts the traffic of the channels it intercepts (thread-safe)."""
 
     def __init__(self, registry: Any = None) -> None:

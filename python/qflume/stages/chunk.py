@@ -151,14 +151,15 @@ def chunk_docs(chunking: Chunking, docs: list[Doc], run: Run) -> Batch:
     ok: list[Doc] = []
     for d in docs:
         if d.text is None:
+            assert d.path is not None  # a record carries its text
             try:
                 d.text = read_text(d.path)
             except (QflumeError, OSError) as e:
                 run.skip(d.key, f"unreadable: {e}", size=d.size)
                 continue
         if d.path is not None and d.reader is None and d.key.lower().endswith(_MARKDOWN_EXT):
-            st = ChunkMeta(headings=heading_index(d.text))
-            d.structure = st if st else None
+            found = ChunkMeta(headings=heading_index(d.text))
+            d.structure = found if found else None
         ok.append(d)
         first_seg.append(len(texts))
         cuts = d.segments or [0]
@@ -205,7 +206,7 @@ def chunk_docs(chunking: Chunking, docs: list[Doc], run: Run) -> Batch:
     if sel:
         s = np.asarray(sel, np.int64)
         out.texts = [
-            ok[i].text[int(offsets[k, 0]) : int(offsets[k, 1])]  # type: ignore[index]
+            str(ok[i].text)[int(offsets[k, 0]) : int(offsets[k, 1])]
             for k, i in zip(s, doc_of(indptr, s), strict=True)
         ]
         out.hashes = hashes[s]

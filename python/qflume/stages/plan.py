@@ -78,7 +78,7 @@ def plan_files(
             include=include,
             exclude=exclude,
             known=_known(col, root),
-            max_file_size=col.config.max_file_size,
+            max_file_size=col.config.file_size_limit,
             raw_extensions=col.readers.extensions(),
         )
         report.documents_seen += len(entries)

@@ -180,9 +180,9 @@ def write_batches(col: Collection, run: Run, batches: Iterable[Batch]) -> None:
     finally:
         stats.cpu_s += time.thread_time() - cpu
         after = _counters(sink)
-        report.retried += after["retried"] - before["retried"]
-        report.spooled_requests += after["spooled"] - before["spooled"]
-        report.outages += after["outages"] - before["outages"]
+        report.retried += int(after["retried"] - before["retried"])
+        report.spooled_requests += int(after["spooled"] - before["spooled"])
+        report.outages += int(after["outages"] - before["outages"])
         report.outage_s += after["outage_s"] - before["outage_s"]
         if traffic is not None:
             now = _traffic(sink)
