@@ -51,7 +51,7 @@ import numpy as np
 
 from qflume import payload
 from qflume.exceptions import InvalidInputError, StateLockedError, VersionError
-from qflume.ids import HASH_LEN, id_array
+from qflume.ids import HASH_LEN, id_array, id_strings, point_ids, split_hashes
 from qflume.state import DocState, PointSpool, ReindexLock, State, VersionRow
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -544,14 +544,12 @@ def _digest(d: DocState) -> bytes:
     return h.digest()
 
 
-def _split(blob: bytes) -> list[bytes]:
-    return [blob[i : i + HASH_LEN] for i in range(0, len(blob), HASH_LEN)]
+_split = split_hashes
 
 
 def _ids(key: str, hashes: Sequence[bytes]) -> list[str]:
-    from qflume._core import point_id
-
-    return [point_id(key, h) for h in hashes]
+    blob = b"".join(hashes)
+    return id_strings(point_ids(key, blob)) if blob else []
 
 
 def _id_bytes(ids: Sequence[str]) -> np.ndarray:

@@ -17,7 +17,7 @@ import numpy as np
 import numpy.typing as npt
 
 from qflume._core import DocDiffer
-from qflume.ids import HASH_LEN, point_id
+from qflume.ids import HASH_LEN, id_strings, point_id, point_ids
 from qflume.payload import chunk_metadata, moved_fields
 from qflume.readers.meta import ChunkMeta
 from qflume.sinks.base import SparseBatch
@@ -139,7 +139,7 @@ class DocDiff:
         d = self.doc
         self._count = self._diff.count()
         chunks, rows, chunk_meta, lost = self._diff.finish()
-        self.plan.lost_ids = [point_id(d.key, h.tobytes()) for h in lost]
+        self.plan.lost_ids = _ids_of(d.key, lost)
         self.plan.upsert_hashes = bytes(self.upsert)
         self.upsert = bytearray()
         self.plan.update = DocUpdate(
@@ -159,7 +159,7 @@ class DocDiff:
     def abandon(self) -> None:
         """The document could not be read to its end: take back what was sent of it (points
         that were not in its committed version) and keep its state row as it was."""
-        self.plan.lost_ids = [point_id(self.doc.key, h.tobytes()) for h in self._diff.uncommitted()]
+        self.plan.lost_ids = _ids_of(self.doc.key, self._diff.uncommitted())
         self.plan.moved = []
         self.plan.restated = []
         self.plan.update = None
@@ -220,6 +220,13 @@ def empty_batch() -> Batch:
     z = np.zeros(0, np.int64)
     h = np.zeros((0, HASH_LEN), np.uint8)
     return Batch([], [], h, h, z, z, z, z)
+
+
+def _ids_of(key: str, hashes: npt.NDArray[np.uint8]) -> list[str]:
+    """The point ids (UUID text) of document ``key``'s chunks of (k, 16) ``hashes``, at once."""
+    if not len(hashes):
+        return []
+    return id_strings(point_ids(key, np.ascontiguousarray(hashes, np.uint8)))
 
 
 def doc_of(indptr: npt.NDArray[np.int64], rows: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:

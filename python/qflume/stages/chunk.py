@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from qflume._core import point_id
 from qflume.exceptions import QflumeError
+from qflume.ids import id_strings, point_ids
 from qflume.readers import ReaderSkip
 from qflume.readers.meta import ChunkMeta, heading_index
 from qflume.report import record
@@ -91,7 +91,8 @@ def group_planned(
     for item in items:
         if isinstance(item, tuple):
             _, key, prev = item
-            u.deleted.append((key, [point_id(key, h) for h in sorted(prev.possibly_present())]))
+            hashes = b"".join(sorted(prev.possibly_present()))
+            u.deleted.append((key, id_strings(point_ids(key, hashes)) if hashes else []))
             run.report.documents_deleted += 1
         elif item.pages_total or (
             item.text is None and item.path is not None and item.size > stream_bytes

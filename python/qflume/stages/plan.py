@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from qflume._core import content_hash
 from qflume._validate import metadata_problem, printable, text_problem
+from qflume.payload import SOURCE
 from qflume.stages.batch import RECORDS_ROOT, RECOVERED_ROOT, Doc
 from qflume.stages.context import Run
 from qflume.state import DocState
@@ -129,7 +130,7 @@ def _diff_files(col: Collection, run: Run, root: str, entries: list[Any]) -> Ite
         if p is not None and p.root != root and _still_there(p.root, e.key, e.path):
             run.skip(e.key, _conflict(e.key, p.root, root), size=e.size)
             continue
-        meta = {"source": e.key}
+        meta = {SOURCE: e.key}
         meta_json = json.dumps(meta, sort_keys=True, ensure_ascii=False)
         reader = col.readers.get(e.path)
         if p is not None and p.content_hash == e.hash and not p.pending:
@@ -246,7 +247,7 @@ def _checked_record(i: int, rec: Any) -> tuple[str, str, dict[str, Any], str, by
     bad = metadata_problem(meta)
     if bad:
         raise _Skip(key, f"record {key!r}: {bad}")
-    meta = {**meta, "source": key}
+    meta = {**meta, SOURCE: key}
     try:
         meta_json = json.dumps(meta, sort_keys=True, ensure_ascii=False, allow_nan=False)
     except (TypeError, ValueError, RecursionError) as e:

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from qflume._validate import metadata_problem
+from qflume.payload import SOURCE
 from qflume.readers import Document, ReaderSkip
 from qflume.readers.meta import ChunkMeta, heading_index
 from qflume.stages.batch import Doc
@@ -99,7 +100,7 @@ def _use_document(d: Doc, doc: Document) -> tuple[str, str] | None:
     meta = dict(doc.metadata or {})
     if meta and (bad := metadata_problem(meta)):
         return ("unreadable", f"the reader's metadata: {bad}")
-    meta["source"] = d.key
+    meta[SOURCE] = d.key
     try:
         meta_json = json.dumps(meta, sort_keys=True, ensure_ascii=False, allow_nan=False)
     except (TypeError, ValueError, RecursionError) as e:

@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
+from qflume.payload import METADATA
 from qflume.report import record
 from qflume.sinks.base import PointBatch, Sink
 from qflume.stages.batch import Batch
@@ -61,9 +62,9 @@ def send_slice(sink: Sink, batch: Batch) -> tuple[int, int, int]:
     if lost:
         sink.delete(lost)
     moved = [item for p in batch.plans for item in p.moved]
-    sink.set_payloads(moved, key="metadata")
+    sink.set_payloads(moved, key=METADATA)
     # the whole metadata: a page key may go
-    restated = [(pid, {"metadata": m}) for p in batch.plans for pid, m in p.restated]
+    restated = [(pid, {METADATA: m}) for p in batch.plans for pid, m in p.restated]
     sink.set_payloads(restated)
     return n, len(lost), len(moved) + len(restated)
 
