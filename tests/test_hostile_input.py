@@ -24,11 +24,6 @@ from qflume import _validate
 from qflume.pipeline import Pipeline
 
 
-@pytest.fixture(scope="module")
-def embedder():
-    return qflume.Embedder()
-
-
 def _nested(depth: int) -> dict[str, Any]:
     value: dict[str, Any] = {"leaf": 1}
     for _ in range(depth - 1):

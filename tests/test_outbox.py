@@ -21,16 +21,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-import qflume
 from qflume.exceptions import SinkError
 from qflume.pipeline import Pipeline
 from qflume.sinks.grpc import GrpcSink
 from qflume.testing import QdrantGrpcServer
-
-
-@pytest.fixture(scope="module")
-def embedder() -> Any:
-    return qflume.Embedder()
 
 
 @pytest.fixture(scope="module")
