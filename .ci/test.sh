@@ -88,12 +88,7 @@ if [ -z "${QDRANT_BIN:-}" ] && [ -z "${QDRANT_URL:-}" ] && [ -f ../shared/bin/qd
   export QDRANT_BIN
 fi
 
-if [ $# -eq 0 ] && { [ -n "${QDRANT_BIN:-}" ] || [ -n "${QDRANT_URL:-}" ]; }; then
-  step "pytest: the tests against a real Qdrant server, by name"
-  "$py" -m pytest -v -p no:cacheprovider -m qdrant_server
-  step "pytest: everything else"
-  "$py" -m pytest -q -p no:cacheprovider -rs -m "not qdrant_server"
-else
-  step "pytest"
-  "$py" -m pytest -q -p no:cacheprovider -rs "$@"
-fi
+# One pytest run (one collection, one server); the tests against a real server are listed by
+# name at its end (tests/conftest.py).
+step "pytest"
+"$py" -m pytest -q -p no:cacheprovider -rs "$@"

@@ -55,6 +55,27 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return built_tiny_model(tmp_path_factory.mktemp("tiny-model"))
 
 
+#: nodeid -> outcome of every test marked qdrant_server, listed by name at the end of the run.
+_REAL_SERVER_TESTS: dict[str, str] = {}
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if "qdrant_server" not in report.keywords:
+        return
+    if report.when == "call" or report.outcome != "passed":
+        outcome = "error" if report.failed and report.when != "call" else report.outcome
+        _REAL_SERVER_TESTS.setdefault(report.nodeid, outcome)
+        if outcome != "passed":  # a failed teardown after a passed call
+            _REAL_SERVER_TESTS[report.nodeid] = outcome
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if _REAL_SERVER_TESTS:
+        terminalreporter.section("the tests against a real Qdrant server")
+        for nodeid, outcome in _REAL_SERVER_TESTS.items():
+            terminalreporter.write_line(f"{outcome.upper():8} {nodeid}")
+
+
 def pytest_report_header(config: pytest.Config) -> str:
     if _SERVER is not None:
         return f"real Qdrant server: {_SERVER.version()} (pid {_SERVER.pid}) at {_SERVER.url}"

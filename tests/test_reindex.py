@@ -115,7 +115,8 @@ class Where:
 #: through the same client code (GrpcSink, the same CLI), so they run only where there is no
 #: real server; the test server's aliases keep their own runs here: the search loop below, the
 #: migration and test_the_test_servers_aliases_behave_as_qdrants.
-SERVER = "real" if os.environ.get("QDRANT_URL") else "grpc"
+REAL = pytest.param("real", marks=pytest.mark.qdrant_server)
+SERVER = REAL if os.environ.get("QDRANT_URL") else "grpc"
 
 
 @pytest.fixture(params=["edge", SERVER])
@@ -242,7 +243,7 @@ def ingest(where: Where, corpus: Path, model: Path) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("where", ["edge", "grpc", "real"], indirect=True)
+@pytest.mark.parametrize("where", ["edge", "grpc", REAL], indirect=True)
 def test_search_loop_during_a_reindex_sees_one_version_at_a_time(
     where: Where, models: tuple[Path, Path], tmp_path: Path
 ) -> None:
