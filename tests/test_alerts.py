@@ -24,14 +24,14 @@ from qflume.exceptions import InvalidInputError
 from qflume.metrics import Metrics
 from qflume.pipeline import Pipeline
 from qflume.testing import QdrantGrpcServer
-from tiny_bert import WORDS, built_tiny_model, make_tiny_bert, tiny_corpus
+from tiny_bert import WORDS, make_tiny_bert, tiny_corpus
 
 parser = pytest.importorskip("prometheus_client.parser")
 
 
 @pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return built_tiny_model(tmp_path_factory.mktemp("tiny"))
+def tiny_dir(tiny_model: Path) -> Path:
+    return tiny_model
 
 
 @pytest.fixture(scope="module")

@@ -17,12 +17,12 @@ import pytest
 import qflume
 from qflume.config import find_config, load_config, parse_config
 from qflume.exceptions import ConfigError
-from tiny_bert import built_tiny_model, tiny_corpus
+from tiny_bert import tiny_corpus
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return built_tiny_model(tmp_path_factory.mktemp("tiny"))
+def model(tiny_model: Path) -> Path:
+    return tiny_model
 
 
 def _cli(cwd: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:

@@ -477,11 +477,6 @@ def test_missing_collection_finds_nothing(server: QdrantGrpcServer, collection: 
 # --- end to end: real documents, the real model ---------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def embedder() -> Any:
-    return qflume.Embedder()
-
-
 _SENT = re.compile(r"(?<=[.!?])\s+(?=[A-Z])")
 
 

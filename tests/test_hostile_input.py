@@ -25,11 +25,6 @@ from qflume.pipeline import Pipeline
 from qflume.settings import PipelineConfig
 
 
-@pytest.fixture(scope="module")
-def embedder():
-    return qflume.Embedder()
-
-
 def _nested(depth: int) -> dict[str, Any]:
     value: dict[str, Any] = {"leaf": 1}
     for _ in range(depth - 1):

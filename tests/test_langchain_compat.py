@@ -29,8 +29,7 @@ def _embeddings(embedder: qflume.Embedder):
     return QflumeEmbeddings()
 
 
-def test_langchain_reads_a_qflume_collection(tmp_path: Path) -> None:
-    embedder = qflume.Embedder()
+def test_langchain_reads_a_qflume_collection(tmp_path: Path, embedder: qflume.Embedder) -> None:
     texts = {
         "tea.md": "Green tea is made from unoxidized leaves and tastes grassy.",
         "rust.md": "Rust's borrow checker prevents data races at compile time.",

@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import qflume
 from qflume import metrics
 from qflume.metrics import Metrics, health, rss_bytes, status_report
 from qflume.pipeline import Pipeline
@@ -18,11 +17,6 @@ from qflume.sinks.edge import EdgeSink
 from qflume.testing import QdrantGrpcServer
 
 parser = pytest.importorskip("prometheus_client.parser")
-
-
-@pytest.fixture(scope="session")
-def embedder():
-    return qflume.Embedder()
 
 
 def test_latency_percentiles_counts_errors() -> None:

@@ -9,7 +9,6 @@ from pathlib import Path
 import grpc
 import pytest
 
-import qflume
 from qflume import ops
 from qflume.exceptions import InvalidInputError
 from qflume.pipeline import Pipeline
@@ -32,11 +31,6 @@ def _texts(n: int) -> list[str]:
         if len(out) == n:
             return out
     raise AssertionError("not enough real documents on this machine")
-
-
-@pytest.fixture(scope="session")
-def embedder():
-    return qflume.Embedder()
 
 
 @pytest.fixture(scope="module")

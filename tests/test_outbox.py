@@ -21,16 +21,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-import qflume
 from qflume.exceptions import SinkError
 from qflume.pipeline import Pipeline
 from qflume.sinks.grpc import GrpcSink
 from qflume.testing import QdrantGrpcServer
-
-
-@pytest.fixture(scope="module")
-def embedder() -> Any:
-    return qflume.Embedder()
 
 
 @pytest.fixture(scope="module")
@@ -156,6 +150,9 @@ def test_a_full_outbox_fails_clearly(corpus: Path, embedder: Any, tmp_path: Path
             with pytest.raises(SinkError, match=r"the outbox is full \(50000 bytes\)"):
                 p.ingest([corpus])
             stopper.join()
+            # back before close(), which sends what the outbox holds: with the server down it
+            # would wait for it up to outage_deadline (120 s here) and then give up
+            server.start()
 
 
 def test_sigkill_while_spooled_then_rerun_converges(

@@ -18,7 +18,6 @@ from typing import Any
 import numpy as np
 import pytest
 
-import qflume
 from qflume.exceptions import StateLockedError
 from qflume.pipeline import Pipeline
 from realserver import drop_collection, real_server
@@ -43,11 +42,6 @@ def _real_texts(n: int, max_bytes: int = 6000) -> list[tuple[str, str]]:
             break
     assert len(out) == n, "not enough real documents on this machine"
     return out
-
-
-@pytest.fixture(scope="session")
-def embedder():
-    return qflume.Embedder()
 
 
 @pytest.fixture()
@@ -236,22 +230,29 @@ def test_sigkill_at_random_moments_converges_exactly_on_a_real_server(
 
 
 def _sigkill_converges(tmp_path: Path, embedder, server: tuple[str, list[str]] | None) -> None:
-    def args(store: Path, k: int) -> list[str]:
-        return [str(store), str(corpus)] + ([server[0], server[1][k]] if server else [])
+    def args(store: Path) -> list[str]:
+        return [str(store), str(corpus)] + ([server[0], server[1][1]] if server else [])
 
     def points(store: Path, k: int) -> dict[str, tuple[bytes, str]]:
         if server is None:
             return _points(store, embedder)
         return _points(store, embedder, url=server[0], collection=server[1][k], state_dir=store)
 
+    def uninterrupted() -> None:
+        """The reference: CRASH_SCRIPT's run, uninterrupted, in this process (the same model,
+        the same batches)."""
+        target: dict[str, Any] = (
+            dict(url=server[0], state_dir=ref_store) if server else dict(store=ref_store)
+        )
+        name = server[1][0] if server else "docs"
+        with Pipeline(name, batch_chunks=4, progress=False, embedder=embedder, **target) as p:
+            p.ingest(corpus)
+
     corpus = tmp_path / "corpus"
     corpus.mkdir()
     for name, text in _real_texts(8, max_bytes=4000):
         (corpus / name).write_text(text, encoding="utf-8")
     ref_store = tmp_path / "ref"
-    subprocess.run([sys.executable, "-c", CRASH_SCRIPT, *args(ref_store, 0)], check=True)
-    expected = points(ref_store, 0)
-    assert expected
 
     store = tmp_path / "crashy"
     rng = np.random.default_rng(7)
@@ -261,16 +262,16 @@ def _sigkill_converges(tmp_path: Path, embedder, server: tuple[str, list[str]] |
             victim = sorted(corpus.iterdir())[0]
             victim.write_text(victim.read_text(encoding="utf-8") + "\n\nAppended text.\n")
             shutil.copy(victim, tmp_path / "victim")
-        proc = subprocess.Popen([sys.executable, "-c", CRASH_SCRIPT, *args(store, 1)], env=env)
+        proc = subprocess.Popen([sys.executable, "-c", CRASH_SCRIPT, *args(store)], env=env)
         try:
             proc.wait(timeout=delay)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-    subprocess.run([sys.executable, "-c", CRASH_SCRIPT, *args(store, 1)], check=True)
-    # The reference run saw the corpus before the edit: bring it up to date too.
-    subprocess.run([sys.executable, "-c", CRASH_SCRIPT, *args(ref_store, 0)], check=True)
+    subprocess.run([sys.executable, "-c", CRASH_SCRIPT, *args(store)], check=True)
+    uninterrupted()  # of the corpus as it is now, edit included
     expected = points(ref_store, 0)
+    assert expected
     got = points(store, 1)
     assert set(got) == set(expected)
     assert got == expected
@@ -404,7 +405,7 @@ def test_touched_and_changed_files_in_one_run(tmp_path: Path, corpus: Path, embe
 
 
 def test_an_edit_at_the_top_sends_moved_offsets_in_a_bounded_number_of_requests(
-    tmp_path: Path,
+    tmp_path: Path, embedder
 ) -> None:
     """Every chunk after an edit near the top of a long document moves: their new offsets go as
     payload updates batched into a few requests (UpdateBatch of up to 256 operations), not one
@@ -415,9 +416,8 @@ def test_an_edit_at_the_top_sends_moved_offsets_in_a_bounded_number_of_requests(
     docs.mkdir()
     paras = [f"Paragraph {i} tells of lighthouse number {i} and its keeper." for i in range(300)]
     (docs / "long.txt").write_text("\n\n".join(paras))
-    emb = qflume.Embedder()
     with QdrantGrpcServer() as server, Pipeline(
-        "c", url=server.url, state_dir=tmp_path / "s", embedder=emb, progress=False,
+        "c", url=server.url, state_dir=tmp_path / "s", embedder=embedder, progress=False,
         chunk_chars=80) as p:  # fmt: skip
         first = p.ingest([docs])
         assert first.chunks_total == 300

@@ -21,7 +21,7 @@ import pytest
 
 import qflume
 from qflume.progress import Progress, ProgressEvent, resolve_interval, resolve_mode
-from tiny_bert import built_tiny_model, tiny_corpus
+from tiny_bert import tiny_corpus
 
 LINE = re.compile(
     r"^qflume: (scanning, \d\d:\d\d elapsed"
@@ -33,8 +33,8 @@ FINAL = re.compile(
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return built_tiny_model(tmp_path_factory.mktemp("tiny"))
+def model(tiny_model: Path) -> Path:
+    return tiny_model
 
 
 @pytest.fixture(scope="module")

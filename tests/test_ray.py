@@ -29,7 +29,7 @@ import qflume
 from qflume.sinks.grpc import GrpcSink
 from qflume.testing import QdrantGrpcServer
 from realserver import drop_collection, real_server
-from tiny_bert import WORDS, make_tiny_bert
+from tiny_bert import WORDS
 
 import qflume.ray as qray  # isort: skip
 
@@ -46,13 +46,9 @@ def cluster() -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def model(tmp_path_factory: pytest.TempPathFactory) -> str:
+def model(tiny_model: Path) -> str:
     """The tiny BERT built to an fp32 ONNX folder (model.onnx + tokenizer.json)."""
-    root = tmp_path_factory.mktemp("tiny")
-    make_tiny_bert(root / "weights")
-    from qflume.model import build
-
-    return str(build(root / "weights", out=root / "onnx", quiet=True))
+    return str(tiny_model)
 
 
 @pytest.fixture(scope="module")

@@ -29,7 +29,6 @@ from qflume.readers.meta import heading_index
 from qflume.scan import scan
 from qflume.stages import read as qread
 from qflume.stages.context import Run
-from tiny_bert import built_tiny_model
 
 ROOT = Path(__file__).resolve().parent.parent
 TEX_PKG = "texlive-fonts-recommended-doc"
@@ -61,8 +60,8 @@ def tex_pdfs() -> list[Path]:
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> str:
-    return str(built_tiny_model(tmp_path_factory.mktemp("tiny")))
+def tiny(tiny_model: Path) -> str:
+    return str(tiny_model)
 
 
 def _pipe(store: Path, model: str, **kw: Any) -> Pipeline:

@@ -1,10 +1,11 @@
 """Versioned collections (qflume.versions): reindex without downtime, rollback, gc, migrate.
 
 Two tiny random BERTs (seeds 0 and 1: the same tokenizer and size, other weights) stand for an
-old and a new embedding model. Each scenario runs on the embedded store, on qflume's in-process
-gRPC test server and, with QDRANT_URL (the test command starts one from ../shared/bin/qdrant),
-on a real Qdrant server: `qflume reindex` runs as a child process (killed with SIGKILL at
-chosen and random moments in one test) while this process searches in a loop.
+old and a new embedding model. Each scenario runs on the embedded store and on a server: a real
+Qdrant server with QDRANT_URL (the test command starts one from ../shared/bin/qdrant), else
+qflume's in-process gRPC test server (the search loop runs on all three): `qflume reindex` runs
+as a child process (killed with SIGKILL at chosen and random moments in one test) while this
+process searches in a loop.
 """
 
 from __future__ import annotations
@@ -109,7 +110,16 @@ class Where:
             return name in s.collections()
 
 
-@pytest.fixture(params=["edge", "grpc", "real"])
+#: The targets of the scenarios: the embedded store and a server. With a real server (the test
+#: command starts one), the runs on the in-process test server would repeat the real server's
+#: through the same client code (GrpcSink, the same CLI), so they run only where there is no
+#: real server; the test server's aliases keep their own runs here: the search loop below, the
+#: migration and test_the_test_servers_aliases_behave_as_qdrants.
+REAL = pytest.param("real", marks=pytest.mark.qdrant_server)
+SERVER = REAL if os.environ.get("QDRANT_URL") else "grpc"
+
+
+@pytest.fixture(params=["edge", SERVER])
 def where(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Where]:
     if request.param == "edge":
         yield Where("edge", tmp_path)
@@ -233,6 +243,7 @@ def ingest(where: Where, corpus: Path, model: Path) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("where", ["edge", "grpc", REAL], indirect=True)
 def test_search_loop_during_a_reindex_sees_one_version_at_a_time(
     where: Where, models: tuple[Path, Path], tmp_path: Path
 ) -> None:

@@ -20,7 +20,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import qflume
 from qflume.exceptions import InvalidInputError
 from qflume.pipeline import Pipeline
 from qflume.search import HYBRID_PREFETCH, search
@@ -60,11 +59,6 @@ pytestmark = pytest.mark.skipif(
 )
 
 _SENT = re.compile(r"(?<=[.!?])\s+(?=[A-Z])")
-
-
-@pytest.fixture(scope="session")
-def embedder():
-    return qflume.Embedder()
 
 
 @pytest.fixture(scope="module")

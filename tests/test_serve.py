@@ -51,11 +51,6 @@ def _records(texts: list[str], prefix: str) -> list[dict[str, Any]]:
     return [{"id": f"{prefix}{i}", "text": t, "metadata": {"n": i}} for i, t in enumerate(texts)]
 
 
-@pytest.fixture(scope="session")
-def embedder() -> Any:
-    return qflume.Embedder()
-
-
 class Server:
     """uvicorn serving a Service on a free loopback port, in a thread."""
 

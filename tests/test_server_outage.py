@@ -87,18 +87,25 @@ def _wait_for_upserts(state: Path, collection: str, proc: subprocess.Popen[str])
     raise AssertionError("the run acknowledged nothing before it ended")
 
 
-def _uninterrupted(server: QdrantServer, corpus: Path, tmp_path: Path) -> dict[str, tuple]:
-    """The point set of a run nothing interrupts, in collection "ref"."""
-    ref = _ingest(server, "ref", tmp_path / "s_ref", corpus)
-    _, err = ref.communicate(timeout=600)
-    assert ref.returncode == 0, err
-    return _points(server, "ref", tmp_path / "s_ref")
+@pytest.fixture(scope="module")
+def expected(corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple]:
+    """The point set of a run nothing interrupts (collection "ref" on a server of its own): the
+    same for every test here, which all ingest the same corpus with the same options."""
+    tmp = tmp_path_factory.mktemp("uninterrupted")
+    with QdrantServer(os.environ["QDRANT_BIN"], tmp / "qdrant") as server:
+        ref = _ingest(server, "ref", tmp / "s_ref", corpus)
+        _, err = ref.communicate(timeout=600)
+        assert ref.returncode == 0, err
+        points = _points(server, "ref", tmp / "s_ref")
+    assert points
+    return points
 
 
-def test_killed_server_fails_the_run_clearly_and_the_rerun_converges(server, corpus, tmp_path):
+def test_killed_server_fails_the_run_clearly_and_the_rerun_converges(
+    server, corpus, expected, tmp_path
+):
     """Killed for longer than --outage-deadline: the run spools, then fails naming the server
     and the deadline; the rerun converges."""
-    expected = _uninterrupted(server, corpus, tmp_path)
     state = tmp_path / "s_out"
     run = _ingest(server, "out", state, corpus, "--outage-deadline", "3")
     _wait_for_upserts(state, "out", run)
@@ -117,8 +124,7 @@ def test_killed_server_fails_the_run_clearly_and_the_rerun_converges(server, cor
     assert _points(server, "out", state) == expected
 
 
-def test_frozen_server_is_waited_out(server, corpus, tmp_path):
-    expected = _uninterrupted(server, corpus, tmp_path)
+def test_frozen_server_is_waited_out(server, corpus, expected, tmp_path):
     state = tmp_path / "s_frozen"
     run = _ingest(server, "frozen", state, corpus)
     _wait_for_upserts(state, "frozen", run)
@@ -130,10 +136,9 @@ def test_frozen_server_is_waited_out(server, corpus, tmp_path):
     assert _points(server, "frozen", state) == expected
 
 
-def test_restarted_server_is_ridden_through(server, corpus, tmp_path):
+def test_restarted_server_is_ridden_through(server, corpus, expected, tmp_path):
     """Killed and back a moment later, while the run goes on: the sink's retries reconnect and the
     run ends with exit 0 and the uninterrupted point set."""
-    expected = _uninterrupted(server, corpus, tmp_path)
     state = tmp_path / "s_restart"
     run = _ingest(server, "restart", state, corpus)
     _wait_for_upserts(state, "restart", run)
@@ -144,11 +149,10 @@ def test_restarted_server_is_ridden_through(server, corpus, tmp_path):
     assert _points(server, "restart", state) == expected
 
 
-def test_a_server_down_for_a_while_is_spooled_through(server, corpus, tmp_path):
+def test_a_server_down_for_a_while_is_spooled_through(server, corpus, expected, tmp_path):
     """Killed, and started again only once the run has spooled updates to its outbox: the run
     goes on embedding meanwhile, sends the outbox in order when the server is back and ends
     with exit 0 and the uninterrupted point set."""
-    expected = _uninterrupted(server, corpus, tmp_path)
     state = tmp_path / "s_spool"
     run = _ingest(server, "spool", state, corpus)
     _wait_for_upserts(state, "spool", run)

@@ -28,7 +28,7 @@ from qflume.pipeline import Pipeline
 from qflume.sparse import Splade, splade_fingerprint
 from qflume.testing import QdrantGrpcServer
 from splade_checkpoint import checkpoint
-from tiny_bert import _erf, _ln, built_tiny_model, forward, make_tiny_bert
+from tiny_bert import _erf, _ln, forward, make_tiny_bert
 
 DOCS = Path("/usr/share/doc/python3.11/html/_sources")
 PAGES = ["library/json", "library/pathlib", "library/sqlite3", "library/zipfile",
@@ -57,8 +57,8 @@ def splade(built: Path) -> Splade:
 
 
 @pytest.fixture(scope="module")
-def dense(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return built_tiny_model(tmp_path_factory.mktemp("dense"))
+def dense(tiny_model: Path) -> Path:
+    return tiny_model
 
 
 # --- the graph ------------------------------------------------------------------------------
