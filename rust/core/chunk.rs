@@ -938,7 +938,9 @@ impl Chunker {
 
     /// Chunks `text`: trimmed byte spans, in order.
     pub fn chunk_bytes(&self, text: &str) -> CoreResult<Vec<(usize, usize)>> {
-        Ok(self.run(text, 0, 0, StreamState::default(), true)?.spans)
+        Ok(self
+            .chunk_block(text, 0, 0, StreamState::default(), true)?
+            .spans)
     }
 
     /// Chunks `text`: spans in char (code point) offsets.
@@ -951,17 +953,6 @@ impl Chunker {
     /// the previous call, or 0). Unless `last`, chunks whose window could
     /// still change with more text are left for the next call.
     pub fn chunk_block(
-        &self,
-        text: &str,
-        start: usize,
-        prev_end: usize,
-        state: StreamState,
-        last: bool,
-    ) -> CoreResult<Partial> {
-        self.run(text, start, prev_end, state, last)
-    }
-
-    fn run(
         &self,
         text: &str,
         start: usize,

@@ -938,17 +938,21 @@ fn ids_per_message(opts: &RequestOptions) -> usize {
 pub fn pack_delete(ids: &[u8], opts: &RequestOptions) -> CoreResult<Vec<Vec<u8>>> {
     opts.check()?;
     check_ids(ids)?;
-    let head = header(opts, 4);
-    Ok(ids
-        .chunks(ids_per_message(opts) * HASH_LEN)
+    Ok(id_messages(&header(opts, 4), 3, ids, opts))
+}
+
+/// One message per slice of `ids`: `head`, then the slice's `PointsSelector` as field
+/// `field`.
+fn id_messages(head: &[u8], field: u32, ids: &[u8], opts: &RequestOptions) -> Vec<Vec<u8>> {
+    ids.chunks(ids_per_message(opts) * HASH_LEN)
         .map(|part| {
             let sel = ids_selector(part);
-            let mut buf = Vec::with_capacity(head.len() + len_field(3, sel.len()));
-            buf.extend_from_slice(&head);
-            put_bytes(&mut buf, 3, &sel);
+            let mut buf = Vec::with_capacity(head.len() + len_field(field, sel.len()));
+            buf.extend_from_slice(head);
+            put_bytes(&mut buf, field, &sel);
             buf
         })
-        .collect())
+        .collect()
 }
 
 /// `Filter { must: [ Condition { field: FieldCondition { key, match: { keywords } } } ] }`.
@@ -1032,17 +1036,7 @@ pub fn pack_set_payload(
             opts.hard_limit
         )));
     }
-    let per = ids_per_message(opts);
-    Ok(ids
-        .chunks(per * HASH_LEN)
-        .map(|part| {
-            let sel = ids_selector(part);
-            let mut buf = Vec::with_capacity(head.len() + len_field(5, sel.len()));
-            buf.extend_from_slice(&head);
-            put_bytes(&mut buf, 5, &sel);
-            buf
-        })
-        .collect())
+    Ok(id_messages(&head, 5, ids, opts))
 }
 
 #[cfg(test)]

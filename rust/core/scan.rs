@@ -224,7 +224,7 @@ pub fn scan(roots: &[PathBuf], opts: &ScanOptions, known: &KnownMap) -> CoreResu
                 .file_name()
                 .map(OsStr::to_os_string)
                 .unwrap_or_else(|| root.as_os_str().to_os_string());
-            let entry = scan_or_refuse(&root, key, opts, known, &mut buf);
+            let entry = scan_file(&root, key, opts, known, &mut buf);
             all.push((entry, depth));
         }
     }
@@ -306,25 +306,6 @@ impl Filters {
             None => true,
         }
     }
-}
-
-/// [`scan_file`], unless the key is not valid UTF-8: then a [`SkipReason::BadFilename`] entry
-/// that names the bytes (the file is never opened).
-fn scan_or_refuse(
-    path: &Path,
-    key: OsString,
-    opts: &ScanOptions,
-    known: &KnownMap,
-    buf: &mut Vec<u8>,
-) -> ScanEntry {
-    if key.to_str().is_some() {
-        return scan_file(path, key, opts, known, buf);
-    }
-    let detail = format!(
-        "file name is not valid UTF-8: {}",
-        key.as_encoded_bytes().escape_ascii()
-    );
-    ScanEntry::skipped(key, path.to_path_buf(), SkipReason::BadFilename, detail)
 }
 
 /// `/`-separated key of `path` under `root`.
@@ -512,7 +493,7 @@ impl Visitor<'_> {
             ));
             return;
         }
-        let entry = scan_or_refuse(dent.path(), key, self.opts, self.known, &mut self.buf);
+        let entry = scan_file(dent.path(), key, self.opts, self.known, &mut self.buf);
         self.out.push(entry);
     }
 
@@ -637,7 +618,9 @@ fn open_nonblocking(path: &Path) -> io::Result<File> {
     o.open(path)
 }
 
-/// Stats, and unless `known` says it is unchanged, reads and hashes one file.
+/// Stats, and unless `known` says it is unchanged, reads and hashes one file; a key that is
+/// not valid UTF-8 is a [`SkipReason::BadFilename`] entry that names the bytes (the file is
+/// never opened).
 pub fn scan_file(
     path: &Path,
     key: OsString,
@@ -645,6 +628,13 @@ pub fn scan_file(
     known: &KnownMap,
     buf: &mut Vec<u8>,
 ) -> ScanEntry {
+    if key.to_str().is_none() {
+        let detail = format!(
+            "file name is not valid UTF-8: {}",
+            key.as_encoded_bytes().escape_ascii()
+        );
+        return ScanEntry::skipped(key, path.to_path_buf(), SkipReason::BadFilename, detail);
+    }
     let md = match fs::metadata(path) {
         Ok(md) => md,
         Err(e) => {

@@ -480,17 +480,29 @@ pub struct Bm25 {
     token_max_length: usize,
 }
 
+/// The settings a [`Bm25`] encoder is built from.
+pub struct Bm25Params<'a> {
+    pub language: &'a str,
+    pub k: f64,
+    pub b: f64,
+    pub avg_len: f64,
+    /// `None` uses the English list for English and fails for other languages (qflume ships
+    /// only the English list; pass the list FastEmbed uses for that language).
+    pub stopwords: Option<Vec<String>>,
+    pub token_max_length: usize,
+}
+
 impl Bm25 {
-    /// `stopwords = None` uses the English list for English and fails for other languages
-    /// (qflume ships only the English list; pass the list FastEmbed uses for that language).
-    pub fn new(
-        language: &str,
-        k: f64,
-        b: f64,
-        avg_len: f64,
-        stopwords: Option<Vec<String>>,
-        token_max_length: usize,
-    ) -> CoreResult<Self> {
+    /// Checks `params` and builds the encoder.
+    pub fn new(params: Bm25Params<'_>) -> CoreResult<Self> {
+        let Bm25Params {
+            language,
+            k,
+            b,
+            avg_len,
+            stopwords,
+            token_max_length,
+        } = params;
         let algo = algorithm(language).ok_or_else(|| {
             CoreError::InvalidArgument(format!(
                 "Bm25 language {language:?} is not supported; use one of {}",
@@ -736,51 +748,58 @@ impl Piece {
 
 const BLOCK: usize = 32;
 
-/// Builds n rows with `row(i, scratch, piece)`; blocks of rows are handed out to at most
-/// `threads` Rayon tasks through an atomic counter, then joined in order.
-fn par_rows<F>(n: usize, threads: usize, row: F) -> Csr
+/// `unit(u, scratch)` for every u in 0..units, on at most `threads` Rayon tasks (0: the whole
+/// pool) that each keep one scratch and take the next unit from an atomic counter; the results
+/// in unit order.
+fn par_units<S, T, F>(units: usize, threads: usize, unit: F) -> Vec<T>
 where
-    F: Fn(usize, &mut Scratch, &mut Piece) + Sync,
+    S: Default,
+    T: Send,
+    F: Fn(usize, &mut S) -> T + Sync,
 {
-    let blocks = n.div_ceil(BLOCK);
     let pool = rayon::current_num_threads();
     let tasks = if threads == 0 {
         pool
     } else {
         threads.min(pool)
     }
-    .min(blocks);
-    let mut pieces: Vec<(usize, Piece)> = if tasks <= 1 {
-        let mut st = Scratch::default();
-        let mut piece = Piece::default();
-        for i in 0..n {
-            row(i, &mut st, &mut piece);
+    .min(units);
+    let next = AtomicUsize::new(0);
+    let work = |_| {
+        let mut scratch = S::default();
+        let mut done = Vec::new();
+        loop {
+            let u = next.fetch_add(1, Ordering::Relaxed);
+            if u >= units {
+                break;
+            }
+            done.push((u, unit(u, &mut scratch)));
         }
-        vec![(0, piece)]
-    } else {
-        let next = AtomicUsize::new(0);
-        (0..tasks)
-            .into_par_iter()
-            .flat_map_iter(|_| {
-                let mut st = Scratch::default();
-                let mut done = Vec::new();
-                loop {
-                    let blk = next.fetch_add(1, Ordering::Relaxed);
-                    if blk >= blocks {
-                        break;
-                    }
-                    let mut piece = Piece::default();
-                    for i in blk * BLOCK..((blk + 1) * BLOCK).min(n) {
-                        row(i, &mut st, &mut piece);
-                    }
-                    done.push((blk, piece));
-                }
-                done
-            })
-            .collect()
+        done
     };
-    pieces.sort_unstable_by_key(|(blk, _)| *blk);
-    let nnz: usize = pieces.iter().map(|(_, p)| p.indices.len()).sum();
+    let mut results: Vec<(usize, T)> = if tasks <= 1 {
+        work(0)
+    } else {
+        (0..tasks).into_par_iter().flat_map_iter(work).collect()
+    };
+    results.sort_unstable_by_key(|(u, _)| *u);
+    results.into_iter().map(|(_, t)| t).collect()
+}
+
+/// Builds n rows with `row(i, scratch, piece)`, in blocks of rows shared out by [`par_units`],
+/// then joined in order.
+fn par_rows<F>(n: usize, threads: usize, row: F) -> Csr
+where
+    F: Fn(usize, &mut Scratch, &mut Piece) + Sync,
+{
+    let pieces = par_units(n.div_ceil(BLOCK), threads, |blk, st: &mut Scratch| {
+        let mut piece = Piece::default();
+        for i in blk * BLOCK..((blk + 1) * BLOCK).min(n) {
+            row(i, st, &mut piece);
+        }
+        piece
+    });
+    let nnz: usize = pieces.iter().map(|p| p.indices.len()).sum();
     let mut csr = Csr {
         indptr: Vec::with_capacity(n + 1),
         indices: Vec::with_capacity(nnz),
@@ -788,7 +807,7 @@ where
     };
     csr.indptr.push(0);
     let mut total = 0i64;
-    for (_, p) in pieces {
+    for p in pieces {
         for len in p.lens {
             total += len;
             csr.indptr.push(total);
@@ -887,40 +906,17 @@ fn par_rows_splade<F>(n: usize, threads: usize, row: F) -> Csr
 where
     F: Fn(usize, &mut Vec<f32>, &mut Cand, &mut Piece) + Sync,
 {
-    // One row per task: a row is seq * vocab values of work.
-    let pool = rayon::current_num_threads();
-    let tasks = if threads == 0 {
-        pool
-    } else {
-        threads.min(pool)
-    }
-    .min(n);
-    let next = AtomicUsize::new(0);
-    let work = |_| {
-        let (mut acc, mut cand) = (Vec::new(), Vec::new());
-        let mut done = Vec::new();
-        loop {
-            let i = next.fetch_add(1, Ordering::Relaxed);
-            if i >= n {
-                break;
-            }
-            let mut piece = Piece::default();
-            row(i, &mut acc, &mut cand, &mut piece);
-            done.push((i, piece));
-        }
-        done
-    };
-    let mut pieces: Vec<(usize, Piece)> = if tasks <= 1 {
-        work(0)
-    } else {
-        (0..tasks).into_par_iter().flat_map_iter(work).collect()
-    };
-    pieces.sort_unstable_by_key(|(i, _)| *i);
+    // One row per unit: a row is seq * vocab values of work.
+    let pieces = par_units(n, threads, |i, (acc, cand): &mut (Vec<f32>, Cand)| {
+        let mut piece = Piece::default();
+        row(i, acc, cand, &mut piece);
+        piece
+    });
     let mut csr = Csr {
         indptr: vec![0],
         ..Csr::default()
     };
-    for (_, p) in pieces {
+    for p in pieces {
         csr.indices.extend_from_slice(&p.indices);
         csr.values.extend_from_slice(&p.values);
         csr.indptr.push(csr.indices.len() as i64);
@@ -932,8 +928,20 @@ where
 mod tests {
     use super::*;
 
+    /// The Python defaults for `language`.
+    fn params(language: &str) -> Bm25Params<'_> {
+        Bm25Params {
+            language,
+            k: 1.2,
+            b: 0.75,
+            avg_len: 256.0,
+            stopwords: None,
+            token_max_length: TOKEN_MAX_LENGTH,
+        }
+    }
+
     fn bm25() -> Bm25 {
-        Bm25::new("english", 1.2, 0.75, 256.0, None, TOKEN_MAX_LENGTH).unwrap()
+        Bm25::new(params("english")).unwrap()
     }
 
     #[test]
@@ -1031,11 +1039,17 @@ mod tests {
 
     #[test]
     fn rejects_bad_arguments() {
-        assert!(Bm25::new("klingon", 1.2, 0.75, 256.0, None, 40).is_err());
-        assert!(Bm25::new("german", 1.2, 0.75, 256.0, None, 40).is_err());
-        assert!(Bm25::new("german", 1.2, 0.75, 256.0, Some(vec![]), 40).is_ok());
-        assert!(Bm25::new("english", 1.2, 0.75, 0.0, None, 40).is_err());
-        assert!(Bm25::new("english", 1.2, 1.5, 256.0, None, 40).is_err());
+        assert!(Bm25::new(params("klingon")).is_err());
+        assert!(Bm25::new(params("german")).is_err());
+        let mut german = params("german");
+        german.stopwords = Some(vec![]);
+        assert!(Bm25::new(german).is_ok());
+        let mut avg_len = params("english");
+        avg_len.avg_len = 0.0;
+        assert!(Bm25::new(avg_len).is_err());
+        let mut b = params("english");
+        b.b = 1.5;
+        assert!(Bm25::new(b).is_err());
     }
 
     #[test]

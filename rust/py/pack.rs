@@ -11,7 +11,10 @@ use crate::core::pack::{
     plan_upsert, ChunkColumns, Ordering, Payloads, Points, RequestOptions, SparseCsr, Value,
     CHUNK_KEYS, DEFAULT_MAX_BYTES, DEFAULT_MAX_POINTS, HARD_LIMIT_BYTES, METADATA_KEY, TEXT_KEY,
 };
-use numpy::{Element, PyReadonlyArray1, PyReadonlyArray2, PyUntypedArrayMethods};
+use numpy::ndarray::Dimension;
+use numpy::{
+    Element, Ix1, Ix2, PyReadonlyArray, PyReadonlyArray1, PyReadonlyArray2, PyUntypedArrayMethods,
+};
 use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::pybacked::PyBackedStr;
@@ -36,12 +39,7 @@ fn describe(obj: &Bound<'_, PyAny>) -> String {
     let dtype = obj
         .getattr("dtype")
         .and_then(|d| d.str().map(|s| s.to_string()))
-        .unwrap_or_else(|_| {
-            obj.get_type()
-                .name()
-                .map(|n| n.to_string())
-                .unwrap_or_default()
-        });
+        .unwrap_or_else(|_| type_name(obj));
     let shape = obj
         .getattr("shape")
         .and_then(|s| s.str().map(|s| s.to_string()))
@@ -49,56 +47,40 @@ fn describe(obj: &Bound<'_, PyAny>) -> String {
     format!("{dtype} array of shape {shape}")
 }
 
-fn array1<'py, T: Element>(
+/// Borrows `obj` as a `D`-dimensional numpy array of `T` (`dtype`); `name` names it in errors.
+fn array<'py, T: Element, D: Dimension>(
     obj: &Bound<'py, PyAny>,
     name: &str,
     dtype: &str,
-) -> PyResult<PyReadonlyArray1<'py, T>> {
-    obj.extract::<PyReadonlyArray1<'py, T>>().map_err(|_| {
+) -> PyResult<PyReadonlyArray<'py, T, D>> {
+    obj.extract::<PyReadonlyArray<'py, T, D>>().map_err(|_| {
         err_shape(
             obj.py(),
             format!(
-                "{name} must be a 1-d {dtype} numpy array, got {}",
+                "{name} must be a {}-d {dtype} numpy array, got {}",
+                D::NDIM.unwrap_or(0),
                 describe(obj)
             ),
         )
     })
 }
 
-fn array2<'py, T: Element>(
-    obj: &Bound<'py, PyAny>,
+/// The elements of a C-contiguous array in order.
+fn slice<'a, T: Element, D: Dimension>(
+    a: &'a PyReadonlyArray<'_, T, D>,
     name: &str,
-    dtype: &str,
-) -> PyResult<PyReadonlyArray2<'py, T>> {
-    obj.extract::<PyReadonlyArray2<'py, T>>().map_err(|_| {
+) -> PyResult<&'a [T]> {
+    a.as_slice().map_err(|_| {
         err_shape(
-            obj.py(),
-            format!(
-                "{name} must be a 2-d {dtype} numpy array, got {}",
-                describe(obj)
-            ),
+            a.py(),
+            format!("{name} must be C-contiguous (np.ascontiguousarray)"),
         )
     })
-}
-
-fn not_contiguous(py: Python<'_>, name: &str) -> PyErr {
-    err_shape(
-        py,
-        format!("{name} must be C-contiguous (np.ascontiguousarray)"),
-    )
-}
-
-fn slice1<'a, T: Element>(a: &'a PyReadonlyArray1<'_, T>, name: &str) -> PyResult<&'a [T]> {
-    a.as_slice().map_err(|_| not_contiguous(a.py(), name))
-}
-
-fn slice2<'a, T: Element>(a: &'a PyReadonlyArray2<'_, T>, name: &str) -> PyResult<&'a [T]> {
-    a.as_slice().map_err(|_| not_contiguous(a.py(), name))
 }
 
 /// Borrows ids as n * 16 bytes, checking the (n, 16) shape.
 fn ids_array<'py>(obj: &Bound<'py, PyAny>) -> PyResult<PyReadonlyArray2<'py, u8>> {
-    let a = array2::<u8>(obj, "ids", "uint8")?;
+    let a = array::<u8, Ix2>(obj, "ids", "uint8")?;
     let shape = a.shape();
     if shape[1] != HASH_LEN {
         return Err(err_shape(
@@ -349,9 +331,9 @@ fn sparse_arrays<'py>(sparse: Option<&Bound<'py, PyAny>>) -> PyResult<Vec<Sparse
             (field("indptr")?, field("indices")?, field("values")?)
         };
         out.push(SparseArrays {
-            indptr: array1(&indptr, &format!("sparse[{name:?}].indptr"), "int64")?,
-            indices: array1(&indices, &format!("sparse[{name:?}].indices"), "uint32")?,
-            values: array1(&values, &format!("sparse[{name:?}].values"), "float32")?,
+            indptr: array(&indptr, &format!("sparse[{name:?}].indptr"), "int64")?,
+            indices: array(&indices, &format!("sparse[{name:?}].indices"), "uint32")?,
+            values: array(&values, &format!("sparse[{name:?}].values"), "float32")?,
             name,
         });
     }
@@ -392,15 +374,15 @@ fn pack_upsert<'py>(
         py, collection, wait, ordering, max_bytes, max_points, hard_limit,
     )?;
     let ids_a = ids_array(ids)?;
-    let ids_s = slice2(&ids_a, "ids")?;
+    let ids_s = slice(&ids_a, "ids")?;
     let n = ids_s.len() / HASH_LEN;
 
     let dense_a = dense
         .filter(|d| !d.is_none())
-        .map(|d| array2::<f32>(d, "dense", "float32"))
+        .map(|d| array::<f32, Ix2>(d, "dense", "float32"))
         .transpose()?;
     let dense_s = match &dense_a {
-        Some(a) => Some((slice2(a, "dense")?, a.shape()[1])),
+        Some(a) => Some((slice(a, "dense")?, a.shape()[1])),
         None => None,
     };
     if let Some(a) = &dense_a {
@@ -424,9 +406,9 @@ fn pack_upsert<'py>(
     for s in &sparse_a {
         sparse_s.push(SparseCsr {
             name: &s.name,
-            indptr: slice1(&s.indptr, "sparse indptr")?,
-            indices: slice1(&s.indices, "sparse indices")?,
-            values: slice1(&s.values, "sparse values")?,
+            indptr: slice(&s.indptr, "sparse indptr")?,
+            indices: slice(&s.indices, "sparse indices")?,
+            values: slice(&s.values, "sparse values")?,
         });
     }
 
@@ -449,24 +431,24 @@ fn pack_upsert<'py>(
                 need(py, doc_metadata, "doc_metadata")?,
                 "doc_metadata of document",
             )?;
-            let di = array1::<i64>(need(py, doc_index, "doc_index")?, "doc_index", "int64")?;
-            let ci = array1::<i64>(
+            let di = array::<i64, Ix1>(need(py, doc_index, "doc_index")?, "doc_index", "int64")?;
+            let ci = array::<i64, Ix1>(
                 need(py, chunk_index, "chunk_index")?,
                 "chunk_index",
                 "int64",
             )?;
-            let st = array1::<i64>(need(py, start, "start")?, "start", "int64")?;
-            let en = array1::<i64>(need(py, end, "end")?, "end", "int64")?;
-            let ch = array2::<u8>(need(py, chunk_hash, "chunk_hash")?, "chunk_hash", "uint8")?;
+            let st = array::<i64, Ix1>(need(py, start, "start")?, "start", "int64")?;
+            let en = array::<i64, Ix1>(need(py, end, "end")?, "end", "int64")?;
+            let ch = array::<u8, Ix2>(need(py, chunk_hash, "chunk_hash")?, "chunk_hash", "uint8")?;
             columns = (di, ci, st, en, ch);
             Payloads::Chunks(ChunkColumns {
                 texts: t.as_slice(),
-                doc_index: slice1(&columns.0, "doc_index")?,
+                doc_index: slice(&columns.0, "doc_index")?,
                 docs: &docs,
-                chunk_index: slice1(&columns.1, "chunk_index")?,
-                start: slice1(&columns.2, "start")?,
-                end: slice1(&columns.3, "end")?,
-                chunk_hash: slice2(&columns.4, "chunk_hash")?,
+                chunk_index: slice(&columns.1, "chunk_index")?,
+                start: slice(&columns.2, "start")?,
+                end: slice(&columns.3, "end")?,
+                chunk_hash: slice(&columns.4, "chunk_hash")?,
             })
         }
         (None, None) => Payloads::None,
@@ -540,99 +522,84 @@ fn uninit_bytes(py: Python<'_>, size: usize) -> PyResult<(Bound<'_, PyBytes>, Ra
     }
 }
 
-/// Serialized `qdrant.DeletePoints` messages deleting the points `ids` ((n, 16) uint8).
-#[pyfunction]
-#[pyo3(signature = (
-    collection, ids, *, wait=None, ordering=None, max_bytes=8388608,
-    max_points=4096
-))]
-fn pack_delete<'py>(
-    py: Python<'py>,
-    collection: &str,
-    ids: &Bound<'py, PyAny>,
-    wait: Option<bool>,
-    ordering: Option<&str>,
-    max_bytes: usize,
-    max_points: usize,
-) -> PyResult<Bound<'py, PyList>> {
-    let opts = options(
-        py,
-        collection,
-        wait,
-        ordering,
-        max_bytes,
-        max_points,
-        HARD_LIMIT_BYTES,
-    )?;
-    let a = ids_array(ids)?;
-    let ids = slice2(&a, "ids")?;
-    let msgs = guarded(py, || core_pack_delete(ids, &opts))?.py_err(py)?;
-    to_list(py, msgs)
+/// Defines a `pack_*` function that takes, after its own arguments, the request keyword
+/// arguments `wait`, `ordering`, `max_bytes` and `max_points` (default `$max_points`), and
+/// returns the messages `$body` packs with them (`$opts`) as a list of `bytes`.
+macro_rules! pack_fn {
+    (
+        $(#[$attr:meta])*
+        fn $name:ident($py:ident, $collection:ident, $($arg:ident: $ty:ty),+)
+        signature = ($($sig:tt)+), max_points = $max_points:tt,
+        |$opts:ident| $body:block
+    ) => {
+        $(#[$attr])*
+        #[pyfunction]
+        #[pyo3(signature = (
+            $collection, $($sig)+, wait=None, ordering=None, max_bytes=8388608,
+            max_points=$max_points
+        ))]
+        #[allow(clippy::too_many_arguments)]
+        fn $name<'py>(
+            $py: Python<'py>,
+            $collection: &str,
+            $($arg: $ty,)+
+            wait: Option<bool>,
+            ordering: Option<&str>,
+            max_bytes: usize,
+            max_points: usize,
+        ) -> PyResult<Bound<'py, PyList>> {
+            let $opts = options(
+                $py,
+                $collection,
+                wait,
+                ordering,
+                max_bytes,
+                max_points,
+                HARD_LIMIT_BYTES,
+            )?;
+            let msgs: Vec<Vec<u8>> = $body;
+            to_list($py, msgs)
+        }
+    };
 }
 
-/// Serialized `qdrant.DeletePoints` messages deleting every point whose payload
-/// field `key` is one of `values` (a keyword "match any" filter).
-#[pyfunction]
-#[pyo3(signature = (
-    collection, values, *, key="metadata.source", wait=None, ordering=None,
-    max_bytes=8388608, max_points=1024
-))]
-#[allow(clippy::too_many_arguments)]
-fn pack_delete_by_values<'py>(
-    py: Python<'py>,
-    collection: &str,
-    values: Vec<PyBackedStr>,
-    key: &str,
-    wait: Option<bool>,
-    ordering: Option<&str>,
-    max_bytes: usize,
-    max_points: usize,
-) -> PyResult<Bound<'py, PyList>> {
-    let opts = options(
-        py,
-        collection,
-        wait,
-        ordering,
-        max_bytes,
-        max_points,
-        HARD_LIMIT_BYTES,
-    )?;
-    let msgs = guarded(py, || pack_delete_by_field(key, &values, &opts))?.py_err(py)?;
-    to_list(py, msgs)
+pack_fn! {
+    /// Serialized `qdrant.DeletePoints` messages deleting the points `ids` ((n, 16) uint8).
+    fn pack_delete(py, collection, ids: &Bound<'py, PyAny>)
+    signature = (ids, *), max_points = 4096,
+    |opts| {
+        let a = ids_array(ids)?;
+        let ids = slice(&a, "ids")?;
+        guarded(py, || core_pack_delete(ids, &opts))?.py_err(py)?
+    }
 }
 
-/// Serialized `qdrant.SetPayloadPoints` messages merging `payload` into the points `ids`.
-#[pyfunction]
-#[pyo3(signature = (
-    collection, payload, ids, *, key=None, wait=None, ordering=None,
-    max_bytes=8388608, max_points=4096
-))]
-#[allow(clippy::too_many_arguments)]
-fn pack_set_payload<'py>(
-    py: Python<'py>,
-    collection: &str,
-    payload: &Bound<'py, PyAny>,
-    ids: &Bound<'py, PyAny>,
-    key: Option<&str>,
-    wait: Option<bool>,
-    ordering: Option<&str>,
-    max_bytes: usize,
-    max_points: usize,
-) -> PyResult<Bound<'py, PyList>> {
-    let opts = options(
+pack_fn! {
+    /// Serialized `qdrant.DeletePoints` messages deleting every point whose payload
+    /// field `key` is one of `values` (a keyword "match any" filter).
+    fn pack_delete_by_values(py, collection, values: Vec<PyBackedStr>, key: &str)
+    signature = (values, *, key="metadata.source"), max_points = 1024,
+    |opts| {
+        guarded(py, || pack_delete_by_field(key, &values, &opts))?.py_err(py)?
+    }
+}
+
+pack_fn! {
+    /// Serialized `qdrant.SetPayloadPoints` messages merging `payload` into the points `ids`.
+    fn pack_set_payload(
         py,
         collection,
-        wait,
-        ordering,
-        max_bytes,
-        max_points,
-        HARD_LIMIT_BYTES,
-    )?;
-    let fields = mapping_fields(payload, &|| "payload".to_string())?;
-    let a = ids_array(ids)?;
-    let ids = slice2(&a, "ids")?;
-    let msgs = guarded(py, || core_set_payload(&fields, ids, key, &opts))?.py_err(py)?;
-    to_list(py, msgs)
+        payload: &Bound<'py, PyAny>,
+        ids: &Bound<'py, PyAny>,
+        key: Option<&str>
+    )
+    signature = (payload, ids, *, key=None), max_points = 4096,
+    |opts| {
+        let fields = mapping_fields(payload, &|| "payload".to_string())?;
+        let a = ids_array(ids)?;
+        let ids = slice(&a, "ids")?;
+        guarded(py, || core_set_payload(&fields, ids, key, &opts))?.py_err(py)?
+    }
 }
 
 // The Python signatures spell the defaults out (stubtest compares them).

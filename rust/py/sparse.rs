@@ -1,6 +1,6 @@
 //! BM25 and SPLADE sparse vectors for Python: CSR out as three numpy arrays.
 
-use crate::core::sparse::{splade_pool as core_splade_pool, token_id, Bm25, Csr};
+use crate::core::sparse::{splade_pool as core_splade_pool, token_id, Bm25, Bm25Params, Csr};
 use crate::py::error::{new_err, shape_error, CoreErrorExt};
 use crate::py::threads::{detach_parallel, guarded};
 use numpy::{IntoPyArray, PyArray1, PyReadonlyArray2, PyReadonlyArray3, PyUntypedArrayMethods};
@@ -72,7 +72,15 @@ impl PyBm25 {
         token_max_length: usize,
         threads: Option<usize>,
     ) -> PyResult<Self> {
-        let inner = Bm25::new(language, k, b, avg_len, stopwords, token_max_length).py_err(py)?;
+        let inner = Bm25::new(Bm25Params {
+            language,
+            k,
+            b,
+            avg_len,
+            stopwords,
+            token_max_length,
+        })
+        .py_err(py)?;
         Ok(PyBm25 {
             inner,
             threads: threads.unwrap_or(0),
