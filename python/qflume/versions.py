@@ -45,7 +45,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict, Unpack
 
 import numpy as np
 
@@ -79,6 +79,16 @@ SELF_LIMIT = 5
 LOCK_WAIT_S = 600.0
 _GROUP_POINTS = 1024  # points copied per request group (texts path)
 _VERSION_RE = re.compile(r"^(?P<base>.+)__v(?P<n>[1-9][0-9]*)$")
+
+
+class Where(TypedDict, total=False):
+    """Where a collection lives, as every versions operation takes it: ``store`` (the embedded
+    store's folder) or ``url`` (a server, with ``api_key``), and ``state_dir`` for a server."""
+
+    store: Any
+    url: str | None
+    api_key: str | None
+    state_dir: Any
 
 
 def version_name(collection: str, number: int) -> str:
@@ -373,12 +383,11 @@ class _Ctx:
 def _open(
     collection: str,
     *,
-    store: Any = None,
-    url: str | None = None,
-    api_key: str | None = None,
-    state_dir: Any = None,
     progress: bool = False,
+    **where: Unpack[Where],
 ) -> _Ctx:
+    store, url = where.get("store"), where.get("url")
+    api_key, state_dir = where.get("api_key"), where.get("state_dir")
     from qflume._validate import url_problem
     from qflume.pipeline import Pipeline
 
@@ -630,10 +639,6 @@ class _Build:
 def reindex(
     collection: str,
     *,
-    store: Any = None,
-    url: str | None = None,
-    api_key: str | None = None,
-    state_dir: Any = None,
     model: Any = None,
     chunk_chars: int | None = None,
     chunk_tokens: int | None = None,
@@ -647,6 +652,7 @@ def reindex(
     progress: bool = False,
     embedder: Any = None,
     readers: Any = None,
+    **where: Unpack[Where],
 ) -> ReindexReport:
     """Build the next version of ``collection`` with the settings given (the live version's
     for those not given), verify it and make it live; resumes a build of the same settings that
@@ -666,7 +672,8 @@ def reindex(
         isinstance(overlap, bool) or not isinstance(overlap, int) or overlap < 0
     ):
         raise InvalidInputError(f"overlap must be a non-negative int, got {overlap!r}")
-    ctx = _open(collection, store=store, url=url, api_key=api_key, state_dir=state_dir,
+    url, api_key = where.get("url"), where.get("api_key")
+    ctx = _open(collection, **where,
                 progress=progress)  # fmt: skip
     report = ReindexReport(collection)
     try:
@@ -1327,18 +1334,15 @@ def rollback(
     collection: str,
     *,
     to: int | None = None,
-    store: Any = None,
-    url: str | None = None,
-    api_key: str | None = None,
-    state_dir: Any = None,
     lock_wait: float = LOCK_WAIT_S,
     progress: bool = False,
+    **where: Unpack[Where],
 ) -> dict[str, Any]:
     """Make a retired version live again (``to``, default: the one live before the current
     one): its archived document rows become the state's, then the alias or pointer moves. It
     serves that version as it was when it was retired; the next ingest brings it up to date
     with the sources (documents changed since are read again)."""
-    ctx = _open(collection, store=store, url=url, api_key=api_key, state_dir=state_dir,
+    ctx = _open(collection, **where,
                 progress=progress)  # fmt: skip
     try:
         with ReindexLock(ctx.state_path) as lock:
@@ -1380,17 +1384,14 @@ def gc(
     collection: str,
     *,
     keep: int = 2,
-    store: Any = None,
-    url: str | None = None,
-    api_key: str | None = None,
-    state_dir: Any = None,
     progress: bool = False,
+    **where: Unpack[Where],
 ) -> dict[str, Any]:
     """Drop the versions beyond the ``keep`` most recent ones (the live one always kept) and
     unfinished builds: their collections or shard folders, and their archived rows."""
     if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
         raise InvalidInputError(f"keep must be an int >= 1 (the live version counts), got {keep!r}")
-    ctx = _open(collection, store=store, url=url, api_key=api_key, state_dir=state_dir,
+    ctx = _open(collection, **where,
                 progress=progress)  # fmt: skip
     try:
         with ReindexLock(ctx.state_path):
@@ -1420,12 +1421,9 @@ def gc(
 def migrate(
     collection: str,
     *,
-    store: Any = None,
-    url: str | None = None,
-    api_key: str | None = None,
-    state_dir: Any = None,
     model: Any = None,
     progress: bool = False,
+    **where: Unpack[Where],
 ) -> dict[str, Any]:
     """Put a plain collection behind versions. On a server: copy ``docs`` (points, vectors and
     payloads as they are) into ``docs__v1``, check the copy, then delete ``docs`` and create the
@@ -1433,7 +1431,7 @@ def migrate(
     the writer's lock held (no ingest meanwhile; searches go on). On the embedded store nothing
     moves: ``STORE/docs`` is registered as version 1. ``model``: the model folder the collection
     was made with (default: the default model), recorded for later ingests and searches."""
-    ctx = _open(collection, store=store, url=url, api_key=api_key, state_dir=state_dir,
+    ctx = _open(collection, **where,
                 progress=progress)  # fmt: skip
     try:
         with ReindexLock(ctx.state_path):
@@ -1546,15 +1544,11 @@ def _copy_plain(ctx: _Ctx, name: str) -> int:
 
 def list_versions(
     collection: str,
-    *,
-    store: Any = None,
-    url: str | None = None,
-    api_key: str | None = None,
-    state_dir: Any = None,
+    **where: Unpack[Where],
 ) -> dict[str, Any]:
     """The collection's versions as the state records them, and what its alias (or pointer)
     names now; changes nothing."""
-    ctx = _open(collection, store=store, url=url, api_key=api_key, state_dir=state_dir)
+    ctx = _open(collection, **where)
     try:
         rows = ctx.state.versions()
         names = ctx.target.live_name()
