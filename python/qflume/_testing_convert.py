@@ -197,33 +197,30 @@ def _timestamp(ts: Any) -> str:
     return datetime.fromtimestamp(ts.seconds + ts.nanos / 1e9, tz=timezone.utc).isoformat()
 
 
+#: Match oneof kind -> (the Edge match class, how to read its value off the gRPC Match).
+_MATCHES: dict[str, tuple[Any, Any]] = {
+    "keyword": (qe.MatchValue, lambda m: m.keyword),
+    "integer": (qe.MatchValue, lambda m: m.integer),
+    "boolean": (qe.MatchValue, lambda m: m.boolean),
+    "text": (qe.MatchText, lambda m: m.text),
+    "keywords": (qe.MatchAny, lambda m: list(m.keywords.strings)),
+    "integers": (qe.MatchAny, lambda m: list(m.integers.integers)),
+    "except_keywords": (qe.MatchExcept, lambda m: list(m.except_keywords.strings)),
+    "except_integers": (qe.MatchExcept, lambda m: list(m.except_integers.integers)),
+    "phrase": (qe.MatchPhrase, lambda m: m.phrase),
+    "text_any": (qe.MatchTextAny, lambda m: m.text_any),
+    "prefix": (qe.MatchPrefix, lambda m: m.prefix),
+    "substring": (qe.MatchSubstring, lambda m: m.substring),
+}
+
+
 def _match_in(m: qg.Match) -> Any:
     kind = m.WhichOneof("match_value")
-    if kind == "keyword":
-        return qe.MatchValue(m.keyword)
-    if kind == "integer":
-        return qe.MatchValue(m.integer)
-    if kind == "boolean":
-        return qe.MatchValue(m.boolean)
-    if kind == "text":
-        return qe.MatchText(m.text)
-    if kind == "keywords":
-        return qe.MatchAny(list(m.keywords.strings))
-    if kind == "integers":
-        return qe.MatchAny(list(m.integers.integers))
-    if kind == "except_keywords":
-        return qe.MatchExcept(list(m.except_keywords.strings))
-    if kind == "except_integers":
-        return qe.MatchExcept(list(m.except_integers.integers))
-    if kind == "phrase":
-        return qe.MatchPhrase(m.phrase)
-    if kind == "text_any":
-        return qe.MatchTextAny(m.text_any)
-    if kind == "prefix":
-        return qe.MatchPrefix(m.prefix)
-    if kind == "substring":
-        return qe.MatchSubstring(m.substring)
-    raise UnsupportedRequest(f"match {kind!r} is not supported")
+    entry = _MATCHES.get(kind) if kind is not None else None
+    if entry is None:
+        raise UnsupportedRequest(f"match {kind!r} is not supported")
+    make, value = entry
+    return make(value(m))
 
 
 def _opt(msg: Any, *names: str) -> dict[str, Any]:

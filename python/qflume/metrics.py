@@ -407,17 +407,8 @@ def _escape(v: str) -> str:
 REGISTRY = Metrics()
 
 
-def observe(
-    op: str,
-    seconds: float,
-    *,
-    items: int = 1,
-    error: bool = False,
-    errors: int | None = None,
-    **labels: Any,
-) -> None:
-    """`REGISTRY.observe`: record one call of `op`."""
-    REGISTRY.observe(op, seconds, items=items, error=error, errors=errors, **labels)
+#: `REGISTRY.observe`: record one call of `op` (the registry's own method, same signature).
+observe = REGISTRY.observe
 
 
 def timer(op: str, *, items: int = 1, **labels: Any) -> contextlib.AbstractContextManager[None]:
@@ -680,7 +671,8 @@ def status_report(target: Any, *, registry: Metrics | None = None) -> dict[str, 
     except Exception as e:
         out["collection_info"] = {"error": str(e)}
     out["health"] = health(target)
-    last = out.get("last_run") if isinstance(out.get("last_run"), dict) else {}
+    last_run = out.get("last_run")
+    last = last_run if isinstance(last_run, dict) else {}
     out["alerts"] = {"active": out["health"]["alerts"], "last_run": last.get("alerts", [])}
     out["metrics"] = (registry or REGISTRY).to_json()
     return out

@@ -225,15 +225,7 @@ class State:
             pid = int(os.pread(fd, 32, 0).decode(errors="replace").strip() or 0)
         except (OSError, ValueError):
             return None
-        if pid <= 0:
-            return None
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return None
-        except PermissionError:
-            return pid
-        return pid
+        return pid if _alive(pid) else None
 
     def _take_lock(self) -> None:
         fd = self._lock_file()
@@ -783,6 +775,19 @@ class State:
         self.close()
 
 
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` names a running process (one of another user's counts as running)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def _reindex_lock_path(state_path: str | os.PathLike[str]) -> Path:
     p = Path(state_path)
     return p.with_name(p.name + ".reindex")
@@ -796,15 +801,7 @@ def reindex_holder(state_path: str | os.PathLike[str]) -> tuple[int, str] | None
         pid = int(pid_s)
     except (OSError, ValueError):
         return None
-    if pid <= 0:
-        return None
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return None
-    except PermissionError:
-        pass
-    return pid, phase
+    return (pid, phase) if _alive(pid) else None
 
 
 class ReindexLock:

@@ -270,6 +270,13 @@ def _done(start: float) -> dict[str, Any]:
     return {"time": time.perf_counter() - start}
 
 
+def _filled(resp: Any, items: Iterable[Any], out: Callable[[Any, Any], Any]) -> Any:
+    """``resp`` with ``out(item, slot)`` written into a new ``resp.result`` slot per item."""
+    for item in items:
+        out(item, resp.result.add())
+    return resp
+
+
 def _update_response(start: float, request: Any) -> qg.PointsOperationResponse:
     # Updates are applied before the reply either way; like Qdrant, wait=false answers Acknowledged.
     status = qg.UpdateStatus.Completed if request.wait else qg.UpdateStatus.Acknowledged
@@ -461,10 +468,7 @@ class _Points(qg.PointsServicer):
             with_payload,
             cv.with_vectors_in(request.with_vectors, request.HasField("with_vectors")),
         )
-        resp = qg.GetResponse(**_done(start))
-        for r in records:
-            cv.record_out(r, resp.result.add())
-        return resp
+        return _filled(qg.GetResponse(**_done(start)), records, cv.record_out)
 
     @_guard
     def Count(self, request: qg.CountPoints, context: Any) -> Any:
@@ -493,9 +497,7 @@ class _Points(qg.PointsServicer):
                 ),
             )
         )
-        resp = qg.ScrollResponse(**_done(start))
-        for r in records:
-            cv.record_out(r, resp.result.add())
+        resp = _filled(qg.ScrollResponse(**_done(start)), records, cv.record_out)
         if next_offset is not None:
             resp.next_page_offset.CopyFrom(cv.point_id_out(next_offset))
         return resp
@@ -505,49 +507,53 @@ class _Points(qg.PointsServicer):
             return [coll.shard.query(requests[0])]
         return coll.shard.query_batch(qe.QueryBatchRequest(requests))
 
-    @_guard
-    def Search(self, request: qg.SearchPoints, context: Any) -> Any:
+    def _answer(
+        self, request: Any, response: Any, build: Callable[[_Collection], list[Any]], batch: bool
+    ) -> Any:
+        """Run the queries ``build`` makes on the request's collection into a ``response``: the
+        one query's points, or (``batch``) a list of points per query."""
         start = time.perf_counter()
         coll = self.store.get(request.collection_name)
-        (points,) = self._query(coll, [cv.search_points_in(request)])
-        resp = qg.SearchResponse(**_done(start))
-        for p in points:
-            cv.scored_point_out(p, resp.result.add())
+        results = self._query(coll, build(coll))
+        resp = response(**_done(start))
+        if not batch:
+            return _filled(resp, results[0], cv.scored_point_out)
+        for points in results:
+            _filled(resp.result.add(), points, cv.scored_point_out)
         return resp
+
+    @_guard
+    def Search(self, request: qg.SearchPoints, context: Any) -> Any:
+        return self._answer(
+            request, qg.SearchResponse, lambda coll: [cv.search_points_in(request)], False
+        )
 
     @_guard
     def SearchBatch(self, request: qg.SearchBatchPoints, context: Any) -> Any:
-        start = time.perf_counter()
-        coll = self.store.get(request.collection_name)
-        results = self._query(coll, [cv.search_points_in(r) for r in request.search_points])
-        resp = qg.SearchBatchResponse(**_done(start))
-        for points in results:
-            batch = resp.result.add()
-            for p in points:
-                cv.scored_point_out(p, batch.result.add())
-        return resp
+        return self._answer(
+            request,
+            qg.SearchBatchResponse,
+            lambda coll: [cv.search_points_in(r) for r in request.search_points],
+            True,
+        )
 
     @_guard
     def Query(self, request: qg.QueryPoints, context: Any) -> Any:
-        start = time.perf_counter()
-        coll = self.store.get(request.collection_name)
-        (points,) = self._query(coll, [cv.query_points_in(request, coll.lookup_vector)])
-        resp = qg.QueryResponse(**_done(start))
-        for p in points:
-            cv.scored_point_out(p, resp.result.add())
-        return resp
+        return self._answer(
+            request,
+            qg.QueryResponse,
+            lambda coll: [cv.query_points_in(request, coll.lookup_vector)],
+            False,
+        )
 
     @_guard
     def QueryBatch(self, request: qg.QueryBatchPoints, context: Any) -> Any:
-        start = time.perf_counter()
-        coll = self.store.get(request.collection_name)
-        reqs = [cv.query_points_in(r, coll.lookup_vector) for r in request.query_points]
-        resp = qg.QueryBatchResponse(**_done(start))
-        for points in self._query(coll, reqs):
-            batch = resp.result.add()
-            for p in points:
-                cv.scored_point_out(p, batch.result.add())
-        return resp
+        return self._answer(
+            request,
+            qg.QueryBatchResponse,
+            lambda coll: [cv.query_points_in(r, coll.lookup_vector) for r in request.query_points],
+            True,
+        )
 
 
 class _Collections(qg.CollectionsServicer):
