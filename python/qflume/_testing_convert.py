@@ -7,7 +7,7 @@ part the test server does not implement, which the server turns into an INVALID_
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timezone
 from typing import Any
 
@@ -166,28 +166,33 @@ def vectors_out(vector: Any, out: qg.VectorsOutput) -> None:
 # --- selectors --------------------------------------------------------------------------------
 
 
-def with_payload_in(sel: qg.WithPayloadSelector | None, present: bool) -> Any:
+def _selector_in(sel: Any, present: bool, options: Mapping[str, Callable[[Any], Any]]) -> Any:
+    """A with_payload / with_vectors selector: False when absent, its ``enable`` flag, or what
+    ``options`` makes of its other ``selector_options`` kinds (False for one not listed)."""
     if not present or sel is None:
         return False
     kind = sel.WhichOneof("selector_options")
     if kind == "enable":
         return sel.enable
-    if kind == "include":
-        return qe.PayloadSelector.Include(list(sel.include.fields))
-    if kind == "exclude":
-        return qe.PayloadSelector.Exclude(list(sel.exclude.fields))
-    return False
+    make = options.get(kind) if kind is not None else None
+    return False if make is None else make(sel)
+
+
+_PAYLOAD_SELECTORS: dict[str, Callable[[Any], Any]] = {
+    "include": lambda sel: qe.PayloadSelector.Include(list(sel.include.fields)),
+    "exclude": lambda sel: qe.PayloadSelector.Exclude(list(sel.exclude.fields)),
+}
+_VECTOR_SELECTORS: dict[str, Callable[[Any], Any]] = {
+    "include": lambda sel: list(sel.include.names),
+}
+
+
+def with_payload_in(sel: qg.WithPayloadSelector | None, present: bool) -> Any:
+    return _selector_in(sel, present, _PAYLOAD_SELECTORS)
 
 
 def with_vectors_in(sel: qg.WithVectorsSelector | None, present: bool) -> Any:
-    if not present or sel is None:
-        return False
-    kind = sel.WhichOneof("selector_options")
-    if kind == "enable":
-        return sel.enable
-    if kind == "include":
-        return list(sel.include.names)
-    return False
+    return _selector_in(sel, present, _VECTOR_SELECTORS)
 
 
 # --- filters ----------------------------------------------------------------------------------

@@ -321,25 +321,27 @@ class _Points(qg.PointsServicer):
         self._upsert(coll, request.points)
         return _update_response(start, request)
 
-    def _update_selected(
-        self,
-        request: Any,
-        by_ids: Callable[[list[Any]], qe.UpdateOperation],
-        by_filter: Callable[[qe.Filter], qe.UpdateOperation],
-    ) -> Any:
-        """Apply `by_ids` / `by_filter` to the points `request.points` selects; the reply."""
+    def _update(self, request: Any, apply: Callable[[_Collection], None]) -> Any:
+        """``apply`` the update to the request's collection; the reply."""
         start = time.perf_counter()
-        coll = self.store.get(request.collection_name)
-        coll.update(_selector_op(request.points, by_ids, by_filter))
+        apply(self.store.get(request.collection_name))
         return _update_response(start, request)
+
+    @staticmethod
+    def _delete_op(sel: Any) -> qe.UpdateOperation:
+        return _selector_op(
+            sel, qe.UpdateOperation.delete_points, qe.UpdateOperation.delete_points_by_filter
+        )
+
+    @staticmethod
+    def _clear_op(sel: Any) -> qe.UpdateOperation:
+        return _selector_op(
+            sel, qe.UpdateOperation.clear_payload, qe.UpdateOperation.clear_payload_by_filter
+        )
 
     @_guard
     def Delete(self, request: qg.DeletePoints, context: Any) -> Any:
-        return self._update_selected(
-            request,
-            qe.UpdateOperation.delete_points,
-            qe.UpdateOperation.delete_points_by_filter,
-        )
+        return self._update(request, lambda coll: coll.update(self._delete_op(request.points)))
 
     def _set_payload(self, coll: _Collection, request: Any, overwrite: bool) -> None:
         payload = cv.payload_in(request.payload)
@@ -363,15 +365,11 @@ class _Points(qg.PointsServicer):
 
     @_guard
     def SetPayload(self, request: qg.SetPayloadPoints, context: Any) -> Any:
-        start = time.perf_counter()
-        self._set_payload(self.store.get(request.collection_name), request, overwrite=False)
-        return _update_response(start, request)
+        return self._update(request, lambda coll: self._set_payload(coll, request, False))
 
     @_guard
     def OverwritePayload(self, request: qg.SetPayloadPoints, context: Any) -> Any:
-        start = time.perf_counter()
-        self._set_payload(self.store.get(request.collection_name), request, overwrite=True)
-        return _update_response(start, request)
+        return self._update(request, lambda coll: self._set_payload(coll, request, True))
 
     @staticmethod
     def _delete_payload_op(request: Any) -> qe.UpdateOperation:
@@ -384,18 +382,11 @@ class _Points(qg.PointsServicer):
 
     @_guard
     def DeletePayload(self, request: qg.DeletePayloadPoints, context: Any) -> Any:
-        start = time.perf_counter()
-        coll = self.store.get(request.collection_name)
-        coll.update(self._delete_payload_op(request))
-        return _update_response(start, request)
+        return self._update(request, lambda coll: coll.update(self._delete_payload_op(request)))
 
     @_guard
     def ClearPayload(self, request: qg.ClearPayloadPoints, context: Any) -> Any:
-        return self._update_selected(
-            request,
-            qe.UpdateOperation.clear_payload,
-            qe.UpdateOperation.clear_payload_by_filter,
-        )
+        return self._update(request, lambda coll: coll.update(self._clear_op(request.points)))
 
     @_guard
     def UpdateBatch(self, request: qg.UpdateBatchPoints, context: Any) -> Any:
@@ -408,13 +399,7 @@ class _Points(qg.PointsServicer):
                 self._upsert(coll, op.upsert.points)
             elif kind in ("delete_points", "delete_deprecated"):
                 sel = op.delete_points.points if kind == "delete_points" else op.delete_deprecated
-                coll.update(
-                    _selector_op(
-                        sel,
-                        qe.UpdateOperation.delete_points,
-                        qe.UpdateOperation.delete_points_by_filter,
-                    )
-                )
+                coll.update(self._delete_op(sel))
             elif kind in ("set_payload", "overwrite_payload"):
                 self._set_payload(coll, getattr(op, kind), overwrite=kind == "overwrite_payload")
             elif kind == "delete_payload":
@@ -425,13 +410,7 @@ class _Points(qg.PointsServicer):
                     if kind == "clear_payload"
                     else op.clear_payload_deprecated
                 )
-                coll.update(
-                    _selector_op(
-                        sel,
-                        qe.UpdateOperation.clear_payload,
-                        qe.UpdateOperation.clear_payload_by_filter,
-                    )
-                )
+                coll.update(self._clear_op(sel))
             else:
                 raise cv.UnsupportedRequest(f"update operation {kind!r} is not supported")
             results.append(qg.UpdateResult(operation_id=0, status=qg.UpdateStatus.Completed))
@@ -439,20 +418,20 @@ class _Points(qg.PointsServicer):
 
     @_guard
     def CreateFieldIndex(self, request: qg.CreateFieldIndexCollection, context: Any) -> Any:
-        start = time.perf_counter()
-        coll = self.store.get(request.collection_name)
-        schema = _FIELD_TYPES.get(request.field_type)  # unset = 0 = FieldTypeKeyword
-        if schema is None:
-            raise cv.UnsupportedRequest(f"field type {request.field_type} is not supported")
-        coll.update(qe.UpdateOperation.create_field_index(request.field_name, schema))
-        return _update_response(start, request)
+        def apply(coll: _Collection) -> None:
+            schema = _FIELD_TYPES.get(request.field_type)  # unset = 0 = FieldTypeKeyword
+            if schema is None:
+                raise cv.UnsupportedRequest(f"field type {request.field_type} is not supported")
+            coll.update(qe.UpdateOperation.create_field_index(request.field_name, schema))
+
+        return self._update(request, apply)
 
     @_guard
     def DeleteFieldIndex(self, request: qg.DeleteFieldIndexCollection, context: Any) -> Any:
-        start = time.perf_counter()
-        coll = self.store.get(request.collection_name)
-        coll.update(qe.UpdateOperation.delete_field_index(request.field_name))
-        return _update_response(start, request)
+        return self._update(
+            request,
+            lambda coll: coll.update(qe.UpdateOperation.delete_field_index(request.field_name)),
+        )
 
     # reads
 
