@@ -299,6 +299,19 @@ def _selector_op(
     raise cv.UnsupportedRequest("a points selector needs ids or a filter")
 
 
+def _query_rpc(
+    response: Any, build: Callable[[Any, _Collection], list[Any]], batch: bool
+) -> Callable[..., Any]:
+    """A search/query RPC of `_Points`: the queries ``build(request, collection)`` makes, run by
+    `_Points._answer` into a ``response``."""
+
+    def rpc(self: _Points, request: Any, context: Any) -> Any:
+        return self._answer(request, response, lambda coll: build(request, coll), batch)
+
+    rpc.__name__ = response.__name__.removesuffix("Response")
+    return _guard(rpc)
+
+
 class _Points(qg.PointsServicer):
     def __init__(self, store: _Store) -> None:
         self.store = store
@@ -501,38 +514,20 @@ class _Points(qg.PointsServicer):
             _filled(resp.result.add(), points, cv.scored_point_out)
         return resp
 
-    @_guard
-    def Search(self, request: qg.SearchPoints, context: Any) -> Any:
-        return self._answer(
-            request, qg.SearchResponse, lambda coll: [cv.search_points_in(request)], False
-        )
-
-    @_guard
-    def SearchBatch(self, request: qg.SearchBatchPoints, context: Any) -> Any:
-        return self._answer(
-            request,
-            qg.SearchBatchResponse,
-            lambda coll: [cv.search_points_in(r) for r in request.search_points],
-            True,
-        )
-
-    @_guard
-    def Query(self, request: qg.QueryPoints, context: Any) -> Any:
-        return self._answer(
-            request,
-            qg.QueryResponse,
-            lambda coll: [cv.query_points_in(request, coll.lookup_vector)],
-            False,
-        )
-
-    @_guard
-    def QueryBatch(self, request: qg.QueryBatchPoints, context: Any) -> Any:
-        return self._answer(
-            request,
-            qg.QueryBatchResponse,
-            lambda coll: [cv.query_points_in(r, coll.lookup_vector) for r in request.query_points],
-            True,
-        )
+    Search = _query_rpc(qg.SearchResponse, lambda req, coll: [cv.search_points_in(req)], False)
+    SearchBatch = _query_rpc(
+        qg.SearchBatchResponse,
+        lambda req, coll: [cv.search_points_in(r) for r in req.search_points],
+        True,
+    )
+    Query = _query_rpc(
+        qg.QueryResponse, lambda req, coll: [cv.query_points_in(req, coll.lookup_vector)], False
+    )
+    QueryBatch = _query_rpc(
+        qg.QueryBatchResponse,
+        lambda req, coll: [cv.query_points_in(r, coll.lookup_vector) for r in req.query_points],
+        True,
+    )
 
 
 class _Collections(qg.CollectionsServicer):
