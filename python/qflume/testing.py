@@ -299,6 +299,12 @@ def _selector_op(
     raise cv.UnsupportedRequest("a points selector needs ids or a filter")
 
 
+def _refuse(request: Any, field: str, what: str | None = None) -> None:
+    """Refuse a request that sets ``field``, an option the test server does not implement."""
+    if request.HasField(field):
+        raise cv.UnsupportedRequest(f"{what or field} is not supported by the test server")
+
+
 def _query_rpc(
     response: Any, build: Callable[[Any, _Collection], list[Any]], batch: bool
 ) -> Callable[..., Any]:
@@ -329,8 +335,7 @@ class _Points(qg.PointsServicer):
     def Upsert(self, request: qg.UpsertPoints, context: Any) -> Any:
         start = time.perf_counter()
         coll = self.store.get(request.collection_name)
-        if request.HasField("update_filter"):
-            raise cv.UnsupportedRequest("update_filter is not supported by the test server")
+        _refuse(request, "update_filter")
         self._upsert(coll, request.points)
         return _update_response(start, request)
 
@@ -473,8 +478,7 @@ class _Points(qg.PointsServicer):
     def Scroll(self, request: qg.ScrollPoints, context: Any) -> Any:
         start = time.perf_counter()
         coll = self.store.get(request.collection_name)
-        if request.HasField("order_by"):
-            raise cv.UnsupportedRequest("scroll with order_by is not supported by the test server")
+        _refuse(request, "order_by", "scroll with order_by")
         with_payload = cv.with_payload_in(request.with_payload, request.HasField("with_payload"))
         if not request.HasField("with_payload"):
             with_payload = True
