@@ -7,7 +7,7 @@ part the test server does not implement, which the server turns into an INVALID_
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timezone
 from typing import Any
 
@@ -166,28 +166,33 @@ def vectors_out(vector: Any, out: qg.VectorsOutput) -> None:
 # --- selectors --------------------------------------------------------------------------------
 
 
-def with_payload_in(sel: qg.WithPayloadSelector | None, present: bool) -> Any:
+def _selector_in(sel: Any, present: bool, options: Mapping[str, Callable[[Any], Any]]) -> Any:
+    """A with_payload / with_vectors selector: False when absent, its ``enable`` flag, or what
+    ``options`` makes of its other ``selector_options`` kinds (False for one not listed)."""
     if not present or sel is None:
         return False
     kind = sel.WhichOneof("selector_options")
     if kind == "enable":
         return sel.enable
-    if kind == "include":
-        return qe.PayloadSelector.Include(list(sel.include.fields))
-    if kind == "exclude":
-        return qe.PayloadSelector.Exclude(list(sel.exclude.fields))
-    return False
+    make = options.get(kind) if kind is not None else None
+    return False if make is None else make(sel)
+
+
+_PAYLOAD_SELECTORS: dict[str, Callable[[Any], Any]] = {
+    "include": lambda sel: qe.PayloadSelector.Include(list(sel.include.fields)),
+    "exclude": lambda sel: qe.PayloadSelector.Exclude(list(sel.exclude.fields)),
+}
+_VECTOR_SELECTORS: dict[str, Callable[[Any], Any]] = {
+    "include": lambda sel: list(sel.include.names),
+}
+
+
+def with_payload_in(sel: qg.WithPayloadSelector | None, present: bool) -> Any:
+    return _selector_in(sel, present, _PAYLOAD_SELECTORS)
 
 
 def with_vectors_in(sel: qg.WithVectorsSelector | None, present: bool) -> Any:
-    if not present or sel is None:
-        return False
-    kind = sel.WhichOneof("selector_options")
-    if kind == "enable":
-        return sel.enable
-    if kind == "include":
-        return list(sel.include.names)
-    return False
+    return _selector_in(sel, present, _VECTOR_SELECTORS)
 
 
 # --- filters ----------------------------------------------------------------------------------
@@ -197,33 +202,30 @@ def _timestamp(ts: Any) -> str:
     return datetime.fromtimestamp(ts.seconds + ts.nanos / 1e9, tz=timezone.utc).isoformat()
 
 
+#: Match oneof kind -> (the Edge match class, how to read its value off the gRPC Match).
+_MATCHES: dict[str, tuple[Any, Any]] = {
+    "keyword": (qe.MatchValue, lambda m: m.keyword),
+    "integer": (qe.MatchValue, lambda m: m.integer),
+    "boolean": (qe.MatchValue, lambda m: m.boolean),
+    "text": (qe.MatchText, lambda m: m.text),
+    "keywords": (qe.MatchAny, lambda m: list(m.keywords.strings)),
+    "integers": (qe.MatchAny, lambda m: list(m.integers.integers)),
+    "except_keywords": (qe.MatchExcept, lambda m: list(m.except_keywords.strings)),
+    "except_integers": (qe.MatchExcept, lambda m: list(m.except_integers.integers)),
+    "phrase": (qe.MatchPhrase, lambda m: m.phrase),
+    "text_any": (qe.MatchTextAny, lambda m: m.text_any),
+    "prefix": (qe.MatchPrefix, lambda m: m.prefix),
+    "substring": (qe.MatchSubstring, lambda m: m.substring),
+}
+
+
 def _match_in(m: qg.Match) -> Any:
     kind = m.WhichOneof("match_value")
-    if kind == "keyword":
-        return qe.MatchValue(m.keyword)
-    if kind == "integer":
-        return qe.MatchValue(m.integer)
-    if kind == "boolean":
-        return qe.MatchValue(m.boolean)
-    if kind == "text":
-        return qe.MatchText(m.text)
-    if kind == "keywords":
-        return qe.MatchAny(list(m.keywords.strings))
-    if kind == "integers":
-        return qe.MatchAny(list(m.integers.integers))
-    if kind == "except_keywords":
-        return qe.MatchExcept(list(m.except_keywords.strings))
-    if kind == "except_integers":
-        return qe.MatchExcept(list(m.except_integers.integers))
-    if kind == "phrase":
-        return qe.MatchPhrase(m.phrase)
-    if kind == "text_any":
-        return qe.MatchTextAny(m.text_any)
-    if kind == "prefix":
-        return qe.MatchPrefix(m.prefix)
-    if kind == "substring":
-        return qe.MatchSubstring(m.substring)
-    raise UnsupportedRequest(f"match {kind!r} is not supported")
+    entry = _MATCHES.get(kind) if kind is not None else None
+    if entry is None:
+        raise UnsupportedRequest(f"match {kind!r} is not supported")
+    make, value = entry
+    return make(value(m))
 
 
 def _opt(msg: Any, *names: str) -> dict[str, Any]:

@@ -33,6 +33,7 @@ from typing import Any
 
 from qflume import _core
 from qflume import model as builder
+from qflume._onnx import cpu_count as _cores
 from qflume.exceptions import ModelError
 
 __all__ = [
@@ -309,13 +310,6 @@ def _save(source: Path, key: str, record: dict[str, Any]) -> None:
     except OSError as e:  # a read-only cache: the decision holds for this process only
         tmp.unlink(missing_ok=True)
         print(f"qflume: cannot record the model choice in {path}: {e}", file=sys.stderr)
-
-
-def _cores() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):
-        return max(1, os.cpu_count() or 1)
 
 
 def _ort_version() -> str:

@@ -17,16 +17,18 @@ from __future__ import annotations
 
 import math
 import uuid
-from collections.abc import Mapping, Sequence, Set
+from collections.abc import Callable, Mapping, Sequence, Set
 from datetime import date, datetime, timezone
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import numpy as np
 
 from qflume import payload
 from qflume.exceptions import InvalidInputError
 
-__all__ = ["FILTER_KEYS", "MAX_DEPTH", "expand_short", "normalize"]
+__all__ = ["FILTER_KEYS", "MAX_DEPTH", "expand_short", "native_filter", "normalize"]
+
+_Native = TypeVar("_Native")
 
 FILTER_KEYS: Final = ("must", "should", "must_not", "min_should")
 #: Filters nested deeper than this are refused (a cycle, or not a filter a person wrote).
@@ -425,3 +427,15 @@ def normalize(flt: Any, *, short: bool = False) -> dict[str, Any] | None:
     except (TypeError, ValueError, KeyError, AttributeError, OverflowError) as e:
         # a type no check above foresaw (a custom mapping, say): still the caller's mistake
         raise InvalidInputError(f"filter: malformed ({type(e).__name__}: {e})") from None
+
+
+def native_filter(
+    flt: Any, native: type[_Native], build: Callable[[dict[str, Any]], _Native]
+) -> _Native | None:
+    """A sink's own filter object: ``flt`` as is when it already is a ``native`` one, else
+    `normalize` (Qdrant's JSON layout or a qdrant-client ``models.Filter``) turned into one by
+    ``build``; None for no filter."""
+    if isinstance(flt, native):
+        return flt
+    canonical = normalize(flt)
+    return None if canonical is None else build(canonical)

@@ -28,7 +28,7 @@ import shutil
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -361,46 +361,57 @@ class Metrics:
                 lines.append(f"{name}{fmt({**labels, 'quantile': str(q)})} {num(v)}")
             lines.append(f"{name}_sum{fmt(labels)} {num(o['total_s'])}")
             lines.append(f"{name}_count{fmt(labels)} {num(o['count'])}")
+
+        def family(
+            metric: str, help_: str, kind: str, samples: Iterable[tuple[Mapping[str, str], Any]]
+        ) -> None:
+            full = f"{prefix}_{metric}"
+            lines.append(f"# HELP {full} {help_}")
+            lines.append(f"# TYPE {full} {kind}")
+            for labels, value in samples:
+                lines.append(f"{full}{fmt(labels)} {num(value)}")
+
         for metric, field, help_ in (
             ("operation_errors_total", "errors", "Failed calls or items of qflume operations."),
             ("operation_items_total", "items", "Items handled by qflume operations."),
         ):
-            full = f"{prefix}_{metric}"
-            lines.append(f"# HELP {full} {help_}")
-            lines.append(f"# TYPE {full} counter")
-            for o in ops:
-                lines.append(f"{full}{fmt({'op': o['op'], **o['labels']})} {num(o[field])}")
-        full = f"{prefix}_operation_items_per_second"
-        lines.append(f"# HELP {full} Recent throughput of qflume operations, items per second.")
-        lines.append(f"# TYPE {full} gauge")
-        for o in ops:
-            lines.append(f"{full}{fmt({'op': o['op'], **o['labels']})} {num(o['items_per_s'])}")
-        by_name: dict[str, list[dict[str, Any]]] = {}
-        for g in snap["gauges"]:
-            by_name.setdefault(g["name"], []).append(g)
-        for gname, rows in by_name.items():
-            full = f"{prefix}_{gname}"
-            lines.append(f"# HELP {full} qflume gauge {gname}.")
-            lines.append(f"# TYPE {full} gauge")
-            for g in rows:
-                lines.append(f"{full}{fmt(g['labels'])} {num(g['value'])}")
-        by_name = {}
-        for c in snap["counters"]:
-            by_name.setdefault(c["name"], []).append(c)
-        for cname, rows in by_name.items():
-            full = f"{prefix}_{cname.removesuffix('_total')}_total"
-            lines.append(f"# HELP {full} qflume counter {cname}.")
-            lines.append(f"# TYPE {full} counter")
-            for c in rows:
-                lines.append(f"{full}{fmt(c['labels'])} {num(c['value'])}")
-        full = f"{prefix}_process_cpu_seconds_total"
-        lines.append(f"# HELP {full} CPU time (user and system) of the qflume process.")
-        lines.append(f"# TYPE {full} counter")
-        lines.append(f"{full} {num(snap['process']['cpu_s'])}")
-        full = f"{prefix}_process_resident_memory_bytes"
-        lines.append(f"# HELP {full} Resident memory of the qflume process.")
-        lines.append(f"# TYPE {full} gauge")
-        lines.append(f"{full} {num(snap['process']['rss_bytes'])}")
+            family(
+                metric, help_, "counter", (({"op": o["op"], **o["labels"]}, o[field]) for o in ops)
+            )
+        family(
+            "operation_items_per_second",
+            "Recent throughput of qflume operations, items per second.",
+            "gauge",
+            (({"op": o["op"], **o["labels"]}, o["items_per_s"]) for o in ops),
+        )
+        named: tuple[tuple[str, str, Callable[[str], str]], ...] = (
+            ("gauges", "gauge", lambda n: n),
+            ("counters", "counter", lambda n: f"{n.removesuffix('_total')}_total"),
+        )
+        for section, kind, metric_of in named:
+            by_name: dict[str, list[dict[str, Any]]] = {}
+            for row in snap[section]:
+                by_name.setdefault(row["name"], []).append(row)
+            for rname, rows in by_name.items():
+                family(
+                    metric_of(rname),
+                    f"qflume {kind} {rname}.",
+                    kind,
+                    ((r["labels"], r["value"]) for r in rows),
+                )
+        process = snap["process"]
+        family(
+            "process_cpu_seconds_total",
+            "CPU time (user and system) of the qflume process.",
+            "counter",
+            [({}, process["cpu_s"])],
+        )
+        family(
+            "process_resident_memory_bytes",
+            "Resident memory of the qflume process.",
+            "gauge",
+            [({}, process["rss_bytes"])],
+        )
         return "\n".join(lines) + "\n"
 
 
@@ -412,17 +423,8 @@ def _escape(v: str) -> str:
 REGISTRY = Metrics()
 
 
-def observe(
-    op: str,
-    seconds: float,
-    *,
-    items: int = 1,
-    error: bool = False,
-    errors: int | None = None,
-    **labels: Any,
-) -> None:
-    """`REGISTRY.observe`: record one call of `op`."""
-    REGISTRY.observe(op, seconds, items=items, error=error, errors=errors, **labels)
+#: `REGISTRY.observe`: record one call of `op` (the registry's own method, same signature).
+observe = REGISTRY.observe
 
 
 def timer(op: str, *, items: int = 1, **labels: Any) -> contextlib.AbstractContextManager[None]:
@@ -689,8 +691,8 @@ def status_report(target: Pipeline, *, registry: Metrics | None = None) -> dict[
     except Exception as e:
         out["collection_info"] = {"error": str(e)}
     out["health"] = health(target)
-    last = out.get("last_run")
-    last = last if isinstance(last, dict) else {}
+    last_run = out.get("last_run")
+    last = last_run if isinstance(last_run, dict) else {}
     out["alerts"] = {"active": out["health"]["alerts"], "last_run": last.get("alerts", [])}
     out["metrics"] = (registry or REGISTRY).to_json()
     return out

@@ -409,13 +409,7 @@ def _after_failed_update(
         after = _retrieve(sink, list(touched))
     except Exception as e:  # the sink is gone: nothing can be confirmed
         for who in (w for leaves in touched.values() for w in leaves.values()):
-            for i in who:
-                results[i] = {
-                    "index": i,
-                    "ok": False,
-                    "error": f"{error} (then: {e})",
-                    "type": "target_error",
-                }
+            _fail(results, who, f"{error} (then: {e})")
         return
     for p, leaves in touched.items():
         rec = after.get(p)
@@ -423,13 +417,13 @@ def _after_failed_update(
             parts = leaf.split(".")
             if rec is not None and _get(rec.payload or {}, parts) == _get(payloads[p], parts):
                 continue
-            for i in who:
-                results[i] = {
-                    "index": i,
-                    "ok": False,
-                    "error": f"not applied to point {p} ({leaf}): {error}",
-                    "type": "target_error",
-                }
+            _fail(results, who, f"not applied to point {p} ({leaf}): {error}")
+
+
+def _fail(results: list[dict[str, Any] | None], who: Iterable[int], error: str) -> None:
+    """Mark the updates at indexes ``who`` failed at the target with ``error``."""
+    for i in who:
+        results[i] = {"index": i, "ok": False, "error": error, "type": "target_error"}
 
 
 # --- delete -------------------------------------------------------------------------------------

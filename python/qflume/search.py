@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -43,15 +43,8 @@ class Hit:
     metadata: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "score": self.score,
-            "page_content": self.page_content,
-            "source": self.source,
-            "start": self.start,
-            "end": self.end,
-            "metadata": self.metadata,
-        }
+        """Its fields by name (id, score, page_content, source, start, end, metadata)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
 def qdrant_filter(flt: Mapping[str, Any] | None) -> dict[str, Any] | None:

@@ -86,8 +86,8 @@ def hashes_from_blob(blob: bytes) -> npt.NDArray[np.uint8]:
 
 
 @dataclass
-class DocState:
-    """What the collection holds for one document, as the state last recorded it."""
+class _DocRow:
+    """The columns of a document row that both DocState and DocUpdate carry, in their order."""
 
     key: str
     root: str
@@ -98,6 +98,12 @@ class DocState:
     fingerprint: str
     chunks: bytes  # concatenated 16-byte chunk hashes, in chunk order (unique)
     offsets: bytes  # int64 (n, 3): chunk_index, start, end of each hash in `chunks`
+
+
+@dataclass
+class DocState(_DocRow):
+    """What the collection holds for one document, as the state last recorded it."""
+
     pending: bytes  # hashes sent (or about to be) but not yet acknowledged
     #: 8 bytes per hash in `chunks`: a digest of the chunk's structural metadata (its page(s),
     #: its heading path; zeros for none), or empty when no chunk has any
@@ -117,18 +123,9 @@ class DocState:
 
 
 @dataclass
-class DocUpdate:
+class DocUpdate(_DocRow):
     """The new committed value of a document row."""
 
-    key: str
-    root: str
-    content_hash: bytes | None
-    size: int
-    mtime_ns: int
-    meta_json: str
-    fingerprint: str
-    chunks: bytes
-    offsets: bytes
     chunk_meta: bytes = b""  # see DocState.chunk_meta
 
 
@@ -225,15 +222,7 @@ class State:
             pid = int(os.pread(fd, 32, 0).decode(errors="replace").strip() or 0)
         except (OSError, ValueError):
             return None
-        if pid <= 0:
-            return None
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return None
-        except PermissionError:
-            return pid
-        return pid
+        return pid if _alive(pid) else None
 
     def _take_lock(self) -> None:
         fd = self._lock_file()
@@ -783,6 +772,19 @@ class State:
         self.close()
 
 
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` names a running process (one of another user's counts as running)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def _reindex_lock_path(state_path: str | os.PathLike[str]) -> Path:
     p = Path(state_path)
     return p.with_name(p.name + ".reindex")
@@ -796,15 +798,7 @@ def reindex_holder(state_path: str | os.PathLike[str]) -> tuple[int, str] | None
         pid = int(pid_s)
     except (OSError, ValueError):
         return None
-    if pid <= 0:
-        return None
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return None
-    except PermissionError:
-        pass
-    return pid, phase
+    return (pid, phase) if _alive(pid) else None
 
 
 class ReindexLock:

@@ -270,6 +270,13 @@ def _done(start: float) -> dict[str, Any]:
     return {"time": time.perf_counter() - start}
 
 
+def _filled(resp: Any, items: Iterable[Any], out: Callable[[Any, Any], Any]) -> Any:
+    """``resp`` with ``out(item, slot)`` written into a new ``resp.result`` slot per item."""
+    for item in items:
+        out(item, resp.result.add())
+    return resp
+
+
 def _update_response(start: float, request: Any) -> qg.PointsOperationResponse:
     # Updates are applied before the reply either way; like Qdrant, wait=false answers Acknowledged.
     status = qg.UpdateStatus.Completed if request.wait else qg.UpdateStatus.Acknowledged
@@ -292,6 +299,25 @@ def _selector_op(
     raise cv.UnsupportedRequest("a points selector needs ids or a filter")
 
 
+def _refuse(request: Any, field: str, what: str | None = None) -> None:
+    """Refuse a request that sets ``field``, an option the test server does not implement."""
+    if request.HasField(field):
+        raise cv.UnsupportedRequest(f"{what or field} is not supported by the test server")
+
+
+def _query_rpc(
+    response: Any, build: Callable[[Any, _Collection], list[Any]], batch: bool
+) -> Callable[..., Any]:
+    """A search/query RPC of `_Points`: the queries ``build(request, collection)`` makes, run by
+    `_Points._answer` into a ``response``."""
+
+    def rpc(self: _Points, request: Any, context: Any) -> Any:
+        return self._answer(request, response, lambda coll: build(request, coll), batch)
+
+    rpc.__name__ = response.__name__.removesuffix("Response")
+    return _guard(rpc)
+
+
 class _Points(qg.PointsServicer):
     def __init__(self, store: _Store) -> None:
         self.store = store
@@ -309,30 +335,31 @@ class _Points(qg.PointsServicer):
     def Upsert(self, request: qg.UpsertPoints, context: Any) -> Any:
         start = time.perf_counter()
         coll = self.store.get(request.collection_name)
-        if request.HasField("update_filter"):
-            raise cv.UnsupportedRequest("update_filter is not supported by the test server")
+        _refuse(request, "update_filter")
         self._upsert(coll, request.points)
         return _update_response(start, request)
 
-    def _update_selected(
-        self,
-        request: Any,
-        by_ids: Callable[[list[Any]], qe.UpdateOperation],
-        by_filter: Callable[[qe.Filter], qe.UpdateOperation],
-    ) -> Any:
-        """Apply `by_ids` / `by_filter` to the points `request.points` selects; the reply."""
+    def _update(self, request: Any, apply: Callable[[_Collection], None]) -> Any:
+        """``apply`` the update to the request's collection; the reply."""
         start = time.perf_counter()
-        coll = self.store.get(request.collection_name)
-        coll.update(_selector_op(request.points, by_ids, by_filter))
+        apply(self.store.get(request.collection_name))
         return _update_response(start, request)
+
+    @staticmethod
+    def _delete_op(sel: Any) -> qe.UpdateOperation:
+        return _selector_op(
+            sel, qe.UpdateOperation.delete_points, qe.UpdateOperation.delete_points_by_filter
+        )
+
+    @staticmethod
+    def _clear_op(sel: Any) -> qe.UpdateOperation:
+        return _selector_op(
+            sel, qe.UpdateOperation.clear_payload, qe.UpdateOperation.clear_payload_by_filter
+        )
 
     @_guard
     def Delete(self, request: qg.DeletePoints, context: Any) -> Any:
-        return self._update_selected(
-            request,
-            qe.UpdateOperation.delete_points,
-            qe.UpdateOperation.delete_points_by_filter,
-        )
+        return self._update(request, lambda coll: coll.update(self._delete_op(request.points)))
 
     def _set_payload(self, coll: _Collection, request: Any, overwrite: bool) -> None:
         payload = cv.payload_in(request.payload)
@@ -356,15 +383,11 @@ class _Points(qg.PointsServicer):
 
     @_guard
     def SetPayload(self, request: qg.SetPayloadPoints, context: Any) -> Any:
-        start = time.perf_counter()
-        self._set_payload(self.store.get(request.collection_name), request, overwrite=False)
-        return _update_response(start, request)
+        return self._update(request, lambda coll: self._set_payload(coll, request, False))
 
     @_guard
     def OverwritePayload(self, request: qg.SetPayloadPoints, context: Any) -> Any:
-        start = time.perf_counter()
-        self._set_payload(self.store.get(request.collection_name), request, overwrite=True)
-        return _update_response(start, request)
+        return self._update(request, lambda coll: self._set_payload(coll, request, True))
 
     @staticmethod
     def _delete_payload_op(request: Any) -> qe.UpdateOperation:
@@ -377,18 +400,11 @@ class _Points(qg.PointsServicer):
 
     @_guard
     def DeletePayload(self, request: qg.DeletePayloadPoints, context: Any) -> Any:
-        start = time.perf_counter()
-        coll = self.store.get(request.collection_name)
-        coll.update(self._delete_payload_op(request))
-        return _update_response(start, request)
+        return self._update(request, lambda coll: coll.update(self._delete_payload_op(request)))
 
     @_guard
     def ClearPayload(self, request: qg.ClearPayloadPoints, context: Any) -> Any:
-        return self._update_selected(
-            request,
-            qe.UpdateOperation.clear_payload,
-            qe.UpdateOperation.clear_payload_by_filter,
-        )
+        return self._update(request, lambda coll: coll.update(self._clear_op(request.points)))
 
     @_guard
     def UpdateBatch(self, request: qg.UpdateBatchPoints, context: Any) -> Any:
@@ -401,13 +417,7 @@ class _Points(qg.PointsServicer):
                 self._upsert(coll, op.upsert.points)
             elif kind in ("delete_points", "delete_deprecated"):
                 sel = op.delete_points.points if kind == "delete_points" else op.delete_deprecated
-                coll.update(
-                    _selector_op(
-                        sel,
-                        qe.UpdateOperation.delete_points,
-                        qe.UpdateOperation.delete_points_by_filter,
-                    )
-                )
+                coll.update(self._delete_op(sel))
             elif kind in ("set_payload", "overwrite_payload"):
                 self._set_payload(coll, getattr(op, kind), overwrite=kind == "overwrite_payload")
             elif kind == "delete_payload":
@@ -418,13 +428,7 @@ class _Points(qg.PointsServicer):
                     if kind == "clear_payload"
                     else op.clear_payload_deprecated
                 )
-                coll.update(
-                    _selector_op(
-                        sel,
-                        qe.UpdateOperation.clear_payload,
-                        qe.UpdateOperation.clear_payload_by_filter,
-                    )
-                )
+                coll.update(self._clear_op(sel))
             else:
                 raise cv.UnsupportedRequest(f"update operation {kind!r} is not supported")
             results.append(qg.UpdateResult(operation_id=0, status=qg.UpdateStatus.Completed))
@@ -432,20 +436,20 @@ class _Points(qg.PointsServicer):
 
     @_guard
     def CreateFieldIndex(self, request: qg.CreateFieldIndexCollection, context: Any) -> Any:
-        start = time.perf_counter()
-        coll = self.store.get(request.collection_name)
-        schema = _FIELD_TYPES.get(request.field_type)  # unset = 0 = FieldTypeKeyword
-        if schema is None:
-            raise cv.UnsupportedRequest(f"field type {request.field_type} is not supported")
-        coll.update(qe.UpdateOperation.create_field_index(request.field_name, schema))
-        return _update_response(start, request)
+        def apply(coll: _Collection) -> None:
+            schema = _FIELD_TYPES.get(request.field_type)  # unset = 0 = FieldTypeKeyword
+            if schema is None:
+                raise cv.UnsupportedRequest(f"field type {request.field_type} is not supported")
+            coll.update(qe.UpdateOperation.create_field_index(request.field_name, schema))
+
+        return self._update(request, apply)
 
     @_guard
     def DeleteFieldIndex(self, request: qg.DeleteFieldIndexCollection, context: Any) -> Any:
-        start = time.perf_counter()
-        coll = self.store.get(request.collection_name)
-        coll.update(qe.UpdateOperation.delete_field_index(request.field_name))
-        return _update_response(start, request)
+        return self._update(
+            request,
+            lambda coll: coll.update(qe.UpdateOperation.delete_field_index(request.field_name)),
+        )
 
     # reads
 
@@ -461,10 +465,7 @@ class _Points(qg.PointsServicer):
             with_payload,
             cv.with_vectors_in(request.with_vectors, request.HasField("with_vectors")),
         )
-        resp = qg.GetResponse(**_done(start))
-        for r in records:
-            cv.record_out(r, resp.result.add())
-        return resp
+        return _filled(qg.GetResponse(**_done(start)), records, cv.record_out)
 
     @_guard
     def Count(self, request: qg.CountPoints, context: Any) -> Any:
@@ -477,8 +478,7 @@ class _Points(qg.PointsServicer):
     def Scroll(self, request: qg.ScrollPoints, context: Any) -> Any:
         start = time.perf_counter()
         coll = self.store.get(request.collection_name)
-        if request.HasField("order_by"):
-            raise cv.UnsupportedRequest("scroll with order_by is not supported by the test server")
+        _refuse(request, "order_by", "scroll with order_by")
         with_payload = cv.with_payload_in(request.with_payload, request.HasField("with_payload"))
         if not request.HasField("with_payload"):
             with_payload = True
@@ -493,9 +493,7 @@ class _Points(qg.PointsServicer):
                 ),
             )
         )
-        resp = qg.ScrollResponse(**_done(start))
-        for r in records:
-            cv.record_out(r, resp.result.add())
+        resp = _filled(qg.ScrollResponse(**_done(start)), records, cv.record_out)
         if next_offset is not None:
             resp.next_page_offset.CopyFrom(cv.point_id_out(next_offset))
         return resp
@@ -505,49 +503,35 @@ class _Points(qg.PointsServicer):
             return [coll.shard.query(requests[0])]
         return coll.shard.query_batch(qe.QueryBatchRequest(requests))
 
-    @_guard
-    def Search(self, request: qg.SearchPoints, context: Any) -> Any:
+    def _answer(
+        self, request: Any, response: Any, build: Callable[[_Collection], list[Any]], batch: bool
+    ) -> Any:
+        """Run the queries ``build`` makes on the request's collection into a ``response``: the
+        one query's points, or (``batch``) a list of points per query."""
         start = time.perf_counter()
         coll = self.store.get(request.collection_name)
-        (points,) = self._query(coll, [cv.search_points_in(request)])
-        resp = qg.SearchResponse(**_done(start))
-        for p in points:
-            cv.scored_point_out(p, resp.result.add())
-        return resp
-
-    @_guard
-    def SearchBatch(self, request: qg.SearchBatchPoints, context: Any) -> Any:
-        start = time.perf_counter()
-        coll = self.store.get(request.collection_name)
-        results = self._query(coll, [cv.search_points_in(r) for r in request.search_points])
-        resp = qg.SearchBatchResponse(**_done(start))
+        results = self._query(coll, build(coll))
+        resp = response(**_done(start))
+        if not batch:
+            return _filled(resp, results[0], cv.scored_point_out)
         for points in results:
-            batch = resp.result.add()
-            for p in points:
-                cv.scored_point_out(p, batch.result.add())
+            _filled(resp.result.add(), points, cv.scored_point_out)
         return resp
 
-    @_guard
-    def Query(self, request: qg.QueryPoints, context: Any) -> Any:
-        start = time.perf_counter()
-        coll = self.store.get(request.collection_name)
-        (points,) = self._query(coll, [cv.query_points_in(request, coll.lookup_vector)])
-        resp = qg.QueryResponse(**_done(start))
-        for p in points:
-            cv.scored_point_out(p, resp.result.add())
-        return resp
-
-    @_guard
-    def QueryBatch(self, request: qg.QueryBatchPoints, context: Any) -> Any:
-        start = time.perf_counter()
-        coll = self.store.get(request.collection_name)
-        reqs = [cv.query_points_in(r, coll.lookup_vector) for r in request.query_points]
-        resp = qg.QueryBatchResponse(**_done(start))
-        for points in self._query(coll, reqs):
-            batch = resp.result.add()
-            for p in points:
-                cv.scored_point_out(p, batch.result.add())
-        return resp
+    Search = _query_rpc(qg.SearchResponse, lambda req, coll: [cv.search_points_in(req)], False)
+    SearchBatch = _query_rpc(
+        qg.SearchBatchResponse,
+        lambda req, coll: [cv.search_points_in(r) for r in req.search_points],
+        True,
+    )
+    Query = _query_rpc(
+        qg.QueryResponse, lambda req, coll: [cv.query_points_in(req, coll.lookup_vector)], False
+    )
+    QueryBatch = _query_rpc(
+        qg.QueryBatchResponse,
+        lambda req, coll: [cv.query_points_in(r, coll.lookup_vector) for r in req.query_points],
+        True,
+    )
 
 
 class _Collections(qg.CollectionsServicer):

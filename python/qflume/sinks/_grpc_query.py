@@ -16,8 +16,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from qdrant_client import grpc as qg
 
 from qflume.exceptions import InvalidInputError, ShapeError
-from qflume.filters import FILTER_KEYS
-from qflume.filters import normalize as normalize_filter
+from qflume.filters import FILTER_KEYS, native_filter
 from qflume.sinks._common import payload_to_py, vectors_to_py
 from qflume.sinks.base import QueryRequest, ScoredPoint, check_fusion
 
@@ -135,10 +134,7 @@ def _to_grpc(f: Mapping[str, Any]) -> qg.Filter:
 def grpc_filter(f: Any) -> qg.Filter | None:
     """A ``qdrant.Filter`` from Qdrant's JSON layout or a qdrant_client ``models.Filter``
     (validated by `qflume.filters.normalize`, as every sink does), or a ``qdrant.Filter`` as is."""
-    if isinstance(f, qg.Filter):
-        return f
-    canonical = normalize_filter(f)
-    return None if canonical is None else _to_grpc(canonical)
+    return native_filter(f, qg.Filter, _to_grpc)
 
 
 # --- queries ------------------------------------------------------------------------------------

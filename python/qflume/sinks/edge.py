@@ -28,8 +28,7 @@ from qflume.exceptions import (
     SinkError,
     is_rust_panic,
 )
-from qflume.filters import FILTER_KEYS
-from qflume.filters import normalize as normalize_filter
+from qflume.filters import FILTER_KEYS, native_filter
 from qflume.ids import id_strings
 from qflume.sinks.base import (
     CollectionInfo,
@@ -213,10 +212,7 @@ def _to_edge(f: Mapping[str, Any]) -> qe.Filter:
 def edge_filter(f: Any) -> qe.Filter | None:
     """A Qdrant Edge filter from Qdrant's JSON layout or a qdrant_client ``models.Filter``
     (validated by `qflume.filters.normalize`, as every sink does), or a ``qe.Filter`` as is."""
-    if isinstance(f, qe.Filter):
-        return f
-    canonical = normalize_filter(f)
-    return None if canonical is None else _to_edge(canonical)
+    return native_filter(f, qe.Filter, _to_edge)
 
 
 def _sources_filter(sources: Sequence[str]) -> qe.Filter:
