@@ -27,6 +27,7 @@ import ray
 
 import qflume
 from qflume.sinks.grpc import GrpcSink
+from qflume.stages.write import ensure_collection
 from qflume.testing import QdrantGrpcServer
 from realserver import drop_collection, real_server
 from tiny_bert import WORDS
@@ -321,3 +322,56 @@ def test_bad_options_refused(tmp_path: Path, model: str) -> None:
         )
     with pytest.raises(qflume.InvalidInputError, match="wave_chunks"):
         qray.ingest(tmp_path, "docs", url="http://127.0.0.1:1", state_dir=tmp_path, wave_chunks=0)
+
+
+def _own_pipeline(url: str, name: str, corpus: Path, model: str, state: Path) -> int:
+    """A user's own Ray Data pipeline from qflume.ray's public pieces: the driver's plan as rows,
+    `ChunkUnits` tasks, the write-ahead, `EmbedUnits` actors, `QflumeDatasink` on the workers and
+    the commit of what the server acknowledged on the driver. Returns the units planned."""
+    import ray.data
+
+    with qflume.Pipeline(name, url=url, model=model, state_dir=state, progress=False) as p:
+        rows, run = qray.plan_rows(p, corpus)
+        if not rows:
+            return 0
+        chunked = (
+            ray.data.from_items(rows, override_num_blocks=len(rows))
+            .map_batches(
+                qray.ChunkUnits(qray.ChunkSettings.of(p)), batch_size=1, batch_format="numpy"
+            )
+            .materialize()
+        )
+        qray.write_ahead(p, chunked)
+        ensure_collection(p)
+        committed: list[int] = []
+
+        def commit(updates: list[Any], deleted: list[str], counts: dict[str, Any]) -> None:
+            p.state.commit(updates, deleted)
+            committed.append(len(updates) + len(deleted))
+
+        embedded = chunked.select_columns(["unit", "data"]).map_batches(
+            qray.EmbedUnits, fn_constructor_kwargs={"model": model}, batch_size=1,
+            batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=1),
+        )  # fmt: skip
+        embedded.write_datasink(qray.QflumeDatasink(url, name, on_commit=commit))
+        assert sum(committed) == run.report.documents_new + run.report.documents_changed + (
+            run.report.documents_deleted
+        )
+        assert p.verify()["ok"]
+        return len(rows)
+
+
+def test_a_users_own_ray_data_pipeline_from_the_public_pieces(
+    cluster: str, server: QdrantGrpcServer, model: str, tmp_path: Path
+) -> None:
+    corpus = _write_corpus(tmp_path / "corpus", n=6)
+    local, own = _name(), _name()
+    _local(server.url, local, corpus, model, tmp_path / "s_local")
+    assert _own_pipeline(server.url, own, corpus, model, tmp_path / "s_own") > 0
+    assert _points(server.url, own) == _points(server.url, local)
+    # unchanged: nothing to plan; an edit: the same points as the local pipeline's
+    assert _own_pipeline(server.url, own, corpus, model, tmp_path / "s_own") == 0
+    (corpus / "d0.md").write_text("# Title\n\nA new text for the first document.\n", "utf-8")
+    _local(server.url, local, corpus, model, tmp_path / "s_local")
+    assert _own_pipeline(server.url, own, corpus, model, tmp_path / "s_own") == 1
+    assert _points(server.url, own) == _points(server.url, local)

@@ -74,7 +74,9 @@ __all__ = [
     "SinkSettings",
     "acknowledged",
     "ingest",
+    "plan_rows",
     "run",
+    "write_ahead",
     "write_units",
 ]
 
@@ -458,6 +460,46 @@ def run(
         report.elapsed_s = time.perf_counter() - t0
     pipe.state.set_meta("last_run", report.as_dict())
     return report
+
+
+def plan_rows(
+    pipe: Pipeline,
+    source: Any,
+    *,
+    include: Sequence[str] | None = None,
+    exclude: Sequence[str] | None = None,
+    delete_missing: bool | None = None,
+) -> tuple[list[dict[str, Any]], Run]:
+    """For a Ray Data pipeline of one's own: the driver's plan of ``source`` (paths, or records)
+    as the rows `ChunkUnits` takes, ``{"unit": i, "docs": <pickled documents and deletions>}``,
+    one per unit (about ``batch_chunks`` chunks), and the run whose report counts the plan.
+    Then: ``map_batches(ChunkUnits(ChunkSettings.of(pipe)))``, materialize, `write_ahead`,
+    ``map_batches(EmbedUnits, ...)``, ``write_datasink(QflumeDatasink(..., on_commit=...))``."""
+    run = pipe.new_run()
+    if isinstance(source, (str, os.PathLike, list, tuple)):
+        paths = [source] if isinstance(source, (str, os.PathLike)) else list(source)
+        roots = [str(Path(p).resolve()) for p in paths]
+        keep = True if delete_missing is None else delete_missing
+        planned = plan_files(pipe, run, roots, include, exclude, keep)
+    else:
+        planned = plan_records(pipe, run, _records(source), bool(delete_missing))
+    try:
+        units = _units(pipe, run, read_ahead(planned, run, pipe.config.stream_bytes))
+        rows = [
+            {"unit": i, "docs": pickle.dumps(([_ship(d) for d in u.docs], u.deleted), protocol=5)}
+            for i, u in enumerate(units)
+        ]
+    finally:
+        run.close_readers()
+    return rows, run
+
+
+def write_ahead(pipe: Pipeline, chunked: Any) -> None:
+    """Record in the state, before anything is sent, the chunks `ChunkUnits` chose to send
+    (its "ahead" column; ``chunked``: its materialized dataset): a run killed after this is
+    repaired by the next one, as the local write stage guarantees."""
+    for row in chunked.select_columns(["ahead"]).iter_rows():
+        pipe.state.write_ahead(pickle.loads(row["ahead"]))
 
 
 def _records(source: Any) -> Iterator[Mapping[str, Any]]:
