@@ -67,6 +67,9 @@ class Collection:
         self._chunker: Any = None
         self._cache: Any = None
         self._fingerprint: str | None = None
+        #: The last run failed: `close` lets the sink go without waiting out an outage (what it
+        #: holds was not committed; the next run sends it again).
+        self.failed = False
         # Readers of an embedded store take the shared lock: only one process may open its shard,
         # so a reader refuses at once while an ingest writes it (and never harms that writer).
         mode: bool | str = "shared" if not config.lock and config.url is None else config.lock
@@ -343,10 +346,12 @@ class Collection:
     # -- lifetime -----------------------------------------------------------------------------
 
     def close(self) -> None:
-        for comp in (self._sink, self._cache):
-            if comp is not None:
-                with contextlib.suppress(Exception):
-                    comp.close()
+        if self._sink is not None:
+            with contextlib.suppress(Exception):
+                self._sink.abandon() if self.failed else self._sink.close()
+        if self._cache is not None:
+            with contextlib.suppress(Exception):
+                self._cache.close()
         emb = self._embedder
         if self._owns_embedder and emb is not None and hasattr(emb, "close"):
             with contextlib.suppress(Exception):

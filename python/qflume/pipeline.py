@@ -153,7 +153,12 @@ class Pipeline(Collection):
         )
 
     def _run(self, planner: Planner, dry_run: bool) -> IngestReport:
-        return run_local(self, planner, self.new_run(dry_run))
+        self.failed = False
+        try:
+            return run_local(self, planner, self.new_run(dry_run))
+        except BaseException:
+            self.failed = True
+            raise
 
     def stop(self) -> None:
         """Ask a running ingest to stop reading, drain what is in flight and commit."""

@@ -321,5 +321,10 @@ class Sink(ABC):
     def __enter__(self) -> Sink:
         return self
 
+    def abandon(self) -> None:
+        """Let go after a failed run without waiting for what is in flight or spooled: the
+        state committed none of it, so the next run plans and sends it again."""
+        self.close()
+
     def __exit__(self, *exc: object) -> None:
         self.close()

@@ -1111,15 +1111,21 @@ class GrpcSink(Sink):
     def __enter__(self) -> GrpcSink:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        if not exc or exc[0] is None:
-            self.close()
+    def abandon(self) -> None:
+        """Let go without waiting on (or raising from) the barrier: an outage is not waited out
+        (see `Sink.abandon`)."""
+        if self._closed:
             return
-        # Leaving on an error: do not wait on (or raise from) the barrier, just let go.
         self._closed = True
         self._abort_pending()
         self._close_outbox()
         self._channel.close()
+
+    def __exit__(self, *exc: object) -> None:
+        if not exc or exc[0] is None:
+            self.close()
+        else:  # leaving on an error
+            self.abandon()
 
     def __repr__(self) -> str:
         return f"GrpcSink({self.url!r}, {self.collection!r})"
