@@ -712,11 +712,7 @@ def reindex(
             sources = rechunk or _chunking(s) != _chunking(old.settings)
             pipe_opts: dict[str, Any] = {
                 "model": s.get("model"),
-                "chunk_chars": s.get("chunk_chars"),
-                "chunk_tokens": s.get("chunk_tokens"),
-                "overlap": int(s.get("overlap") or 0),
-                "sparse": s.get("sparse") or "none",
-                "sparse_model": s.get("sparse_model") if s.get("sparse") == "splade" else None,
+                **_point_settings(s),
                 "state_dir": ctx.base if url is not None else None,
                 "progress": False,
                 "versioned": False,
@@ -806,16 +802,23 @@ def reindex(
         ctx.close()
 
 
-def _target_settings(s: Mapping[str, Any]) -> dict[str, Any]:
-    """The settings that decide a version's points (a model folder by its id)."""
+def _point_settings(s: Mapping[str, Any]) -> dict[str, Any]:
+    """The chunking and sparse settings of recorded settings ``s``, as PipelineConfig takes them."""
     return {
-        "model": s.get("model") if not s.get("model_id") else None,
-        "model_id": s.get("model_id"),
         "chunk_chars": s.get("chunk_chars"),
         "chunk_tokens": s.get("chunk_tokens"),
         "overlap": int(s.get("overlap") or 0),
         "sparse": s.get("sparse") or "none",
         "sparse_model": s.get("sparse_model") if s.get("sparse") == "splade" else None,
+    }
+
+
+def _target_settings(s: Mapping[str, Any]) -> dict[str, Any]:
+    """The settings that decide a version's points (a model folder by its id)."""
+    return {
+        "model": s.get("model") if not s.get("model_id") else None,
+        "model_id": s.get("model_id"),
+        **_point_settings(s),
     }
 
 
