@@ -4,8 +4,8 @@ which moved, which are lost), with a warm state and one edit per file.
 Side by side in one run, the same chunk arrays for both:
 - ``python-loop``: the diff as it was before (a Python loop per chunk over sets and dicts of
   16-byte hashes, one tuple per row; copied here from the code it replaced, as the reference);
-- ``vectorised``: ``qflume.pipeline._DocDiff.take`` (numpy over the whole document: a sorted index
-  of hash prefixes; Python work only per moved chunk).
+- ``vectorised``: ``qflume.stages.batch.DocDiff.take`` (the diff in Rust, ``_core.DocDiffer``:
+  an index of the committed hashes; Python work only per moved or restated chunk).
 
 Corpus: the Python docs (Debian's python3.11-doc, ~500 files), chunked at 256 characters; the
 edit replaces one word of the middle line of each file with another of the same length (one
@@ -26,9 +26,10 @@ import numpy as np
 import pytest
 
 from qflume import Chunker, point_id
+from qflume.ids import HASH_LEN
 from qflume.stages.batch import Doc as _Doc
 from qflume.stages.batch import DocDiff as _DocDiff
-from qflume.state import HASH_LEN, DocState
+from qflume.state import DocState
 
 DOCS = Path("/usr/share/doc/python3.11/html/_sources")
 EDIT = os.environ.get("QFLUME_BENCH_EDIT", "middle")
