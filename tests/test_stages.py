@@ -135,3 +135,17 @@ def test_the_command_lines_options_are_the_configs(tmp_path: Path) -> None:
     p = argparse.ArgumentParser()
     add_arguments(p, "chunking", target=False, dest_prefix="to_")
     assert p.parse_args(["--chunk-tokens", "32"]).to_chunk_tokens == 32
+
+
+def test_hostile_settings_are_refused_when_the_config_is_made(tmp_path: Path) -> None:
+    """A NaN, negative or text outage deadline, and collection names that are no file name (a
+    lone surrogate, a NUL, a control character), fail when the config is made, naming the
+    setting, not later inside a run."""
+    for deadline in (float("nan"), float("inf"), -1, "x", True):
+        with pytest.raises(InvalidInputError, match="outage_deadline"):
+            PipelineConfig("docs", store=tmp_path, outage_deadline=deadline)
+    assert PipelineConfig("docs", store=tmp_path, outage_deadline=0).outage_deadline == 0
+    for name in ("a\ud800", "a\x00b", "tab\there", "new\nline"):
+        with pytest.raises(InvalidInputError, match="collection name"):
+            PipelineConfig(name, store=tmp_path)
+    assert PipelineConfig("Übersicht-2026_v", store=tmp_path).collection == "Übersicht-2026_v"

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from qflume._validate import url_problem
+from qflume._validate import text_problem, url_problem
 from qflume.exceptions import InvalidInputError
 from qflume.progress import resolve_interval, resolve_mode
 
@@ -86,6 +87,8 @@ class PipelineConfig:
         c = self.collection
         if not isinstance(c, str) or not c or "/" in c or c.startswith("."):
             raise InvalidInputError(f"collection name {c!r} is not usable (no '/', no leading '.')")
+        if (bad := text_problem(c, "collection name")) or any(ch < " " for ch in c):
+            raise InvalidInputError(bad or f"collection name {c!r} holds a control character")
         if self.sparse not in (None, "none", "bm25", "splade"):
             raise InvalidInputError(f"sparse must be none, bm25 or splade, not {self.sparse!r}")
         if self.sparse_model is not None and self.sparse not in (None, "none", "splade"):
@@ -104,6 +107,9 @@ class PipelineConfig:
         for name in ("batch_chunks", "cache_entries", "outbox_bytes"):
             _positive_int(name, getattr(self, name))
         _positive_int("overlap", self.overlap, zero=True)
+        d = self.outage_deadline
+        if isinstance(d, bool) or not isinstance(d, (int, float)) or not 0 <= d < math.inf:
+            raise InvalidInputError(f"outage_deadline must be seconds >= 0, got {d!r}")
         for name in ("chunk_chars", "chunk_tokens", "max_memory", "max_file_size"):
             if getattr(self, name) is not None:
                 _positive_int(name, getattr(self, name))
