@@ -375,3 +375,13 @@ def test_a_users_own_ray_data_pipeline_from_the_public_pieces(
     _local(server.url, local, corpus, model, tmp_path / "s_local")
     assert _own_pipeline(server.url, own, corpus, model, tmp_path / "s_own") == 1
     assert _points(server.url, own) == _points(server.url, local)
+
+
+def test_plan_rows_refuses_a_missing_path(
+    server: QdrantGrpcServer, model: str, tmp_path: Path
+) -> None:
+    with qflume.Pipeline(
+        _name(), url=server.url, model=model, state_dir=tmp_path, progress=False
+    ) as p:
+        with pytest.raises(qflume.QflumeIOError, match="no such file or folder"):
+            qray.plan_rows(p, tmp_path / "missing")

@@ -52,7 +52,7 @@ except ImportError as e:  # pragma: no cover - exercised without the extra
         "qflume.ray needs Ray Data: pip install 'qflume[ray]' (or 'ray[data]')"
     ) from e
 
-from qflume.exceptions import InvalidInputError, QflumeError
+from qflume.exceptions import InvalidInputError, QflumeError, QflumeIOError
 from qflume.pipeline import Pipeline
 from qflume.report import IngestReport, record
 from qflume.stages.batch import Batch, Doc
@@ -421,13 +421,7 @@ def run(
             )
         return pipe.ingest(source, include=include, exclude=exclude, dry_run=True)
     if not records:
-        paths = [source] if isinstance(source, (str, os.PathLike)) else list(source)
-        roots = [str(Path(p).resolve()) for p in paths]
-        for r in roots:
-            if not os.path.exists(r):
-                from qflume.exceptions import QflumeIOError
-
-                raise QflumeIOError(2, f"{r}: no such file or folder to ingest")
+        roots = _roots(source)
     _connect(address)
     resources = ray.cluster_resources()
     gpus = float(resources.get("GPU", 0))
@@ -475,13 +469,13 @@ def plan_rows(
     one per unit (about ``batch_chunks`` chunks), and the run whose report counts the plan.
     Then: ``map_batches(ChunkUnits(ChunkSettings.of(pipe)))``, materialize, `write_ahead`,
     ``map_batches(EmbedUnits, ...)``, ``write_datasink(QflumeDatasink(..., on_commit=...))``."""
-    run = pipe.new_run()
     if isinstance(source, (str, os.PathLike, list, tuple)):
-        paths = [source] if isinstance(source, (str, os.PathLike)) else list(source)
-        roots = [str(Path(p).resolve()) for p in paths]
+        roots = _roots(source)
+        run = pipe.new_run()
         keep = True if delete_missing is None else delete_missing
         planned = plan_files(pipe, run, roots, include, exclude, keep)
     else:
+        run = pipe.new_run()
         planned = plan_records(pipe, run, _records(source), bool(delete_missing))
     try:
         units = _units(pipe, run, read_ahead(planned, run, pipe.config.stream_bytes))
@@ -500,6 +494,16 @@ def write_ahead(pipe: Pipeline, chunked: Any) -> None:
     repaired by the next one, as the local write stage guarantees."""
     for row in chunked.select_columns(["ahead"]).iter_rows():
         pipe.state.write_ahead(pickle.loads(row["ahead"]))
+
+
+def _roots(source: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]) -> list[str]:
+    """The absolute roots of a path or paths to ingest; one that does not exist is refused."""
+    paths = [source] if isinstance(source, (str, os.PathLike)) else list(source)
+    roots = [str(Path(p).resolve()) for p in paths]
+    for r in roots:
+        if not os.path.exists(r):
+            raise QflumeIOError(2, f"{r}: no such file or folder to ingest")
+    return roots
 
 
 def _records(source: Any) -> Iterator[Mapping[str, Any]]:
